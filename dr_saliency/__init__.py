@@ -1,0 +1,31 @@
+"""dr_saliency: iterative saliency map refinement for weakly-supervised lesion localization.
+
+Re-exports only. Names are resolved lazily, so ``import dr_saliency`` stays fast and does not
+import TensorFlow; ``dr_saliency.build_model`` imports it on first use.
+"""
+
+import importlib
+
+from dr_saliency._version import __version__
+
+_EXPORTS = {
+    "build_model": "dr_saliency.model",
+    "preprocess_input": "dr_saliency.model",
+    "load_vgg16_weights": "dr_saliency.model",
+    "save_checkpoint": "dr_saliency.model",
+    "load_checkpoint": "dr_saliency.model",
+    "export_model": "dr_saliency.model",
+    "load_model": "dr_saliency.model",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dr_saliency' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
