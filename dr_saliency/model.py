@@ -10,6 +10,7 @@ dropout after each; the 1000-way ``predictions`` layer is replaced by one linear
 """
 
 import json
+import logging
 import os
 import warnings
 
@@ -27,6 +28,7 @@ VGG16_CONV_LAYERS = (
     ("block5_conv1", 512), ("block5_conv2", 512), ("block5_conv3", 512),
 )
 FC_UNITS = 4096
+FC_LAYERS = ("fc1", "fc2")
 OUTPUT_NAME = "dr_stage"
 
 #: Where Keras' own ``keras.applications.VGG16`` downloads its ImageNet weights (with top).
@@ -232,7 +234,8 @@ def load_vgg16_weights(model, path):
 
     Returns:
         dict with ``"loaded"``: list of layer names copied, and ``"skipped"``: list of layer names
-        present in both but with shapes that do not fit (e.g. ``fc1`` when block5_pool is not 7x7).
+        present in both but left at their initialisation because shapes do not fit (``fc1`` and
+        ``fc2`` when block5_pool is not 7x7: the pair is copied together or not at all).
 
     Raises:
         ValueError: when the file is not a VGG-16 weights file or has none of the conv layers.
@@ -244,16 +247,21 @@ def load_vgg16_weights(model, path):
             "Expected a Keras VGG-16 HDF5 weights file (root attribute 'layer_names', one group "
             f"per layer). Received: weights={os.fspath(path)!r} ({exc})"
         ) from exc
-    loaded, skipped = [], []
+    # Copy what fits, layer by layer; the fully connected pair only together: ImageNet's fc2
+    # expects ImageNet's fc1 features, so fc2 alone (it fits at any input size) would be noise.
+    fits = {}
     for layer in model.layers:
-        if layer.name not in stored or not layer.weights:
-            continue
-        values = stored[layer.name]
-        if [tuple(v.shape) for v in layer.get_weights()] == [v.shape for v in values]:
-            layer.set_weights(values)
-            loaded.append(layer.name)
+        if layer.name in stored and layer.weights:
+            ours = [tuple(v.shape) for v in layer.get_weights()]
+            fits[layer.name] = ours == [v.shape for v in stored[layer.name]]
+    fc_ok = all(fits.get(name, False) for name in FC_LAYERS)
+    loaded, skipped = [], []
+    for name, ok in fits.items():
+        if ok and (name not in FC_LAYERS or fc_ok):
+            model.get_layer(name).set_weights(stored[name])
+            loaded.append(name)
         else:
-            skipped.append(layer.name)
+            skipped.append(name)
     missing_convs = [n for n, _ in VGG16_CONV_LAYERS if n not in loaded]
     if missing_convs:
         raise ValueError(
@@ -384,10 +392,15 @@ def export_model(model, path):
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     tmp = path[:-3] + ".tmp.h5"
-    with warnings.catch_warnings():
-        # Keras warns that HDF5 is a legacy format; it is the format DESIGN.md asks for.
-        warnings.simplefilter("ignore", UserWarning)
+    # Keras logs that HDF5 is a legacy format; it is the format DESIGN.md asks for, so the
+    # notice is noise for our users.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
         clone.save(tmp)
+    finally:
+        absl_logger.setLevel(level)
     os.replace(tmp, path)
 
 

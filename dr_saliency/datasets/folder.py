@@ -1,8 +1,8 @@
-"""The package's own dataset folder layout (DESIGN.md §4): writer side.
+"""The package's own dataset folder layout (DESIGN.md §4): writer and reader.
 
 ```
 labels.csv                 image,level[,split]     (as Kaggle's trainLabels.csv, plus a split)
-images/<image>.png         RGB
+images/<image>.png         RGB (the reader also takes .jpg/.jpeg/.tif)
 masks/<TYPE>/<image>.png   0/255, TYPE in MA, HE, EX, SE (only where the type is annotated)
 fov/<image>.png            0/255 field of view (optional)
 ```
@@ -11,10 +11,21 @@ fov/<image>.png            0/255 field of view (optional)
 import csv
 import os
 
+from dr_saliency.datasets.base import (
+    IMAGE_SUFFIXES,
+    LESION_TYPES,
+    Record,
+    list_files,
+    parse_grade,
+    read_table,
+)
 from dr_saliency.imio import write_image, write_mask
 
-LESION_TYPES = ("MA", "HE", "EX", "SE")
 LABELS_FILE = "labels.csv"
+
+NAME = "folder"
+LOOKED_FOR = "labels.csv + images/ (folder)"
+OPTIONS = ()
 
 
 def write_sample(root, image_id, image, masks=None, fov=None):
@@ -80,3 +91,61 @@ def write_labels(root, rows):
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     os.replace(tmp, path)
     return path
+
+
+def matches(root):
+    """Whether ``root`` holds this layout: ``labels.csv`` and ``images/``."""
+    return os.path.isfile(os.path.join(root, LABELS_FILE)) and os.path.isdir(os.path.join(root, "images"))
+
+
+def load(root, problems):
+    """Read a dataset folder's records (paths and labels only; nothing decoded).
+
+    A labelled image without a file under ``images/`` is skipped and counted in one warning.
+    Lesions: with no ``masks/`` folder at all, every record's ``load_lesions()`` is None; with
+    one, a record's lesion dict holds the types whose mask file exists for that image (None
+    when it has none). ``level`` may be empty (grade None); ``split`` is kept as written (empty:
+    None).
+
+    Args:
+        root: str, the dataset folder.
+        problems: :class:`~dr_saliency.datasets.base.Problems`.
+
+    Returns:
+        list of :class:`~dr_saliency.datasets.base.Record`.
+
+    Raises:
+        ValueError: for a ``labels.csv`` without ``image``/``level`` columns, or a bad row
+            (grade outside 0-4, empty or duplicate image name) unless skipping bad rows.
+    """
+    path = os.path.join(root, LABELS_FILE)
+    table = read_table(path, ["image", "level"], ["split"])
+    images = list_files(os.path.join(root, "images"))
+    # Listed once per folder: a stat per row and suffix would be slow on 35,000 rows.
+    has_masks = os.path.isdir(os.path.join(root, "masks"))
+    masks = {t: list_files(os.path.join(root, "masks", t), IMAGE_SUFFIXES) for t in LESION_TYPES}
+    fovs = list_files(os.path.join(root, "fov"))
+    records, seen, n_missing = [], set(), 0
+    for line, row in table:
+        image_id = row["image"]
+        try:
+            if not image_id:
+                raise ValueError(f"Expected an image name in {path} at line {line}. Received: image=''")
+            if image_id in seen:
+                raise ValueError(f"Expected each image once in {path}. "
+                                 f"Received: image={image_id!r} again at line {line}")
+            grade = parse_grade(row["level"], path=path, line=line, column="level")
+        except ValueError as err:
+            problems.bad_row(str(err))
+            continue
+        seen.add(image_id)
+        if image_id not in images:
+            n_missing += 1
+            continue
+        lesion_files = None
+        if has_masks:
+            lesion_files = {t: masks[t][image_id] for t in LESION_TYPES if image_id in masks[t]} or None
+        records.append(Record(image_id, images[image_id], grade=grade, split=row.get("split") or None,
+                              lesion_files=lesion_files, fov_file=fovs.get(image_id)))
+    problems.missing("folder", n_missing, len(seen), "labelled images", "images/")
+    return records
