@@ -12,6 +12,7 @@ import warnings
 import click
 
 from dr_saliency._version import __version__
+from dr_saliency.train_config import QUICK_PROFILE, TrainConfig
 
 _STATE = {"debug": False}
 
@@ -67,6 +68,118 @@ def demo_cmd(input_size, width):
     click.echo(f"block5_pool {tuple(pool)}: ImageNet fc1/fc2 weights "
                f"{'fit' if tuple(pool[:2]) == (7, 7) and width == 1.0 else 'do not fit'} "
                "this geometry.")
+
+
+def _profiles(field):
+    return f"  [paper: {getattr(TrainConfig(), field)}; quick: {QUICK_PROFILE.get(field, getattr(TrainConfig(), field))}]"
+
+
+LAYOUT_CHOICE = click.Choice(["folder", "eyepacs", "idrid", "diaretdb1", "eophtha", "ddr"])
+
+
+def _open(data, layout, skip_bad=False):
+    """Open a dataset and print the problems its loader found (once each)."""
+    from dr_saliency.datasets import open_dataset
+
+    ds = open_dataset(data, layout=layout, skip_bad=skip_bad)
+    for line in ds.warnings:
+        click.echo(f"Warning: {line}", err=True)
+    return ds
+
+
+class _Bar:
+    """A click progress bar fed by a library's ``on_progress(k)`` callback."""
+
+    def __init__(self, length, label):
+        self.bar = click.progressbar(length=length, label=label, file=sys.stderr,
+                                     show_pos=True, show_eta=True)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self.bar.update
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+
+@cli.command("train")
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "run_dir", type=click.Path(file_okay=False),
+              help="Run folder to create (required unless --resume).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the run in this folder from its last finished epoch.")
+@click.option("--profile", type=click.Choice(["paper", "quick"]), default="paper",
+              help="paper: the paper's settings (512 px, ImageNet, 500 epochs); quick: a narrow "
+                   "network from scratch that trains on a CPU in minutes. Options given "
+                   "explicitly override the profile.")
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--input-size", type=int, help="Input side in pixels." + _profiles("input_size"))
+@click.option("--width", type=float, help="Filter multiplier." + _profiles("width"))
+@click.option("--weights", help='"imagenet", "none" or a VGG-16 HDF5 file.' + _profiles("weights"))
+@click.option("--epochs", type=int, help="Epochs." + _profiles("epochs"))
+@click.option("--batch-size", type=int, help="Global batch size." + _profiles("batch_size"))
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]),
+              help="sgd: Nesterov momentum 0.9 (the paper's)." + _profiles("optimizer"))
+@click.option("--lr", "learning_rate", type=float, help="Peak learning rate." + _profiles("learning_rate"))
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]),
+              help="Learning-rate schedule after warm-up." + _profiles("schedule"))
+@click.option("--warmup-epochs", type=float, help="Linear learning-rate warm-up." + _profiles("warmup_epochs"))
+@click.option("--clipnorm", type=float, help="Gradient norm clipping." + _profiles("clipnorm"))
+@click.option("--val-fraction", type=float, default=0.15,
+              help="Stratified validation fraction when DATA has no split column.")
+@click.option("--augment/--no-augment", default=True, help="Random flips, rotation, scale, colour.")
+@click.option("--balance/--no-balance", default=True, help="Resample stages equally per epoch.")
+@click.option("--seed", type=int, default=0)
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+              default="default", help="TensorFlow distribution strategy (see docs/training.md).")
+@click.option("--steps-per-epoch", type=int, help="Default: training images / batch size.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed at the end).")
+def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, **options):
+    """Train the VGG-16 grader on DATA (any layout; normally a preprocessed folder)."""
+    if bool(run_dir) == bool(resume_dir):
+        raise click.UsageError("Give exactly one of --out RUN_DIR (new run) or --resume RUN_DIR.")
+    from dr_saliency import train as train_lib
+
+    values = dict(QUICK_PROFILE) if profile == "quick" else {}
+    values.update({k: v for k, v in options.items() if v is not None})
+    if "weights" in values:
+        values["weights"] = _weights_arg(values["weights"])
+    config = TrainConfig(**values)
+    dataset = _open(data, layout, skip_bad)
+    n_images = sum(1 for r in dataset if r.grade is not None)
+    with _Bar(n_images, "Checking images") as update:
+        summary = train_lib.train(dataset, run_dir or resume_dir, config,
+                                  resume=bool(resume_dir), skip_bad=skip_bad,
+                                  data_path=os.path.abspath(data), on_check=update)
+    for path, message in summary["skipped"]:
+        click.echo(f"Skipped {path}: {message}", err=True)
+    click.echo(f"Trained on {summary['n_train']} images, validated on {summary['n_val']}; "
+               f"best validation kappa {summary['best_kappa']} at epoch {summary['best_epoch']}; "
+               f"{summary['seconds']:.0f} s. Model: {summary['model_path']}")
+
+
+@cli.command("evaluate")
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--split", default="test", type=click.Choice(["test", "val", "train", "all"]),
+              help="Which images of DATA to grade.")
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--batch-size", default=16, type=int)
+@click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap resamples for 95% CIs.")
+def evaluate_cmd(model_path, data, out_dir, split, layout, batch_size, n_boot):
+    """Grade DATA with MODEL (a model.h5): kappa, AUC with 95% CI, confusion matrix, ROC."""
+    from dr_saliency import evaluate as evaluate_lib
+    from dr_saliency import model as model_lib
+
+    net = model_lib.load_model(model_path)
+    report = evaluate_lib.evaluate(net, _open(data, layout), out_dir, split=split,
+                                   batch_size=batch_size, n_boot=n_boot)
+    m = report["metrics"]
+    click.echo(f"{report['n_images']} images ({split}): quadratic kappa {m['kappa']:.3f} "
+               f"(95% CI {report['kappa_ci'][0]:.3f}-{report['kappa_ci'][1]:.3f}), referable AUC "
+               f"{m['auc']:.3f} (95% CI {report['auc_ci'][0]:.3f}-{report['auc_ci'][1]:.3f}), "
+               f"MSE {m['mse']:.3f}, accuracy {m['accuracy']:.3f}. Wrote {out_dir}/evaluation.json")
 
 
 def _weights_arg(value):

@@ -11,6 +11,19 @@ import cv2
 import numpy as np
 
 
+def _truncated_jpeg(path):
+    # libjpeg decodes a truncated JPEG with only a warning on stderr, filling the missing rows
+    # with grey, so OpenCV returns an image. A complete JPEG ends with the end-of-image marker
+    # FF D9; some writers pad after it, hence a search of the last KiB rather than the last two
+    # bytes (FF D9 cannot occur inside the entropy-coded data, where FF is stuffed as FF 00).
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 1024))
+        return b"\xff\xd9" not in f.read()
+
+
 def read_image(path):
     """Read a colour image file as RGB.
 
@@ -28,7 +41,7 @@ def read_image(path):
     if not os.path.isfile(path):
         raise ValueError(f"Expected an existing image file. Received: path={path!r}")
     data = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if data is None or data.size == 0:
+    if data is None or data.size == 0 or _truncated_jpeg(path):
         raise ValueError(f"Could not decode the image file (unreadable or truncated). Received: path={path!r}")
     if data.dtype == np.uint16:
         data = (data // 257).astype(np.uint8)

@@ -159,7 +159,11 @@ def build_model(input_shape=(512, 512, 3), *, weights="imagenet", dropout=0.5, w
     x = layers.Dropout(dropout, name="fc1_dropout")(x)
     x = layers.Dense(units, activation="relu", kernel_initializer=init, name="fc2")(x)
     x = layers.Dropout(dropout, name="fc2_dropout")(x)
-    outputs = layers.Dense(1, activation="linear", name=OUTPUT_NAME)(x)
+    # A zero output kernel starts every prediction at 0: with un-normalised "caffe" inputs and He
+    # init, a random output layer starts at predictions in the hundreds and a first MSE in the
+    # tens of thousands, which a from-scratch SGD run may never recover from.
+    outputs = layers.Dense(1, activation="linear", kernel_initializer="zeros",
+                           name=OUTPUT_NAME)(x)
     model = keras.Model(inputs, outputs, name=name)
 
     if weights is not None:

@@ -373,7 +373,7 @@ def read_table(path, required, optional=(), *, delimiter=","):
     missing = [name for name in required if name.strip().lower() not in position]
     if missing:
         raise ValueError(f"Expected columns {missing} in {path}. "
-                         f"Received: columns={[h for h in header]}")
+                         f"Received: columns={header}")
     wanted = {name: position[name.strip().lower()] for name in (*required, *optional)
               if name.strip().lower() in position}
     table = []

@@ -126,6 +126,23 @@ def _point(element, path):
     return x, y
 
 
+def _region(marking, path):
+    circle, ellipse, polygon = (marking.find(tag) for tag in
+                                ("circleregion", "ellipseregion", "polygonregion"))
+    if circle is not None:
+        x, y = _point(circle.find("centroid/coords2d"), path)
+        return ("circle", x, y, float(circle.findtext("radius")))
+    if ellipse is not None:
+        x, y = _point(ellipse.find("centroid/coords2d"), path)
+        radii = {r.get("direction"): float(r.text) for r in ellipse.findall("radius")}
+        return ("ellipse", x, y, radii["x"], radii.get("y", radii["x"]),
+                float(ellipse.findtext("angle") or 0))
+    if polygon is not None:
+        # Direct coords2d children are the vertices; the one under <centroid> is not.
+        return ("polygon", tuple(_point(c, path) for c in polygon.findall("coords2d")))
+    raise ValueError("no region element")
+
+
 def read_markings(path):
     """Parse one expert's DIARETDB1 XML file (no network: the DTD is never fetched).
 
@@ -143,27 +160,18 @@ def read_markings(path):
     try:
         tree = ET.parse(path)
     except (ET.ParseError, OSError) as err:
-        raise ValueError(f"Expected a DIARETDB1 ground-truth XML file. Received: path={path!r} ({err})") from None
+        raise ValueError(f"Expected a DIARETDB1 ground-truth XML file. "
+                         f"Received: path={path!r} ({err})") from None
     markings = []
     for marking in tree.getroot().iter("marking"):
         kind = (marking.findtext("markingtype") or "").strip()
         level = (marking.findtext("confidencelevel") or "").strip()
-        circle, ellipse, polygon = (marking.find(tag) for tag in
-                                    ("circleregion", "ellipseregion", "polygonregion"))
-        if circle is not None:
-            x, y = _point(circle.find("centroid/coords2d"), path)
-            region = ("circle", x, y, float(circle.findtext("radius")))
-        elif ellipse is not None:
-            x, y = _point(ellipse.find("centroid/coords2d"), path)
-            radii = {r.get("direction"): float(r.text) for r in ellipse.findall("radius")}
-            region = ("ellipse", x, y, radii["x"], radii.get("y", radii["x"]),
-                      float(ellipse.findtext("angle") or 0))
-        elif polygon is not None:
-            # Direct coords2d children are the vertices; the one under <centroid> is not.
-            region = ("polygon", tuple(_point(c, path) for c in polygon.findall("coords2d")))
-        else:
-            raise ValueError(f"Expected a circle, ellipse or polygon region in every marking of "
-                             f"{path}. Received: marking type={kind!r} without one")
+        try:
+            region = _region(marking, path)
+        except (TypeError, KeyError, ValueError) as err:
+            raise ValueError(f"Expected a circle, ellipse or polygon region with its centre, radii "
+                             f"or vertices in every marking of {path}. "
+                             f"Received: a {kind!r} marking ({type(err).__name__}: {err})") from None
         markings.append({"type": kind, "confidence": level, "region": region})
     return markings
 

@@ -12,7 +12,6 @@ import csv
 import os
 
 from dr_saliency.datasets.base import (
-    IMAGE_SUFFIXES,
     LESION_TYPES,
     Record,
     list_files,
@@ -123,7 +122,7 @@ def load(root, problems):
     images = list_files(os.path.join(root, "images"))
     # Listed once per folder: a stat per row and suffix would be slow on 35,000 rows.
     has_masks = os.path.isdir(os.path.join(root, "masks"))
-    masks = {t: list_files(os.path.join(root, "masks", t), IMAGE_SUFFIXES) for t in LESION_TYPES}
+    masks = {t: list_files(os.path.join(root, "masks", t)) for t in LESION_TYPES}
     fovs = list_files(os.path.join(root, "fov"))
     records, seen, n_missing = [], set(), 0
     for line, row in table:

@@ -96,11 +96,10 @@ def _segmentation_records(root, grades, problems):
 
 
 def _read_grades(root, problems):
-    # {image id: (grade, edema risk, split)} from every CSV in "2. Groundtruths".
+    # {image id: (grade, macular edema risk)} from every CSV in "2. Groundtruths".
     truth_root = os.path.join(root, GRADING, GRADING_TRUTH)
     grades = {}
     for path in sorted(list_files(truth_root, (".csv",)).values()):
-        split = _split_of(os.path.basename(path))
         for line, row in read_table(path, ["Image name", GRADE_COLUMN], [EDEMA_COLUMN]):
             image_id = os.path.splitext(row["Image name"])[0]
             try:
@@ -113,7 +112,7 @@ def _read_grades(root, problems):
                 problems.bad_row(str(err))
                 continue
             edema = row.get(EDEMA_COLUMN)
-            grades[image_id] = (grade, int(edema) if edema and edema.isdigit() else None, split)
+            grades[image_id] = (grade, int(edema) if edema and edema.isdigit() else None)
     return grades
 
 
@@ -123,7 +122,7 @@ def _grading_records(root, grades, problems):
     for split_folder in subfolders(images_root):
         for image_id, path in list_files(os.path.join(images_root, split_folder)).items():
             found.add(image_id)
-            grade, edema, _ = grades.get(image_id, (None, None, None))
+            grade, edema = grades.get(image_id, (None, None))
             records.append(Record(image_id, path, grade=grade, split=_split_of(split_folder),
                                   meta={"part": "grading", "macular_edema_risk": edema}))
     ungraded = sum(1 for rec in records if rec.grade is None)
@@ -150,7 +149,7 @@ def load(root, problems):
             rows.
     """
     grades = _read_grades(root, problems)
-    segmentation = _segmentation_records(root, {k: v[:2] for k, v in grades.items()}, problems)
+    segmentation = _segmentation_records(root, grades, problems)
     grading, found = _grading_records(root, grades, problems)
     seg_ids = {rec.id for rec in segmentation}
     n_missing = sum(1 for image_id in grades if image_id not in found and image_id not in seg_ids)
