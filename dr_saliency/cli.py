@@ -102,6 +102,64 @@ class _Bar:
         return self.bar.__exit__(*exc)
 
 
+def _fractions(ctx, param, value):
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three comma-separated fractions, got {value!r}")
+    if len(parts) != 3:
+        raise click.BadParameter(f"expected three comma-separated fractions, got {value!r}")
+    return parts
+
+
+@cli.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--n", "n", default=1000, type=int, help="Number of images.")
+@click.option("--size", default=512, type=int, help="Image side in pixels (>= 128).")
+@click.option("--seed", default=0, type=int, help="Same seed, same files.")
+@click.option("--stages", default="balanced", type=click.Choice(["balanced", "kaggle"]),
+              help="balanced: equal counts per stage; kaggle: Kaggle's stage frequencies.")
+@click.option("--split", default="0.7,0.15,0.15", callback=_fractions,
+              help="train,val,test fractions (stratified by stage).")
+@click.option("--workers", type=int, help="Processes (default: one per CPU core).")
+@click.option("--overwrite", is_flag=True, help="Regenerate a folder made with other parameters.")
+def synth_cmd(out, n, size, seed, stages, split, workers, overwrite):
+    """Write a synthetic fundus dataset with lesion masks to OUT (resumable)."""
+    from dr_saliency import synth
+
+    with _Bar(n, "Synthesizing") as update:
+        labels = synth.write_dataset(out, n, size=size, seed=seed, stages=stages, split=split,
+                                     workers=workers, on_progress=update, overwrite=overwrite)
+    click.echo(f"{n} synthetic images of {size}x{size} ({stages} stages, seed {seed}): {labels}")
+
+
+@cli.command("preprocess")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--size", default=512, type=int, help="Output side in pixels.")
+@click.option("--layout", type=LAYOUT_CHOICE, help="Layout of SRC (default: detect).")
+@click.option("--workers", type=int, help="Processes (default: one per CPU core).")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unreadable images and bad rows (listed at the end) instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Redo every image of an existing OUT.")
+def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
+    """Crop SRC's images to their field of view, pad square and resize (with masks and FOV)
+    into the folder layout at OUT. Resumable: images already written are skipped."""
+    from dr_saliency import preprocess
+
+    dataset = _open(src, layout, skip_bad)
+    with _Bar(len(dataset), "Preprocessing") as update:
+        summary = preprocess.preprocess_dataset(dataset, out, size=size, workers=workers,
+                                                skip_bad=skip_bad, on_progress=update,
+                                                overwrite=overwrite)
+    for line in summary["warnings"][len(dataset.warnings):]:
+        click.echo(f"Warning: {line}", err=True)
+    for image_id, message in summary["skipped"]:
+        click.echo(f"Skipped {image_id}: {message}", err=True)
+    click.echo(f"{summary['written']} images written, {summary['already_done']} already done, "
+               f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: {out}")
+
+
 @cli.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "run_dir", type=click.Path(file_okay=False),

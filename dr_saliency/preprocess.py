@@ -21,6 +21,7 @@ Public API::
                        on_progress=None, overwrite=False) -> summary dict
 """
 
+import collections
 import concurrent.futures
 import csv
 import dataclasses
@@ -70,6 +71,11 @@ FOV_NOISE_FLOOR = 5
 """Grey levels above the background level (its 0.5th percentile) that a pixel must exceed to be
 FOV. Area-averaged JPEG noise in the black surround stays within ~4 levels; the darkest real
 fundus rim seen (DIARETDB1 image049, underexposed side) is ~19-30."""
+
+FOV_BACKGROUND_MAX = 10
+"""Cap on that background level. A black surround is at ~0-5; a 0.5th percentile above 10 means
+the image has (almost) no surround (a fundus cropped inside its FOV), and the fundus's own dark
+tail must not become the reference."""
 
 FOV_EDGE_FRACTION = 1 / 3
 """A pixel is FOV only if brighter than this fraction of the brightest pixel within
@@ -132,14 +138,18 @@ def fov_mask(image, *, threshold=None):
     noise), from the per-pixel maximum over the colour channels (robust to red-free, bluish or
     very red images):
 
-    1. A pixel is a candidate when it is brighter than the background level (0.5th percentile)
-       plus ``FOV_NOISE_FLOOR`` *and* than ``FOV_EDGE_FRACTION`` of the brightest pixel within
-       ``FOV_LOCAL_RADIUS``. The second, local, rule places the boundary on the sharp step of the
-       FOV edge whatever the exposure: it keeps a very dark fundus (its rim is compared with
-       itself) and drops the halo of stray light next to a bright rim, which then no longer
-       connects to the fundus. (A single global threshold cannot do both: a dark rim and a
-       bright image's halo both sit at ~20 of 255.)
-    2. The largest connected component, holes filled (dark lesions, vessels, a dark macula).
+    1. A pixel is a candidate when it is brighter than the background level (0.5th percentile,
+       at most ``FOV_BACKGROUND_MAX``) plus ``FOV_NOISE_FLOOR`` *and* than ``FOV_EDGE_FRACTION``
+       of the brightest pixel within ``FOV_LOCAL_RADIUS``. The second, local, rule places the
+       boundary on the sharp step of the FOV edge whatever the exposure: it keeps a very dark
+       fundus (its rim is compared with itself) and drops the halo of stray light next to a
+       bright rim, which then no longer connects to the fundus. (A single global threshold
+       cannot do both: a dark rim and a bright image's halo both sit at ~20 of 255.) It assumes
+       what lies just outside the FOV is darker than a third of the rim next to it;
+       ``threshold`` is the way out otherwise.
+    2. The connected component with the largest summed brightness (the FOV is the brightest
+       large thing; a dim surround of stray light can be larger), holes filled (dark lesions,
+       vessels, a dark macula).
     3. A small morphological opening and closing (~1% of the FOV radius) removes noise and
        smooths the edge; then the largest component again.
     4. Tabs and notches: an ellipse (a circle, or the slightly stretched circle of some cameras)
@@ -164,6 +174,7 @@ def fov_mask(image, *, threshold=None):
         ValueError: for a wrong shape or dtype, or a threshold outside ``[0, 255)``.
     """
     _check_image(image)
+    image = np.ascontiguousarray(image)  # OpenCV needs it (a channel-reversed view is not)
     if threshold is not None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)):
             raise TypeError(f"Expected a number or None. Received: threshold={threshold!r}")
@@ -173,7 +184,7 @@ def fov_mask(image, *, threshold=None):
     small, k = _downscale(image)
     value = small.max(axis=2)
     low = _fov_candidates(value, threshold)
-    low = _clean_fov(low)
+    low = _clean_fov(low, value)
     if low.any():
         low = _clip_to_ellipse(low)
     return _upscale_mask(low, k, (height, width))
@@ -197,7 +208,7 @@ def _fov_candidates(value, threshold):
     if threshold is not None:
         return value > threshold
     hist = np.bincount(value.ravel(), minlength=256)
-    background = int(np.searchsorted(np.cumsum(hist), 0.005 * value.size))
+    background = min(int(np.searchsorted(np.cumsum(hist), 0.005 * value.size)), FOV_BACKGROUND_MAX)
     radius = max(1, round(FOV_LOCAL_RADIUS * max(value.shape)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     # Grey dilation = the brightest pixel of the neighbourhood. Border pixels see only the image.
@@ -206,17 +217,21 @@ def _fov_candidates(value, threshold):
     return (value > floor) & (value.astype(np.float32) > FOV_EDGE_FRACTION * local_max)
 
 
-def _largest_component(mask):
+def _largest_component(mask, value=None):
+    """The largest 4-connected component of a bool mask (by summed ``value`` when given)."""
     # 4-connectivity: a diagonal chain of noise pixels must not bridge the fundus to a halo.
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=4)
+    n, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     if n <= 1:
         return np.zeros_like(mask)
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == best
+    weights = None if value is None else value.ravel().astype(np.float64)
+    size = np.bincount(labels.ravel(), weights=weights, minlength=n)
+    return labels == 1 + int(np.argmax(size[1:]))
 
 
-def _clean_fov(candidates):
-    fov = _largest_component(candidates)
+def _clean_fov(candidates, value):
+    # The FOV is the brightest large thing: weighing components by summed brightness keeps a
+    # small bright FOV ahead of a larger dim surround of stray light.
+    fov = _largest_component(candidates, value)
     if not fov.any():
         return fov
     fov = ndimage.binary_fill_holes(fov)
@@ -431,7 +446,7 @@ def apply_geometry(array, box, size, kind="image"):
     if not isinstance(box, SquareBox):
         raise TypeError(f"Expected a SquareBox (from square_crop_box). Received: box={box!r}")
     size = _check_size(size)
-    array = np.asarray(array)
+    array = np.ascontiguousarray(array)  # OpenCV needs it; no copy in the usual case
     shrink = size < box.side
     if kind == "image":
         _check_image(array, "array")
@@ -663,8 +678,11 @@ def _default_workers():
 
 
 def _pool_context():
-    # "forkserver" (Python 3.14's default on POSIX) does not fork the caller, which may hold
-    # TensorFlow's threads; the server preloads this module once for all workers.
+    # Not "fork": a forked child hung for good in cv2.setNumThreads(1) once OpenCV had used its
+    # thread pool in the parent (opencv-python 5.0), and the caller may hold TensorFlow's threads.
+    # "forkserver" (Python 3.14's default on POSIX) forks workers from a clean server process,
+    # which imports this module once for all of them. Like "spawn", it needs the calling script
+    # to guard its entry point with `if __name__ == "__main__":`.
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
@@ -738,7 +756,7 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
     records = [dataset[i] for i in range(len(dataset))]
     ids = [rec.id for rec in records]
     if len(set(ids)) != len(ids):
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        duplicates = sorted(k for k, n in collections.Counter(ids).items() if n > 1)[:5]
         raise ValueError(f"Expected unique record ids. Received: duplicate ids={duplicates}")
 
     _check_params(out, size, overwrite)

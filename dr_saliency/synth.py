@@ -310,8 +310,7 @@ class _Fundus:
         self.rows = np.arange(size, dtype=np.float32)[:, None]
         self.cols = np.arange(size, dtype=np.float32)[None, :]
         self.vessels = []      # (points (n, 2) x/y, widths (n,), kind, is_main)
-        self.lesions = []      # dicts, before masks are measured
-        self.patches = {t: [] for t in LESION_TYPES}   # (y0, x0, alpha patch) per lesion
+        self.lesions = []      # dicts; "patch": (row, col, alpha) of its drawn opacity
 
     # ----- geometry -----------------------------------------------------------------------
     def _layout(self):
@@ -533,6 +532,9 @@ class _Fundus:
         extent = radius + 2.5 * math.hypot(soft, self.blur) + 0.5
         if not self._free(self.occ, center_rc, extent + 1.5 + self.scale):
             return False
+        # A microaneurysm against a vessel would read as a kink of that vessel: keep it clear.
+        if kind == "MA" and not self._free(self.vessel_occ, center_rc, extent):
+            return False
         r = int(math.ceil(extent)) + 1
         y0, x0 = int(math.floor(center_rc[0])) - r, int(math.floor(center_rc[1])) - r
         patch = np.zeros((2 * r + 1, 2 * r + 1), np.uint8)
@@ -542,10 +544,9 @@ class _Fundus:
         if kind in ("MA", "HE") and (self.vessel_occ[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] & (patch > 0)).any():
             return False
         alpha = _blur(patch.astype(np.float32) * (contrast / 255.0), soft)
-        self.patches[kind].append((y0, x0, alpha))
         cv2.circle(self.occ, (int(round(center_rc[1])), int(round(center_rc[0]))), int(math.ceil(extent)), 1, -1)
         self.lesions.append(dict(type=kind, center=tuple(map(float, center_rc)), radius=float(radius),
-                                 contrast=float(contrast), shape=shape))
+                                 contrast=float(contrast), shape=shape, patch=(y0, x0, alpha)))
         return True
 
     def _radius(self, key):
@@ -575,14 +576,16 @@ class _Fundus:
     def _index_vessels(self):
         """A table of all vessel points, so that lesions can be put against a vessel cheaply."""
         pts = np.concatenate([v[0] for v in self.vessels])
-        heading = np.concatenate([np.arctan2(*np.gradient(v[0], axis=0)[:, ::-1].T) if len(v[0]) > 1 else [0.0]
-                                  for v in self.vessels])
-        self.vp = {"rc": pts[:, ::-1], "heading": heading, "width": np.concatenate([v[1] for v in self.vessels]),
-                   "main": np.concatenate([np.full(len(v[0]), v[3]) for v in self.vessels])}
-        rc = self.vp["rc"]
-        self.vp["quadrant"] = (rc[:, 1] >= self.fov_c[1]) + 2 * (rc[:, 0] >= self.fov_c[0])
-        self.vp["usable"] = ((np.hypot(*(rc - self.disc).T) > DISC_EXCLUSION * self.rd)
-                             & (np.hypot(*(rc - self.fov_c).T) < LESION_ZONE * self.R))
+        last = np.cumsum([len(v[0]) for v in self.vessels]) - 1
+        step = np.diff(pts, axis=0, append=pts[-1:])
+        step[last] = step[np.maximum(last - 1, 0)]   # a path's last point keeps its own heading
+        rc = pts[:, ::-1]
+        self.vp = {"rc": rc, "heading": np.arctan2(step[:, 1], step[:, 0]),
+                   "width": np.concatenate([v[1] for v in self.vessels]),
+                   "main": np.concatenate([np.full(len(v[0]), v[3]) for v in self.vessels]),
+                   "quadrant": (rc[:, 1] >= self.fov_c[1]) + 2 * (rc[:, 0] >= self.fov_c[0]),
+                   "usable": ((np.hypot(*(rc - self.disc).T) > DISC_EXCLUSION * self.rd)
+                              & (np.hypot(*(rc - self.fov_c).T) < LESION_ZONE * self.R))}
 
     def _vessel_point(self, min_width, main_only=False, quadrant=None):
         """A random point on a vessel at least ``min_width`` wide, away from the disc and the
@@ -640,7 +643,7 @@ class _Fundus:
         rng, rule, R, s = self.rng, STAGE_RULES[self.stage], self.R, self.scale
         count = {k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in
                  (("MA", rule.ma), ("HE", rule.he), ("EX", rule.ex), ("SE", rule.se), ("NV", rule.nv))}
-        tries = 60
+        tries = 30
         # Cotton-wool spots: along the arcades, often over a vessel.
         placed = 0
         for _ in range(count["SE"] * tries):
@@ -682,7 +685,7 @@ class _Fundus:
             quads = list(rng.permutation(4)[:nq])
             wanted = [quads[i % nq] for i in range(count["HE"])]
             for q in wanted:
-                for _ in range(tries):
+                for _ in range(3 * tries):   # large blots need room between the vessels
                     anchor = self._vessel_point(2.0 * s, quadrant=q) if rng.uniform() < HE_NEAR_VESSEL else None
                     if self._add_he(q, None if nq == 4 else rule.spread, anchor):
                         break
@@ -735,9 +738,11 @@ class _Fundus:
         self._lesions()
 
         sigma = max(0.6 * s, 0.35)
-        v = _blur(veins.astype(np.float32) * (1 / 255), sigma)[:, :, None]
-        a = _blur(arteries.astype(np.float32) * (1 / 255), sigma)[:, :, None]
-        scene *= 1.0 - v * np.array(VEIN_ABSORB, np.float32) - a * np.array(ARTERY_ABSORB, np.float32)
+        v = _blur(veins.astype(np.float32) * (1 / 255), sigma)
+        a = _blur(arteries.astype(np.float32) * (1 / 255), sigma)
+        # Transmission 1 - v * VEIN_ABSORB - a * ARTERY_ABSORB per channel, in one OpenCV pass.
+        m = np.column_stack([-np.array(VEIN_ABSORB), -np.array(ARTERY_ABSORB), np.ones(3)]).astype(np.float32)
+        scene *= cv2.transform(cv2.merge([v, a]), m)
 
         # Everything after the lesions is affine per pixel, then a linear blur:
         # final = blur(scene * gain + offset). So a lesion's change to the final image is
@@ -746,30 +751,13 @@ class _Fundus:
         if offset is not None:
             final += offset
         final = _blur(final, self.blur)
-        fov = d_fov <= self.R
-        masks, margin = {}, int(math.ceil(4 * self.blur)) + 1
-        for kind in LESION_TYPES:
-            masks[kind] = np.zeros((size, size), bool)
-            if not self.patches[kind]:
-                continue
-            delta = np.zeros((size, size, 3), np.float32)
-            top, left, bottom, right = size, size, 0, 0
-            for y0, x0, alpha in self.patches[kind]:
-                y0, x0 = y0 - margin, x0 - margin
-                y1, x1 = y0 + alpha.shape[0] + 2 * margin, x0 + alpha.shape[1] + 2 * margin
-                al = np.pad(alpha, margin)[:, :, None]
-                sc = scene[y0:y1, x0:x1]
-                if kind in ("MA", "HE"):
-                    d = sc * al * -np.array(RED_LESION_ABSORB, np.float32)
-                else:
-                    d = al * (np.array(EX_COLOUR if kind == "EX" else SE_COLOUR, np.float32) - sc)
-                delta[y0:y1, x0:x1] += _blur(d * gain[y0:y1, x0:x1], self.blur)
-                top, left, bottom, right = min(top, y0), min(left, x0), max(bottom, y1), max(right, x1)
-            box = (slice(top, bottom), slice(left, right))
-            before = np.clip(final[box], 0.0, 1.0)
-            final[box] += delta[box]
-            change = np.abs(np.clip(final[box], 0.0, 1.0) - before).max(axis=2) * 255.0
-            masks[kind][box] = self._footprints(kind, change, (top, left)) & fov[box]
+        fov = d_fov < self.R + 0.5   # every pixel the anti-aliased border lights
+        masks = {kind: np.zeros((size, size), bool) for kind in LESION_TYPES}
+        clean = final.copy()
+        margin = int(math.ceil(4 * self.blur)) + 1   # GaussianBlur's kernel radius
+        for lesion in self.lesions:
+            if lesion["type"] != "NV":
+                self._composite(lesion, scene, gain, clean, final, masks[lesion["type"]], margin)
         final += rng.standard_normal(final.shape, dtype=np.float32) * (_uniform(rng, NOISE_SIGMA) / 255.0)
         edge = np.clip(self.R + 0.5 - d_fov, 0.0, 1.0)   # anti-aliased FOV border
         final *= edge[:, :, None] * 255.0
@@ -789,37 +777,36 @@ class _Fundus:
                            fov_radius=float(self.R), disc_center=flip(self.disc), disc_radius=float(self.rd),
                            fovea=flip(self.fovea))
 
-    def _footprints(self, kind, change, origin):
-        """Each lesion's mask: where it changed the image by at least ``MASK_LEVEL`` of its own
-        peak change and ``VISIBLE_CHANGE`` grey levels; records area and peak on the lesion.
+    def _composite(self, lesion, scene, gain, clean, final, mask, margin):
+        """Add one lesion's change to ``final`` and its footprint to ``mask``, in its window.
 
-        Args:
-            change: ``(h, w)`` float32, grey levels, a window of the image at ``origin``.
-
-        Returns:
-            ``(h, w)`` bool.
+        The change is exact: ``blur(delta * gain)`` with the camera blur, clipped as the image
+        is, against the image without lesions (``clean``). The footprint is where it reaches
+        ``VISIBLE_CHANGE`` and ``MASK_LEVEL`` of the lesion's peak, kept to the component that
+        holds the peak; its area and peak are recorded on the lesion. A lesion whose peak stays
+        below ``VISIBLE_CHANGE`` gets no footprint and is left out of the lesion list.
         """
-        n, labels, stats, _ = cv2.connectedComponentsWithStats((change >= VISIBLE_CHANGE).astype(np.uint8),
-                                                               connectivity=8)
-        level = np.full(n, np.inf, np.float32)
-        for d in self.lesions:
-            if d["type"] != kind:
-                continue
-            y, x = int(round(d["center"][0])) - origin[0], int(round(d["center"][1])) - origin[1]
-            label = labels[y, x]
-            if not label:   # it stayed below the visible level: not a lesion of this image
-                continue
-            x0, y0, w, h = stats[label, :4]
-            peak = float(change[y0:y0 + h, x0:x0 + w][labels[y0:y0 + h, x0:x0 + w] == label].max())
-            level[label] = max(VISIBLE_CHANGE, MASK_LEVEL * peak)
-            d["peak_change"] = peak
-            d["label"] = label
-        mask = change >= level[labels]
-        area = np.bincount(labels[mask], minlength=n)
-        for d in self.lesions:
-            if d["type"] == kind and "label" in d:
-                d["area"] = int(area[d.pop("label")])
-        return mask
+        y0, x0, alpha = lesion.pop("patch")
+        y0, x0 = y0 - margin, x0 - margin
+        win = (slice(y0, y0 + alpha.shape[0] + 2 * margin), slice(x0, x0 + alpha.shape[1] + 2 * margin))
+        alpha = np.pad(alpha, margin)[:, :, None]
+        if lesion["type"] in ("MA", "HE"):
+            delta = scene[win] * alpha * -np.array(RED_LESION_ABSORB, np.float32)
+        else:
+            colour = np.array(EX_COLOUR if lesion["type"] == "EX" else SE_COLOUR, np.float32)
+            delta = alpha * (colour - scene[win])
+        delta = _blur(delta * gain[win], self.blur)
+        before = np.clip(clean[win], 0.0, 1.0)
+        change = np.abs(np.clip(clean[win] + delta, 0.0, 1.0) - before).max(axis=2) * 255.0
+        final[win] += delta
+        peak = float(change.max())
+        if peak < VISIBLE_CHANGE:
+            return
+        _, labels = cv2.connectedComponents((change >= max(VISIBLE_CHANGE, MASK_LEVEL * peak)).astype(np.uint8),
+                                            connectivity=8)
+        footprint = labels == labels.flat[int(np.argmax(change))]
+        mask[win] |= footprint
+        lesion["area"], lesion["peak_change"] = int(footprint.sum()), peak
 
 
 # ----- dataset folder ---------------------------------------------------------------------------
@@ -846,9 +833,9 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
             frequencies of Kaggle's trainLabels.csv, ``KAGGLE_COUNTS``).
         split: three non-negative fractions (train, val, test) summing to 1, applied within each
             stage (stratified).
-        workers: int >= 1 or None (one process per CPU core). 1 runs in this process.
+        workers: int >= 1 or None (one process per available CPU core). 1 runs in this process.
         on_progress: optional callable(k), called in this process with the number of images
-            finished since the previous call (already present ones in one first call), e.g.
+            finished since the previous call (images already present: one first call), e.g.
             a click progress bar's ``update``.
         overwrite: bool; True regenerates everything, deleting this generator's earlier files
             (``synth_*.png``, ``labels.csv``, ``synth.json``) and leaving other files alone.
@@ -923,6 +910,8 @@ def _write_one(job):
 def _claim_folder(out, params, overwrite):
     """Make ``out`` ready for this generation run, or refuse with the reason."""
     path = os.path.join(out, PARAMS_FILE)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"Expected a folder. Received: out={out!r}, an existing file")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         try:
             with open(path, encoding="utf-8") as f:
@@ -939,8 +928,6 @@ def _claim_folder(out, params, overwrite):
             f"Expected a synthetic dataset written with the same parameters to resume (pass overwrite=True "
             f"to replace it). Received: out={out!r}, written with {diff}"
         )
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"Expected a folder. Received: out={out!r}, an existing file")
     if overwrite and os.path.isdir(out):
         for sub in ["images", "fov"] + [os.path.join("masks", t) for t in LESION_TYPES]:
             folder = os.path.join(out, sub)
@@ -967,6 +954,27 @@ def _apportion(total, weights):
     return counts
 
 
+def _split_counts(sizes, split):
+    """Images per (stage, split): each stage split in the given proportions, and the totals too.
+
+    Stage by stage rounding alone would put every image of a small set in ``train`` (two images
+    at 0.7/0.15/0.15 round to 2/0/0); so the split totals are fixed first (largest remainder) and
+    the leftover images go to the (stage, split) cells with the largest remainders that still
+    have room in both.
+    """
+    exact = np.outer(sizes, split)
+    counts = np.floor(exact).astype(int)
+    totals = _apportion(int(np.sum(sizes)), split)
+    for cell in np.argsort(-(exact - counts), axis=None, kind="stable"):
+        stage, part = np.unravel_index(cell, counts.shape)
+        if counts[stage].sum() < sizes[stage] and counts[:, part].sum() < totals[part]:
+            counts[stage, part] += 1
+    for stage in range(len(sizes)):   # should the greedy pass leave a stage short
+        while counts[stage].sum() < sizes[stage]:
+            counts[stage, int(np.argmax(totals - counts.sum(axis=0)))] += 1
+    return counts
+
+
 def _plan(n, seed, stages, split):
     """Ids, generator indices, stages and splits of a dataset: ``[(id, index, stage, split)]``.
 
@@ -974,12 +982,12 @@ def _plan(n, seed, stages, split):
     given proportions (stratified), by a generator of its own (index 0; images use 1..n).
     """
     rng = np.random.default_rng([seed, 0])
-    counts = _apportion(n, [1] * 5 if stages == "balanced" else KAGGLE_COUNTS)
-    stage_of = rng.permutation(np.repeat(np.arange(5), counts))
+    sizes = _apportion(n, [1] * 5 if stages == "balanced" else KAGGLE_COUNTS)
+    stage_of = rng.permutation(np.repeat(np.arange(5), sizes))
     part_of = np.empty(n, object)
-    for stage in range(5):
+    for stage, counts in enumerate(_split_counts(sizes, split)):
         members = rng.permutation(np.flatnonzero(stage_of == stage))
-        part_of[members] = np.repeat(["train", "val", "test"], _apportion(len(members), split))
+        part_of[members] = np.repeat(["train", "val", "test"], counts)
     width = max(5, len(str(n)))
     return [(f"synth_{i + 1:0{width}d}", i + 1, int(stage_of[i]), str(part_of[i])) for i in range(n)]
 
@@ -989,7 +997,7 @@ def measure_lesions(image, masks, ring=3):
     """Size and contrast of every lesion (8-connected mask component) of an image.
 
     Contrast is the largest, over R, G and B, absolute difference between the component's mean
-    colour and the mean colour of a ring around it (``ring`` px wide, other lesions excluded).
+    colour and the mean colour of a ring around it (``ring`` px wide, lesions excluded).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
@@ -1002,12 +1010,13 @@ def measure_lesions(image, masks, ring=3):
     image = np.asarray(image, np.float64)
     lesion_any = np.zeros(image.shape[:2], bool)
     for mask in masks.values():
-        lesion_any |= mask
-    outside = ~cv2.dilate(lesion_any.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        lesion_any |= np.asarray(mask, bool)
+    outside = cv2.dilate(lesion_any.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring + 1, 2 * ring + 1))
     result = {}
     for kind, mask in masks.items():
         n, labels = cv2.connectedComponents(np.asarray(mask, np.uint8), connectivity=8)
+        # Grey dilation of the label image gives each ring pixel the label of a lesion next to it.
         around = cv2.dilate(labels.astype(np.float32), disc).astype(np.int64)
         around[~outside] = 0
         area = np.bincount(labels.ravel(), minlength=n)[1:]
@@ -1044,11 +1053,14 @@ def lesion_statistics(source):
             counts.setdefault((stage, kind), []).append(len(m["area"]))
             areas.setdefault((stage, kind), []).extend(m["area"])
             contrasts.setdefault((stage, kind), []).extend(m["contrast"])
+
+    def pct(values, q):
+        return float(np.percentile(values, q)) if len(values) else float("nan")
+
     rows = []
     for stage, kind in sorted(counts, key=lambda k: (k[0], LESION_TYPES.index(k[1]))):
         c = np.array(counts[stage, kind])
-        a, k = np.array(areas[stage, kind], float), np.array(contrasts[stage, kind], float)
-        pct = (lambda v, q: float(np.percentile(v, q)) if len(v) else float("nan"))
+        a, k = areas[stage, kind], contrasts[stage, kind]
         rows.append({"stage": stage, "type": kind, "images": len(c), "with_lesion": int((c > 0).sum()),
                      "count_mean": float(c.mean()), "count_min": int(c.min()), "count_max": int(c.max()),
                      "area_p10": pct(a, 10), "area_median": pct(a, 50), "area_p90": pct(a, 90),
@@ -1064,9 +1076,8 @@ def _samples(source):
             rows = list(csv.DictReader(f))
         for row in rows:
             image = read_image(os.path.join(root, "images", row["image"] + ".png"))
-            masks = {t: read_mask(os.path.join(root, "masks", t, row["image"] + ".png"), image.shape)
-                     for t in LESION_TYPES if os.path.exists(os.path.join(root, "masks", t, row["image"] + ".png"))}
-            yield int(row["level"]), image, masks
+            paths = {t: os.path.join(root, "masks", t, row["image"] + ".png") for t in LESION_TYPES}
+            yield int(row["level"]), image, {t: read_mask(p, image.shape) for t, p in paths.items() if os.path.exists(p)}
     else:
         for result in source:
             yield result.stage, result.image, result.masks
@@ -1109,6 +1120,9 @@ def crop_to_fov(image, size=512, threshold=20):
 
     Returns:
         ``(size, size, 3)`` uint8 RGB.
+
+    Raises:
+        ValueError: when no pixel exceeds the threshold.
     """
     image = np.asarray(image, np.uint8)
     rows, cols = np.nonzero(image[:, :, 0] > threshold)
@@ -1137,7 +1151,7 @@ def example_grid(n_per_stage=4, *, size=512, seed=0, outline=False):
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(2.2 * n_per_stage, 2.2 * 5 + 0.3), layout="constrained")
+    fig = Figure(figsize=(2.4 * n_per_stage, 2.5 * 5), layout="constrained")
     axes = fig.subplots(5, n_per_stage, squeeze=False)
     for stage in range(5):
         for j in range(n_per_stage):
@@ -1147,7 +1161,7 @@ def example_grid(n_per_stage=4, *, size=512, seed=0, outline=False):
             ax.set_xticks([])
             ax.set_yticks([])
             n = {t: sum(1 for l in r.lesions if l.type == t) for t in _TYPES_AND_NV}
-            ax.set_title(" ".join(f"{t}{c}" for t, c in n.items() if c) or "no lesion", fontsize=7)
+            ax.set_title(" ".join(f"{t} {c}" for t, c in n.items() if c) or "no lesion", fontsize=7)
             if j == 0:
                 ax.set_ylabel(f"stage {stage}")
     return fig
@@ -1171,24 +1185,20 @@ def comparison_figure(synthetic, real, *, titles=None, size=512, zoom=(0.25, 0.2
         ``matplotlib.figure.Figure``.
     """
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     panels = [np.asarray(im, np.uint8) for im in synthetic] + [crop_to_fov(im, size) for im in real]
-    titles = list(titles) if titles is not None else (["synthetic"] * len(synthetic) + ["real"] * len(real))
+    titles = list(titles) if titles is not None else ["synthetic"] * len(synthetic) + ["real"] * len(real)
     fig = Figure(figsize=(3.0 * len(panels), 6.2), layout="constrained")
     axes = fig.subplots(2, len(panels), squeeze=False)
     top, left, side = (int(round(v * size)) for v in zoom)
     for j, (im, title) in enumerate(zip(panels, titles)):
         axes[0, j].imshow(im)
-        axes[0, j].add_patch(_rectangle(left, top, side))
+        axes[0, j].add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="white",
+                                       linewidth=0.8))
         axes[0, j].set_title(title, fontsize=9)
         axes[1, j].imshow(im[top:top + side, left:left + side], interpolation="nearest")
         for ax in axes[:, j]:
             ax.set_xticks([])
             ax.set_yticks([])
     return fig
-
-
-def _rectangle(left, top, side):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="white", linewidth=0.8)
