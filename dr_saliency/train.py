@@ -30,6 +30,7 @@ import numpy as np
 from dr_saliency import metrics as metrics_lib
 from dr_saliency import model as model_lib
 from dr_saliency._tf import keras, tf
+from dr_saliency.augment import augment_batch
 from dr_saliency.imio import read_image
 from dr_saliency.train_config import QUICK_PROFILE, STRATEGIES, TrainConfig  # noqa: F401
 
@@ -118,72 +119,45 @@ def check_files(records, *, skip_bad=False, on_progress=None):
     return good, bad
 
 
-def _decode(path, size):
-    """Read one image file as float32 RGB (size, size, 3), 0-255, resizing if needed."""
-    image = tf.numpy_function(lambda p: read_image(p.decode()), [path], tf.uint8, stateful=False)
-    image = tf.ensure_shape(image, [None, None, 3])
-    shape = tf.shape(image)[:2]
-    image = tf.cast(image, tf.float32)
-    return tf.cond(
-        tf.reduce_all(tf.equal(shape, [size, size])),
-        lambda: image,
-        lambda: tf.image.resize(image, [size, size], antialias=True),
-    )
+#: Suffixes TensorFlow decodes natively in the pipeline; other formats (e.g. TIFF) go through
+#: OpenCV (``imio.read_image``), which is ~3x slower there because it holds the GIL in between.
+TF_DECODABLE = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+#: Decoded training images are kept in memory (uint8) when they fit this budget: decoding then
+#: happens once per image instead of once per epoch. Above it (Kaggle-scale data) they are
+#: decoded every epoch, in parallel.
+CACHE_BYTES = 4 * 2 ** 30
 
 
-def augment(image, seed):
-    """Random fundus augmentation of one image, applied inside its field of view.
+def _decoder(paths, size):
+    """A function path -> (size, size, 3) uint8 RGB, resizing where an image has another size."""
+    native = all(str(p).lower().endswith(TF_DECODABLE) for p in paths)
 
-    Flips (left/right eyes are mirror images; up/down is a plausible acquisition), a rotation by
-    any angle (the field of view is round), scale 0.9-1.1 and translation up to 5% of the side
-    (all in one projective warp), then brightness (x0.85-1.15), contrast (x0.85-1.15 about the
-    FOV mean) and per-channel colour gains (x0.93-1.07). The FOV (pixels brighter than 8 in any
-    channel: preprocessed images are black outside) is warped with the image and everything
-    outside it is set back to black, so the jitter never paints the surround.
+    def decode(path):
+        if native:
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        else:
+            image = tf.numpy_function(lambda p: read_image(p.decode()), [path], tf.uint8,
+                                      stateful=False)
+        image = tf.ensure_shape(image, [None, None, 3])
+        return tf.cond(
+            tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size])),
+            lambda: image,
+            lambda: tf.cast(tf.round(tf.clip_by_value(
+                tf.image.resize(image, [size, size], antialias=True), 0, 255)), tf.uint8),
+        )
 
-    Args:
-        image: (S, S, 3) float32 RGB in 0-255.
-        seed: (2,) int32/int64 stateless seed.
-
-    Returns:
-        (S, S, 3) float32 RGB in 0-255.
-    """
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 8)
-    size = tf.cast(tf.shape(image)[0], tf.float32)
-    fov = tf.cast(tf.reduce_max(image, axis=-1, keepdims=True) > 8.0, tf.float32)
-    stack = tf.concat([image, fov], axis=-1)
-    stack = tf.cond(tf.random.stateless_uniform([], seeds[0]) < 0.5,
-                    lambda: tf.reverse(stack, [1]), lambda: stack)
-    stack = tf.cond(tf.random.stateless_uniform([], seeds[1]) < 0.5,
-                    lambda: tf.reverse(stack, [0]), lambda: stack)
-    angle = tf.random.stateless_uniform([], seeds[2], -math.pi, math.pi)
-    scale = tf.random.stateless_uniform([], seeds[3], 0.9, 1.1)
-    shift = tf.random.stateless_uniform([2], seeds[4], -0.05, 0.05) * size
-    # Output pixel p samples input at A p + b: rotate/scale about the centre, then shift.
-    c, s = tf.cos(angle) / scale, tf.sin(angle) / scale
-    centre = (size - 1.0) / 2.0
-    b0 = centre - c * centre + s * centre - shift[0]
-    b1 = centre - s * centre - c * centre - shift[1]
-    transform = tf.stack([c, -s, b0, s, c, b1, 0.0, 0.0])[None, :]
-    stack = tf.raw_ops.ImageProjectiveTransformV3(
-        images=stack[None], transforms=transform, output_shape=tf.shape(stack)[:2],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
-    image, fov = stack[..., :3], tf.cast(stack[..., 3:] > 0.5, tf.float32)
-    brightness = tf.random.stateless_uniform([], seeds[5], 0.85, 1.15)
-    contrast = tf.random.stateless_uniform([], seeds[6], 0.85, 1.15)
-    gains = tf.random.stateless_uniform([3], seeds[7], 0.93, 1.07)
-    mean = tf.reduce_sum(image * fov, axis=[0, 1]) / tf.maximum(tf.reduce_sum(fov), 1.0)
-    image = ((image - mean) * contrast + mean) * brightness * gains
-    return tf.clip_by_value(image, 0.0, 255.0) * fov
+    return decode
 
 
 def make_dataset(records, config, *, training, seed=0):
     """The tf.data input pipeline.
 
-    Training: (balanced) infinite stream, parallel decoding and augmentation, batches, prefetch.
-    Balancing draws each stage present with equal probability (oversampling rare stages, with
-    replacement), so every stage is seen equally often per epoch. Evaluation: each record once,
-    in order, unaugmented.
+    Training: an infinite stream, balanced when ``config.balance``: each stage present is drawn
+    with equal probability (rare stages oversampled with replacement), so every stage is seen
+    equally often per epoch. Images are decoded in parallel (and kept in memory when they fit
+    ``CACHE_BYTES``), batched, augmented (:mod:`dr_saliency.augment`), preprocessed for the
+    VGG-16 and prefetched. Evaluation: each record once, in order, unaugmented.
 
     Args:
         records: sequence of records (``image_path``, ``grade``; grade may be None when not
@@ -198,35 +172,40 @@ def make_dataset(records, config, *, training, seed=0):
     size = config.input_size
     paths = np.array([r.image_path for r in records])
     labels = np.array([-1 if r.grade is None else r.grade for r in records], np.float32)
+    decode = _decoder(paths, size)
     auto = tf.data.AUTOTUNE
 
-    def load(path, label):
-        return _decode(path, size), label
+    def to_model(x, y):
+        return model_lib.preprocess_input(x), y[:, None]
+
+    def images_of(sel):
+        ds = tf.data.Dataset.from_tensor_slices((paths[sel], labels[sel]))
+        return ds.map(lambda p, y: (decode(p), y), num_parallel_calls=auto)
 
     if not training:
-        ds = tf.data.Dataset.from_tensor_slices((paths, labels)).map(load, num_parallel_calls=auto)
-        ds = ds.map(lambda x, y: (model_lib.preprocess_input(x), y[None]), num_parallel_calls=auto)
-        return ds.batch(config.batch_size).prefetch(auto)
+        return images_of(slice(None)).batch(config.batch_size).map(to_model).prefetch(auto)
 
-    if config.balance:
-        streams = []
-        for stage in sorted(set(labels.astype(int).tolist())):
-            sel = labels == stage
-            streams.append(tf.data.Dataset.from_tensor_slices((paths[sel], labels[sel]))
-                           .shuffle(int(sel.sum()), seed=seed + stage).repeat())
-        ds = tf.data.Dataset.sample_from_datasets(streams, seed=seed)
-    else:
-        ds = (tf.data.Dataset.from_tensor_slices((paths, labels))
-              .shuffle(len(paths), seed=seed).repeat())
-    ds = ds.map(load, num_parallel_calls=auto)
+    cache = len(paths) * size * size * 3 <= CACHE_BYTES
+    groups = ([labels == stage for stage in sorted(set(labels.tolist()))] if config.balance
+              else [np.ones(len(paths), bool)])
+    streams = []
+    for k, sel in enumerate(groups):
+        ds = images_of(sel)
+        if cache:
+            ds = ds.cache()
+        streams.append(ds.shuffle(int(sel.sum()), seed=seed + k).repeat())
+    ds = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(streams, seed=seed)
+    ds = ds.batch(config.batch_size, drop_remainder=True)
     if config.augment:
-        # Stateless per-element seeds from a counter: reproducible whatever the parallelism.
-        counter = tf.data.Dataset.counter()
-        ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda xy, i: (augment(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), xy[1]),
-            num_parallel_calls=auto)
-    ds = ds.map(lambda x, y: (model_lib.preprocess_input(x), y[None]), num_parallel_calls=auto)
-    return ds.batch(config.batch_size, drop_remainder=True).prefetch(auto)
+        # Per-batch seeds (run seed, batch counter): reproducible whatever the parallelism.
+        def augment(xy, i):
+            out = tf.numpy_function(augment_batch, [xy[0], tf.stack([seed, i])], tf.uint8,
+                                    stateful=False)
+            return tf.ensure_shape(out, xy[0].shape), xy[1]
+
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
+            augment, num_parallel_calls=auto)
+    return ds.map(to_model, num_parallel_calls=auto).prefetch(auto)
 
 
 def predict_records(model, records, *, batch_size=16):

@@ -80,7 +80,7 @@ class TrainConfig:
 
 #: The quick CPU profile: trains a narrow VGG-16 from scratch on synthetic data in a few minutes
 #: (evidence in docs/training.md). The paper's settings stay the TrainConfig defaults.
-QUICK_PROFILE = dict(input_size=256, width=0.125, weights=None, epochs=12, batch_size=16,
+QUICK_PROFILE = dict(input_size=256, width=0.125, weights=None, epochs=6, batch_size=16,
                      optimizer="sgd", learning_rate=3e-3, schedule="cosine", warmup_epochs=1.0,
                      clipnorm=1.0)
 
