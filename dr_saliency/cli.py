@@ -12,6 +12,9 @@ import warnings
 import click
 
 from dr_saliency._version import __version__
+from dr_saliency import explain_options as xo
+from dr_saliency import inpaint as inpaint_defaults
+from dr_saliency import refine as refine_defaults
 from dr_saliency.train_config import QUICK_PROFILE, TrainConfig
 
 _STATE = {"debug": False}
@@ -88,18 +91,25 @@ def _open(data, layout, skip_bad=False):
 
 
 class _Bar:
-    """A click progress bar fed by a library's ``on_progress(k)`` callback."""
+    """A click progress bar fed by a library's ``on_progress(k)`` callback.
+
+    Drawn on a terminal only: in a log file or a pipe it would be a stray label line.
+    """
 
     def __init__(self, length, label):
-        self.bar = click.progressbar(length=length, label=label, file=sys.stderr,
-                                     show_pos=True, show_eta=True)
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = click.progressbar(length=length, label=label, file=sys.stderr,
+                                         show_pos=True, show_eta=True)
 
     def __enter__(self):
+        if self.bar is None:
+            return lambda k=1: None
         self.bar.__enter__()
         return self.bar.update
 
     def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
+        return None if self.bar is None else self.bar.__exit__(*exc)
 
 
 def _fractions(ctx, param, value):
@@ -238,6 +248,106 @@ def evaluate_cmd(model_path, data, out_dir, split, layout, batch_size, n_boot):
                f"(95% CI {report['kappa_ci'][0]:.3f}-{report['kappa_ci'][1]:.3f}), referable AUC "
                f"{m['auc']:.3f} (95% CI {report['auc_ci'][0]:.3f}-{report['auc_ci'][1]:.3f}), "
                f"MSE {m['mse']:.3f}, accuracy {m['accuracy']:.3f}. Wrote {out_dir}/evaluation.json")
+
+
+def _ids(value):
+    """--ids: comma-separated ids, or @FILE with one id per line."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        with open(value[1:], encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@cli.command("refine")
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Result file (.h5); an existing one is resumed (same parameters only).")
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--split", default="all", type=click.Choice(["test", "val", "train", "all"]),
+              help="Which images of DATA to refine.")
+@click.option("--ids", help="Only these ids: comma-separated, or @FILE with one per line.")
+@click.option("--only-referable", is_flag=True,
+              help="Store only images predicted above --stop-at (the paper refines these).")
+@click.option("--method", default=xo.DEFAULT_METHOD, type=click.Choice(xo.METHODS),
+              help="Saliency method (guided: the paper's guided back-propagation).")
+@click.option("--sign", default=xo.DEFAULT_SIGN, type=click.Choice(xo.SIGNS),
+              help="Which part of the gradient is evidence (negative: what lowers the grade).")
+@click.option("--reduce", default=xo.DEFAULT_REDUCE, type=click.Choice(xo.REDUCTIONS),
+              help="How the three colour channels become one map.")
+@click.option("--target", default=xo.DEFAULT_TARGET, type=click.Choice(xo.TARGETS),
+              help="Differentiate the output, or the negated output (the other reading of "
+                   "'negative gradients').")
+@click.option("--ig-steps", default=xo.DEFAULT_IG_STEPS, type=int,
+              help="Integrated gradients: path intervals.")
+@click.option("--gradcam-layer", default=xo.DEFAULT_GRADCAM_LAYER, help="Grad-CAM layer.")
+@click.option("--max-iterations", default=refine_defaults.DEFAULT_MAX_ITERATIONS, type=int,
+              help="Cap on inpaintings per image; 0 gives plain s_0 maps.")
+@click.option("--stop-at", default=refine_defaults.DEFAULT_STOP_AT, type=float,
+              help="Stop when the prediction is at or below this (1: non-referable).")
+@click.option("--decay", default=refine_defaults.DEFAULT_DECAY, type=float,
+              help="Weight decay**i of map s_i in the final map S.")
+@click.option("--combine", default=refine_defaults.DEFAULT_COMBINE,
+              type=click.Choice(refine_defaults.COMBINE_MODES),
+              help="mean: the paper's weighted mean; max; masked: each map counts fully only "
+                   "inside its own inpainted mask.")
+@click.option("--binarize", "binarize_rule", default=inpaint_defaults.DEFAULT_RULE,
+              type=click.Choice(inpaint_defaults.BINARIZE_RULES), help="Rule that makes a mask.")
+@click.option("--level", "binarize_level", type=float,
+              help="top_fraction: fraction of FOV pixels; fraction_of_max: fraction of the "
+                   f"maximum.  [default: {inpaint_defaults.DEFAULT_LEVELS}]")
+@click.option("--smooth-sigma", default=inpaint_defaults.DEFAULT_SMOOTH_SIGMA, type=float,
+              help="Gaussian smoothing of the map before binarising (px).")
+@click.option("--dilation", default=inpaint_defaults.DEFAULT_DILATION, type=int,
+              help="Dilation of the mask (px).")
+@click.option("--min-component-size", default=inpaint_defaults.DEFAULT_MIN_COMPONENT_SIZE,
+              type=int, help="Drop mask components smaller than this (px).")
+@click.option("--inpaint", "inpaint_method", default=inpaint_defaults.DEFAULT_INPAINT_METHOD,
+              type=click.Choice(list(inpaint_defaults.INPAINT_METHODS)),
+              help="ns: Navier-Stokes (the paper's); telea.")
+@click.option("--inpaint-radius", default=inpaint_defaults.DEFAULT_INPAINT_RADIUS, type=int)
+@click.option("--batch-size", default=xo.DEFAULT_BATCH_SIZE, type=int,
+              help="Images refined together.")
+@click.option("--keep-images", is_flag=True, help="Also store the inpainted images I_1..I_n.")
+@click.option("--skip-bad", is_flag=True, help="Report and skip bad images instead of failing.")
+@click.option("--quiet", is_flag=True, help="No line per image.")
+def refine_cmd(model_path, data, out, layout, split, ids, only_referable, method, sign, reduce,
+               target, ig_steps, gradcam_layer, batch_size, skip_bad, quiet, **options):
+    """Iterative saliency map refinement of DATA's images with MODEL, into an HDF5 result file.
+
+    Each image: saliency map, binarise, inpaint, grade again, until the grade is at or below
+    --stop-at or --max-iterations; the final map S combines the maps. Rerunning the same
+    command skips images already complete in --out.
+    """
+    from dr_saliency import model as model_lib
+    from dr_saliency import pipeline, saliency
+
+    records = pipeline.select_records(_open(data, layout, skip_bad), split=split, ids=_ids(ids))
+    net = model_lib.load_model(model_path)
+    method_options = ({"steps": ig_steps} if method == "integrated" else
+                      {"layer": gradcam_layer} if method == "gradcam" else {})
+    explain = saliency.make_explainer(net, method, sign, reduce, target, batch_size=batch_size,
+                                      **method_options)
+    predict = saliency.make_predictor(net, batch_size=batch_size)
+    params = {"model": os.path.abspath(model_path), "method": method, "sign": sign,
+              "reduce": reduce, "target": target, **method_options}
+
+    with _Bar(len(records), "Refining") as update:
+        def on_image(rec, result, message):
+            update(1)
+            if not quiet:
+                click.echo(f"{rec.id}: {message}")
+
+        summary = pipeline.refine_dataset(
+            records, out, explain=explain, predict=predict, size=int(net.input_shape[1]),
+            params=params, batch_size=batch_size, only_referable=only_referable,
+            skip_bad=skip_bad, on_image=on_image, **options)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
+    click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
+               f"{summary['already_done']} already done, {summary['not_referable']} not referable, "
+               f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: {out}")
 
 
 def _weights_arg(value):

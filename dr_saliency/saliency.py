@@ -70,27 +70,10 @@ import numpy as np
 from dr_saliency._tf import keras, tf
 from dr_saliency.model import preprocess_input
 
-#: Readings of the sign of a gradient kept by :func:`to_saliency`.
-SIGNS = ("negative", "positive", "abs")
-#: Reductions over the channel axis in :func:`to_saliency`.
-REDUCTIONS = ("max", "sum", "l2")
-#: What is differentiated: the model's output, or its negation (see the module docstring).
-TARGETS = ("output", "negated")
-#: Explainer methods of :func:`make_explainer`.
-METHODS = ("guided", "vanilla", "integrated", "gradcam")
-
-DEFAULT_SIGN = "negative"
-DEFAULT_REDUCE = "max"
-DEFAULT_TARGET = "output"
-DEFAULT_METHOD = "guided"
-#: Integrated gradients: number of intervals of the trapezoidal rule along the straight path.
-DEFAULT_IG_STEPS = 32
-#: Integrated gradients: path points per forward/backward pass.
-DEFAULT_IG_BATCH_SIZE = 8
-#: Grad-CAM layer of the VGG-16 grader: the last convolution (14x14 at 512 px), as Selvaraju et al.
-DEFAULT_GRADCAM_LAYER = "block5_conv3"
-#: Images per pass in :func:`make_explainer` / :func:`make_predictor` (bounds memory at 512 px).
-DEFAULT_BATCH_SIZE = 4
+from dr_saliency.explain_options import (  # noqa: F401  (re-exported: part of this API)
+    DEFAULT_BATCH_SIZE, DEFAULT_GRADCAM_LAYER, DEFAULT_IG_BATCH_SIZE, DEFAULT_IG_STEPS,
+    DEFAULT_METHOD, DEFAULT_REDUCE, DEFAULT_SIGN, DEFAULT_TARGET, METHODS, REDUCTIONS, SIGNS,
+    TARGETS)
 
 # --------------------------------------------------------------------------------------------
 # The guided clone

@@ -86,3 +86,51 @@ def test_installed_entry_point_keeps_tensorflow_chatter_out_of_stdout():
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("Error: Expected weights")
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_synth_train_evaluate_refine_end_to_end(tmp_path, capsys):
+    data, run, out = str(tmp_path / "data"), str(tmp_path / "run"), str(tmp_path / "res.h5")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["synth", data, "--n", "30", "--size", "128", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["train", data, "--out", run, "--profile", "quick",
+                                 "--input-size", "128", "--width", "0.0625", "--epochs", "1",
+                                 "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "Trained on 21 images, validated on 5" in result.output
+    result = runner.invoke(cli, ["evaluate", f"{run}/model.h5", data, "--out", f"{run}/eval",
+                                 "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    assert "images (test): quadratic kappa" in result.output
+    args = ["refine", f"{run}/model.h5", data, "--out", out, "--split", "test",
+            "--stop-at", "-100", "--max-iterations", "2"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "images refined" in result.output and "synth_" in result.output
+    again = runner.invoke(cli, args)
+    assert "0 images refined" in again.output and "already done" in again.output
+    # Another decay on the same file: refused, in one line, exit 1.
+    code, _, err = run_main(args[:-2] + ["--max-iterations", "3"], capsys)
+    assert code == 1
+    assert err.startswith("Error: ") and "max_iterations=3 (file has 2)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_train_needs_exactly_one_of_out_and_resume(tmp_path, capsys):
+    code, _, err = run_main(["train", str(tmp_path)], capsys)
+    assert code == 2 and "exactly one of --out RUN_DIR" in err
+
+
+def test_preprocess_command_on_a_folder(tmp_path):
+    from dr_saliency.datasets import open_dataset
+    runner = CliRunner()
+    src, out = str(tmp_path / "src"), str(tmp_path / "out")
+    assert runner.invoke(cli, ["synth", src, "--n", "4", "--size", "256", "--workers", "1"]).exit_code == 0
+    result = runner.invoke(cli, ["preprocess", src, out, "--size", "128", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "4 images written, 0 already done, 0 skipped" in result.output
+    ds = open_dataset(out)
+    assert len(ds) == 4 and ds[0].load_image().shape == (128, 128, 3)
+    result = runner.invoke(cli, ["preprocess", src, out, "--size", "128", "--workers", "1"])
+    assert "0 images written, 4 already done" in result.output

@@ -1,0 +1,122 @@
+"""Tests of dr_saliency.pipeline (dataset -> refine -> result store) with fake callables."""
+
+import cv2
+import numpy as np
+import pytest
+
+from dr_saliency import pipeline
+from dr_saliency.datasets import open_dataset
+from dr_saliency.datasets.folder import write_labels, write_sample
+from dr_saliency.results import ResultStore
+
+
+def make_data(root, n=6, size=64):
+    rows = []
+    for i in range(n):
+        img = np.zeros((size, size, 3), np.uint8)
+        cv2.circle(img, (size // 2, size // 2), size // 2 - 2, (180, 80, 40), -1)
+        # Stage i % 5 as that many dark dots, so the fakes below can "grade" from the image.
+        for k in range(i % 5):
+            cv2.circle(img, (12 + 10 * k, size // 2), 3, (20, 5, 5), -1)
+        write_sample(str(root), f"im{i}", img)
+        rows.append({"image": f"im{i}", "level": i % 5, "split": "test" if i % 2 else "train"})
+    write_labels(str(root), rows)
+    return open_dataset(str(root))
+
+
+def dark(img):
+    return (img[..., 0] > 0) & (img[..., 0] < 60)  # the dots, not the black surround
+
+
+def fake_predict(images):
+    # The number of dark dot pixels, scaled (a dot is 29 px): inpainting the dots lowers it.
+    return np.array([dark(img).sum() / 25.0 for img in images], np.float32)
+
+
+def fake_explain(images, fovs):
+    maps = np.stack([dark(img) * (255.0 - img[..., 0]) for img in images]).astype(np.float32)
+    return maps * fovs, fake_predict(images)
+
+
+def test_select_records_by_split_and_ids(tmp_path):
+    ds = make_data(tmp_path / "d")
+    assert [r.id for r in pipeline.select_records(ds, split="test")] == ["im1", "im3", "im5"]
+    assert [r.id for r in pipeline.select_records(ds, ids=["im4", "im0"])] == ["im0", "im4"]
+    with pytest.raises(ValueError, match=r"1 unknown id\(s\): nope"):
+        pipeline.select_records(ds, ids=["im0", "nope"])
+    with pytest.raises(ValueError, match=r"at least one image.*split='val'"):
+        pipeline.select_records(ds, split="val")
+
+
+def test_refine_dataset_writes_resumes_and_filters_referable(tmp_path):
+    ds = make_data(tmp_path / "d")
+    out = str(tmp_path / "r.h5")
+    lines = []
+    summary = pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
+                                      size=64, batch_size=4, only_referable=True,
+                                      on_image=lambda rec, res, msg: lines.append((rec.id, msg)),
+                                      max_iterations=5, binarize_level=0.02, dilation=0)
+    p0 = fake_predict([r.load_image() for r in ds])
+    referable = [r.id for r, p in zip(ds, p0) if p > 1.0]
+    assert summary["written"] == len(referable)
+    assert summary["not_referable"] == len(ds) - len(referable)
+    with ResultStore(out) as store:
+        assert sorted(store.complete_ids()) == sorted(referable)
+        for image_id in referable:
+            r = store.read(image_id)
+            assert r.predictions[0] > 1.0 and r.stop_reason in ("normal", "max_iterations")
+        assert store.params["only_referable"] is True and store.params["max_iterations"] == 5
+    assert any("->" in msg for _, msg in lines)
+    assert any("not referable" in msg for _, msg in lines)
+    again = pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
+                                    size=64, only_referable=True, max_iterations=5,
+                                    binarize_level=0.02, dilation=0)
+    assert again["written"] == 0 and again["already_done"] == len(referable)
+    with pytest.raises(ValueError, match=r"max_iterations=3 \(file has 5\)"):
+        pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
+                                only_referable=True, max_iterations=3, binarize_level=0.02,
+                                dilation=0)
+
+
+def test_bad_images_are_reported_and_skipped(tmp_path):
+    ds = make_data(tmp_path / "d")
+    bad = ds.by_id("im2").image_path
+    data = open(bad, "rb").read()
+    open(bad, "wb").write(data[: len(data) // 4])
+    out = str(tmp_path / "r.h5")
+    with pytest.raises(ValueError, match=r"im2: .*im2.png.*--skip-bad"):
+        pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict)
+    summary = pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
+                                      skip_bad=True)
+    assert [i for i, _ in summary["skipped"]] == ["im2"]
+    assert summary["written"] == len(ds) - 1
+
+
+def test_wrong_size_names_preprocess(tmp_path):
+    ds = make_data(tmp_path / "d", n=2)
+    with pytest.raises(ValueError, match=r"Expected a 128x128 image.*dr-saliency preprocess --size 128"):
+        pipeline.refine_dataset(list(ds), str(tmp_path / "r.h5"), explain=fake_explain,
+                                predict=fake_predict, size=128)
+
+
+def test_nan_map_skips_only_that_image(tmp_path):
+    ds = make_data(tmp_path / "d", n=4)
+
+    def explain(images, fovs):
+        maps, preds = fake_explain(images, fovs)
+        maps[[i for i, img in enumerate(images) if dark(img).sum() > 50]] = np.nan  # 2+ dots
+        return maps, preds
+
+    summary = pipeline.refine_dataset(list(ds), str(tmp_path / "r.h5"), explain=explain,
+                                      predict=fake_predict, skip_bad=True, batch_size=4)
+    assert sorted(i for i, _ in summary["skipped"]) == ["im2", "im3"]
+    assert "NaN" in summary["skipped"][0][1] or "nan" in summary["skipped"][0][1].lower()
+    assert summary["written"] == 2
+
+
+def test_describe():
+    class R:
+        predictions = np.array([2.5, 1.25, 0.5])
+        iterations = 2
+        stop_reason = "normal"
+    assert pipeline.describe(R) == "2.50 -> 1.25 -> 0.50 (2 iterations, normal)"
