@@ -1,0 +1,28 @@
+"""The package's top level: lazy re-exports, no TensorFlow at import, modules free of TF."""
+
+import subprocess
+import sys
+
+import pytest
+
+import dr_saliency
+
+
+@pytest.mark.parametrize("name", [n for n in dr_saliency.__all__ if n != "__version__"])
+def test_every_export_resolves(name):
+    assert getattr(dr_saliency, name) is not None
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        dr_saliency.nope
+
+
+def test_import_is_light():
+    code = ("import sys, dr_saliency, dr_saliency.cli, dr_saliency.synth, dr_saliency.datasets, "
+            "dr_saliency.preprocess, dr_saliency.inpaint, dr_saliency.refine, dr_saliency.results, "
+            "dr_saliency.pipeline, dr_saliency.augment, dr_saliency.metrics, dr_saliency.plots; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
