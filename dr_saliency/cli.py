@@ -56,21 +56,40 @@ def model_cmd(input_size, width, weights, dropout, export_path):
 
 
 @cli.command("demo")
-@click.option("--input-size", default=512, type=int, help="Input side in pixels (square).")
-@click.option("--width", default=1.0, type=float, help="Multiplier on filters and units.")
-def demo_cmd(input_size, width):
-    """Run what the package can do end to end (for now: build the paper's network and report its
-    geometry and size)."""
-    from dr_saliency import model as model_lib
+@click.option("--out", "out_dir", default="demo_out", type=click.Path(file_okay=False),
+              help="Folder for everything the demo makes; a rerun reuses finished steps.")
+@click.option("--profile", default="quick", type=click.Choice(["quick", "smoke"]),
+              help="quick: 2,000 synthetic images at 256 px, a narrow VGG-16 trained from "
+                   "scratch (about 8 minutes on 2 CPU cores); smoke: the same steps on tiny "
+                   "data in under a minute, to check an installation (numbers meaningless).")
+def demo_cmd(out_dir, profile):
+    """The whole method end to end on synthetic data: synth -> train -> evaluate -> refine
+    (referable test images) -> froc -> figures -> REPORT.md."""
+    from dr_saliency import demo
 
-    click.echo(f"dr-saliency {__version__}: building the VGG-16 grader at "
-               f"{input_size}x{input_size}, width {width}")
-    net = model_lib.build_model((input_size, input_size, 3), weights=None, width=width)
-    _print_model(net, model_lib)
-    pool = net.get_layer("block5_pool").output.shape[1:]
-    click.echo(f"block5_pool {tuple(pool)}: ImageNet fc1/fc2 weights "
-               f"{'fit' if tuple(pool[:2]) == (7, 7) and width == 1.0 else 'do not fit'} "
-               "this geometry.")
+    def on_step(name, status, seconds, message):
+        if status == "done":
+            click.echo(f"[{name}] done in {seconds:.0f} s: {message}")
+        elif status == "start":
+            click.echo(f"[{name}] ...")
+        else:
+            click.echo(f"[{name}] {message}")
+
+    def on_progress(label, length):
+        # Plain lines at every tenth, so that logs of a long demo show where it is.
+        state = {"done": 0, "shown": 0}
+
+        def update(k=1):
+            state["done"] += k
+            tenth = int(10 * state["done"] / max(length, 1))
+            if tenth > state["shown"]:
+                state["shown"] = tenth
+                click.echo(f"[{label}] {state['done']}/{length}")
+
+        return update
+
+    report = demo.run_demo(out_dir, profile=profile, on_step=on_step, on_progress=on_progress)
+    click.echo(f"Report: {report}")
 
 
 def _profiles(field):
@@ -348,6 +367,110 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, method
     click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
                f"{summary['already_done']} already done, {summary['not_referable']} not referable, "
                f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: {out}")
+
+
+def _stages(value):
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated stages, got {value!r}")
+
+
+def _candidate_options(func):
+    """The options that turn a map into lesion candidates (shared by froc, figures, demo)."""
+    from dr_saliency import candidates as c
+
+    options = [
+        click.option("--cand-sigma", default=c.DEFAULT_SIGMA, type=float,
+                     help="Smoothing of the map before peak finding (px)."),
+        click.option("--min-distance", default=c.DEFAULT_MIN_DISTANCE, type=int,
+                     help="Minimum distance between candidates (px)."),
+        click.option("--max-candidates", default=c.DEFAULT_MAX_CANDIDATES, type=int,
+                     help="Candidates per image (highest scores)."),
+        click.option("--border", default=c.DEFAULT_BORDER, type=int,
+                     help="No candidates within this distance of the FOV edge (px)."),
+        click.option("--exclude-disc/--keep-disc", default=True,
+                     help="No candidates on the optic disc (the dataset's mask or an estimate)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _candidate_config(values):
+    from dr_saliency.localize import CandidateOptions
+
+    return CandidateOptions(sigma=values.pop("cand_sigma"), min_distance=values.pop("min_distance"),
+                            max_candidates=values.pop("max_candidates"),
+                            border=values.pop("border"), exclude_disc=values.pop("exclude_disc"))
+
+
+@cli.command("froc")
+@click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--allow-partial", is_flag=True,
+              help="Evaluate the images present in both RESULTS and DATA when ids differ.")
+@click.option("--stages", default="2,3,4", callback=lambda c, p, v: _stages(v),
+              help="DR stages reported separately.")
+@click.option("--tolerance", default=0.0, type=float,
+              help="A candidate within this distance of a lesion hits it (px).")
+@click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap replicates.")
+@click.option("--combine", type=click.Choice(["mean", "max", "masked"]),
+              help="Recombine S from the stored maps this way (default: the run's S).")
+@click.option("--decay", type=float, help="Recombine S with this decay (default: the run's).")
+@_candidate_options
+def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n_boot, combine,
+             decay, **candidate_values):
+    """Lesion-level FROC of s_0 and S against DATA's lesion annotations.
+
+    Writes metrics.json (curves, 7-point score, average sensitivity up to 10 FP/image, bootstrap
+    95% intervals, paired S - s_0 gains), curves.csv and the FROC figures (PNG and PDF).
+    """
+    from dr_saliency import localize, reports
+    from dr_saliency.results import ResultStore
+
+    dataset = _open(data, layout)
+    with ResultStore(results) as store:
+        ids, incomplete = store.complete_ids(), store.n_incomplete
+    if incomplete:
+        click.echo(f"Note: {incomplete} image(s) of an interrupted run are incomplete and left "
+                   f"out; {len(ids)} complete.", err=True)
+    records, notes = localize.match_ids(ids, dataset, allow_partial=allow_partial)
+    for note in notes:
+        click.echo(f"Note: {note}", err=True)
+    options = _candidate_config(candidate_values)
+    with _Bar(len(records), "Candidates") as update:
+        items = localize.collect(results, records, options, decay=decay, combine=combine,
+                                 on_image=update)
+    report = localize.evaluate(items, stages=stages, tolerance=tolerance, n_boot=n_boot,
+                               curve_rates=reports.CURVE_RATES)
+    paths = reports.write_froc(report, out_dir, params={
+        "results": os.path.abspath(results), "data": os.path.abspath(data),
+        "tolerance": tolerance, "n_boot": n_boot, "combine": combine, "decay": decay,
+        "candidates": vars(options)})
+    click.echo(reports.summary_table(report))
+    click.echo(f"Wrote {', '.join(paths)}")
+
+
+@cli.command("figures")
+@click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--ids", help="Images to show: comma-separated, or @FILE (default: picked "
+                            "automatically where S finds most more lesions than s_0).")
+@click.option("--rows", "n_rows", default=4, type=int, help="Images when picking automatically.")
+@click.option("--format", "formats", default="png,pdf",
+              help="Comma-separated figure formats.")
+def figures_cmd(results, data, out_dir, layout, ids, n_rows, formats):
+    """Figure-1 panels (image, s_0, S) and per-iteration strips (I_i, s_i, mask_i, p_i)."""
+    from dr_saliency import figures
+
+    written = figures.write_figures(results, _open(data, layout), out_dir, ids=_ids(ids),
+                                    n_rows=n_rows, formats=tuple(formats.split(",")))
+    click.echo(f"Wrote {len(written) - 1} figure files to {out_dir}")
 
 
 def _weights_arg(value):

@@ -28,7 +28,8 @@ def test_version_and_help():
     assert result.output.strip() == f"dr-saliency, version {__version__}"
     result = runner.invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for command in ("model", "demo"):
+    for command in ("model", "demo", "synth", "preprocess", "train", "evaluate", "refine",
+                    "froc", "figures"):
         assert command in result.output
 
 
@@ -63,11 +64,21 @@ def test_debug_shows_the_exception(capsys):
         main(["--debug", "model", "--input-size", "64"])
 
 
-def test_demo_reports_geometry():
-    result = CliRunner().invoke(cli, ["demo", "--input-size", "128", "--width", "0.0625"])
+@pytest.mark.slow
+def test_demo_smoke_profile_runs_every_step_and_reuses_them(tmp_path):
+    out = str(tmp_path / "demo")
+    result = CliRunner().invoke(cli, ["demo", "--out", out, "--profile", "smoke"])
     assert result.exit_code == 0, result.output
-    assert "Total parameters" in result.output
-    assert "block5_pool (1, 1, 32)" in result.output
+    for step in ("synth", "train", "evaluate", "refine", "froc", "figures"):
+        assert f"[{step}] done in" in result.output
+    report = open(os.path.join(out, "REPORT.md"), encoding="utf-8").read()
+    assert "## Lesion-level FROC, s_0 against S" in report and "| stage 2 |" in report
+    for path in ("froc/froc_stages.png", "froc/froc_types.pdf", "figures/figure1_panels.png",
+                 "evaluation/roc.png", "run/model.h5"):
+        assert os.path.isfile(os.path.join(out, path)), path
+    again = CliRunner().invoke(cli, ["demo", "--out", out, "--profile", "smoke"])
+    assert again.exit_code == 0, again.output
+    assert again.output.count("already done") == 6
 
 
 @pytest.mark.slow
