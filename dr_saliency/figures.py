@@ -13,7 +13,6 @@ import numpy as np
 from dr_saliency import candidates as cand_lib
 from dr_saliency import inpaint as inpaint_lib
 from dr_saliency import plots
-from dr_saliency.pipeline import describe
 from dr_saliency.results import ResultStore
 
 
@@ -121,7 +120,8 @@ def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("pn
             stage = "" if rec.grade is None else f", stage {rec.grade}"
             rows.append({"image": image, "fov": fov, "lesions": lesions, "s0": result.maps[0],
                          "S": result.final_map,
-                         "label": f"{rec.id}{stage}\n{describe(result)}"})
+                         "label": f"{rec.id}{stage}\np {result.predictions[0]:.2f} -> "
+                                  f"{result.predictions[-1]:.2f}, {result.iterations} it."})
             strip = plots.iteration_strip(
                 _with_images(result, replay_images(image, result)), fov=fov, lesions=lesions)
             written += _save(strip, os.path.join(out_dir, f"iterations_{rec.id}"), formats)

@@ -158,8 +158,9 @@ def evaluate(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot
 
     Args:
         items: list of ImageCandidates (:func:`collect`).
-        stages: DR stages to report separately (the paper: referable stages 2-4).
-        types: lesion types.
+        stages: DR stages to report separately (the paper: referable stages 2-4); "all" and
+            the stage groups count every lesion type.
+        types: lesion types reported separately (empty: none).
         tolerance: float, FROC hit tolerance in px (DESIGN.md §3).
         n_boot: int, bootstrap replicates (over images) for the 95% intervals.
         seed: int.
@@ -169,11 +170,11 @@ def evaluate(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot
         dict group -> {"n_images", "n_lesions", "s0": {"froc", "bootstrap"}, "S": {...},
         "paired": PairedBootstrapResult (S against s_0)}; ``froc`` are FROCResult objects.
     """
-    groups = {"all": (items, types)}
+    groups = {"all": (items, LESION_TYPES)}
     for stage in stages:
         chosen = [i for i in items if i.grade == stage]
         if chosen:
-            groups[f"stage {stage}"] = (chosen, types)
+            groups[f"stage {stage}"] = (chosen, LESION_TYPES)
     for t in types:
         if any(t in i.lesions for i in items):
             groups[f"type {t}"] = ([i for i in items if t in i.lesions], (t,))
