@@ -4,9 +4,10 @@ The synthetic set stands in for Kaggle/EyePACS grades and for pixel-level lesion
 that the whole method of González-Gonzalo et al. (MIDL 2018) can be trained and evaluated without
 either. An image is drawn in layers: background (pigment, texture, macula), optic disc, vessel
 tree, neovascularisation, lesions; then illumination, camera blur and sensor noise. Everything
-after the lesion layer is linear in the scene, so the change each lesion type makes to the final
-image is computed exactly, and a lesion mask marks the pixels whose colour that lesion changed by at
-least ``VISIBLE_CHANGE`` grey levels: not a loose disc around it.
+after the lesion layer is affine in the scene and then a linear blur, so the change each lesion
+makes to the final image is computed exactly, and its mask is its visible footprint: the pixels
+whose colour it changed by at least ``VISIBLE_CHANGE`` grey levels and ``MASK_LEVEL`` of its own
+largest change, not a loose disc around it.
 
 Conventions: lengths in the parameter tables are pixels of a 512-pixel image and scale with
 ``size / 512`` (floored at 1 px for lesions, so that every lesion stays visible at 128 px); the
@@ -21,6 +22,7 @@ import csv
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import re
 
@@ -103,16 +105,16 @@ EX_GROUPS = {"cluster": 0.55, "ring": 0.25, "single": 0.2}
 # lesions, the high end strongly discriminative ones.
 LESION_CONTRAST = {
     "MA": (0.45, 0.9),
-    "HE": (0.4, 0.9),
+    "HE": (0.3, 0.9),
     "EX": (0.35, 0.9),
     "SE": (0.35, 0.7),
     "NV": (0.5, 0.8),
 }
 # Per-channel (R, G, B) absorption of red lesions and vessels: green most, red least, so that
 # they stay red on an orange background as in real photographs.
-RED_LESION_ABSORB = (0.32, 0.75, 0.7)
-VEIN_ABSORB = (0.3, 0.68, 0.6)
-ARTERY_ABSORB = (0.15, 0.45, 0.4)
+RED_LESION_ABSORB = (0.28, 0.72, 0.66)
+VEIN_ABSORB = (0.25, 0.62, 0.52)
+ARTERY_ABSORB = (0.12, 0.45, 0.38)
 EX_COLOUR = (1.2, 1.05, 0.35)
 SE_COLOUR = (0.98, 0.9, 0.8)
 
@@ -123,8 +125,8 @@ DISC_OFFSET = (0.55, 0.68)        # disc centre, nasal of the FOV centre
 FOVEA_DISTANCE = (2.3, 2.7)       # disc-fovea distance, in disc diameters
 DISC_EXCLUSION = 1.5              # no lesion pixel within this many disc radii of the disc centre
 LESION_ZONE = 0.9                 # lesions lie within this fraction of R
-VEIN_WIDTH = (5.5, 7.5)           # px at 512, where the arcades leave the disc
-ARTERY_WIDTH = (4.0, 5.5)
+VEIN_WIDTH = (5.0, 6.5)           # px at 512, where the arcades leave the disc
+ARTERY_WIDTH = (3.5, 5.0)
 BLUR_SIGMA = (0.35, 1.3)          # camera blur, px at 512
 NOISE_SIGMA = (0.5, 2.0)          # grey levels
 
@@ -259,8 +261,8 @@ def _draw_path(canvas, pts, widths, scale, strength):
     """
     if len(pts) < 2:
         return
-    dark = strength * (1.0 - np.exp(-(widths / scale) / 4.0)) * np.minimum(widths, 1.0)
-    value = np.rint(dark * 64.0) * 4.0
+    dark = strength * (1.0 - np.exp(-(widths / scale) / 3.0)) * np.minimum(widths, 1.0)
+    value = np.rint(dark * 24.0) * (255.0 / 24.0)   # coarse levels: long runs, few calls
     thick = np.maximum(np.rint(widths), 1).astype(np.int64)
     key = thick[:-1] * 1000 + value[:-1]
     breaks = np.flatnonzero(np.diff(key)) + 1
@@ -281,11 +283,11 @@ def _ellipse(img, center_rc, axes, angle, value=255):
 
 
 def _blob(rng, reach, parts, spread, axes):
-    """An irregular shape as overlapping ellipses, scaled so that it lies within ``reach``.
+    """An irregular shape: ``parts`` overlapping ellipses, scaled to lie within ``reach``.
 
     Returns:
-        callable(patch, local centre (row, col)) drawing it at 255 (values in ``parts``' 4th
-        slot dim some ellipses, for a mottled blot).
+        callable(patch uint8, local centre (row, col)) that draws it; the first ellipse at 255,
+        the others at 190-255, so that a blot is slightly mottled.
     """
     offs = rng.uniform(-spread, spread, (parts, 2))
     offs[0] = 0.0
@@ -347,10 +349,10 @@ class _Fundus:
 
         up = lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR)
         texture = (1.0 + rng.uniform(0.01, 0.04) * _smooth_noise(rng, n, 5)
-                   + rng.uniform(0.004, 0.012) * _smooth_noise(rng, n, 48))
+                   + rng.uniform(0.008, 0.02) * _smooth_noise(rng, n, 48))
         # Macula and fovea: darker, more so in green and blue (macular pigment).
-        macula = (rng.uniform(0.08, 0.22) * np.exp(-d2(self.fovea) / (2 * (0.22 * R) ** 2))
-                  + rng.uniform(0.05, 0.18) * np.exp(-d2(self.fovea) / (2 * (0.045 * R) ** 2)))
+        macula = (rng.uniform(0.1, 0.28) * np.exp(-d2(self.fovea) / (2 * (0.2 * R) ** 2))
+                  + rng.uniform(0.08, 0.25) * np.exp(-d2(self.fovea) / (2 * (0.05 * R) ** 2)))
         glow = rng.uniform(0.1, 0.25) * np.exp(-d2(self.disc) / (2 * (1.3 * self.rd) ** 2))
         shade = texture[:, :, None] * (1.0 - macula[:, :, None] * np.array([0.6, 1.0, 1.0], np.float32))
         shade *= 1.0 + glow[:, :, None] * np.array([0.4, 0.5, 0.3], np.float32)
@@ -360,8 +362,8 @@ class _Fundus:
         ramp = ((rows - float(self.fov_c[0])) * math.sin(a) + (cols - float(self.fov_c[1])) * math.cos(a)) / R
         gain = (rng.uniform(0.72, 1.12)
                 * (1.0 - rng.uniform(0.15, 0.45) * np.minimum(r_norm, 1.0) ** rng.uniform(2.0, 4.0))
-                * (1.0 + rng.uniform(0.0, 0.15) * ramp)
-                * (1.0 + rng.uniform(0.02, 0.06) * _smooth_noise(rng, n, 3)))
+                * (1.0 + rng.uniform(0.03, 0.18) * ramp)
+                * (1.0 + rng.uniform(0.04, 0.1) * _smooth_noise(rng, n, 3)))
         offset = None
         if rng.uniform() < 0.3:   # peripheral bluish haze, as in many EyePACS photographs
             haze = rng.uniform(0.2, 0.6) * np.clip((r_norm - 0.55) / 0.45, 0.0, 1.0) ** 2
@@ -376,12 +378,16 @@ class _Fundus:
             ``(H, W, 3)`` float32 reflectance (about 0-1).
         """
         rng, size, s = self.rng, self.size, self.scale
+        # Pigment: orange-red to brown. Blue rises with green (brown, greyish fundi), which keeps
+        # clear of the olive that a high green alone would give.
         red = rng.uniform(0.62, 0.95)
-        base = np.array([red, red * rng.uniform(0.36, 0.66), red * rng.uniform(0.04, 0.42)], np.float32)
-        # Fine choroidal texture: blurred white noise, rescaled to unit deviation.
+        g = rng.uniform(0.36, 0.66)
+        base = np.array([red, red * g, red * ((g - 0.3) * rng.uniform(0.5, 1.3) + rng.uniform(0.0, 0.08))], np.float32)
+        # Fine choroidal texture: blurred white noise (uniform, variance 1/12), rescaled to unit
+        # deviation.
         sigma = 1.2 * s + 0.3
-        fine = _blur(rng.standard_normal((size, size), dtype=np.float32), sigma)
-        fine *= rng.uniform(0.006, 0.018) * 2 * math.sqrt(math.pi) * sigma
+        fine = _blur(rng.random((size, size), dtype=np.float32) - 0.5, sigma)
+        fine *= rng.uniform(0.01, 0.025) * math.sqrt(12.0) * 2 * math.sqrt(math.pi) * sigma
         fine += 1.0
         scene = shade * base
         scene *= fine[:, :, None]
@@ -395,8 +401,8 @@ class _Fundus:
         cols = self.cols[:, x0:x0 + 2 * r + 1]
         dn = np.sqrt(((rows - float(self.disc[0])) / ry) ** 2 + ((cols - float(self.disc[1])) / self.rd) ** 2)
         rim = np.clip((1.0 - dn) / 0.3 + 0.5, 0.0, 1.0)[:, :, None]
-        colour = np.minimum(base * [1.1, 1.4, 1.7] + [0.1, 0.1, 0.08], 0.98)
-        white = rng.uniform(0.1, 0.5)
+        colour = np.minimum(base * [1.3, 1.7, 2.1] + [0.15, 0.14, 0.1], 1.05)
+        white = rng.uniform(0.1, 0.4)
         colour = ((1 - white) * colour + white * np.array([0.95, 0.85, 0.75])).astype(np.float32)
         win += rim * (colour - win)
         cup_r = self.rd * rng.uniform(0.3, 0.55)
@@ -452,29 +458,29 @@ class _Fundus:
         """Record a vessel and sprout tapering side branches from it, recursively."""
         rng, R, s = self.rng, self.R, self.scale
         self.vessels.append((pts, widths, kind, main))
-        if depth >= 4 or len(pts) < 6:
+        if depth >= 3 or len(pts) < 6:
             return
         arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
-        pos = rng.uniform(0.08, 0.2) * R
+        pos = rng.uniform(0.1, 0.25) * R
         while pos < 0.9 * arc[-1]:
             k = min(int(np.searchsorted(arc, pos)), len(pts) - 2)
             w = widths[k] * rng.uniform(0.45, 0.8)
-            if w >= 0.7 * s:
+            if w >= 0.6 * s:
                 d = pts[k + 1] - pts[k]
                 heading = math.atan2(d[1], d[0])
                 # Prefer the side that points away from the disc: vessels fan out to the periphery.
                 out = math.atan2(pts[k][1] - self.disc[0], pts[k][0] - self.disc[1])
                 sides = np.array([-1.0, 1.0])
-                cands = heading + sides * rng.uniform(0.35, 0.95)
+                cands = heading + sides * rng.uniform(0.3, 0.8)
                 outward = np.cos(cands - out)
-                side = rng.choice(2, p=np.exp(2 * outward) / np.exp(2 * outward).sum())
-                length = R * rng.uniform(0.25, 0.65) * math.sqrt(w / (4.0 * s))
-                child = _walk(rng, pts[k], cands[side], length, max(3.0 * s, 1.5), 0.14)
+                side = rng.choice(2, p=np.exp(outward) / np.exp(outward).sum())
+                length = R * rng.uniform(0.35, 0.8) * math.sqrt(w / (4.0 * s))
+                child = _walk(rng, pts[k], cands[side], length, max(3.0 * s, 1.5), 0.1)
                 cw = np.linspace(w, max(0.5 * s, 0.45 * w), len(child))
                 child, cw = self._clip(child, cw, leave_disc=True)
                 if len(child) > 3:
                     self._grow(child, cw, kind, depth + 1)
-            pos += rng.uniform(0.07, 0.2) * R * (1.0 + 0.4 * depth)
+            pos += rng.uniform(0.1, 0.28) * R * (1.0 + 0.5 * depth)
 
     def _vessel_tree(self):
         rng, s = self.rng, self.scale
@@ -482,6 +488,15 @@ class _Fundus:
             for kind in ("vein", "artery"):
                 pts, w = self._arcade(up, kind)
                 self._grow(pts, w, kind, 0, main=True)
+                # Thin twigs from the arcade's inner side toward the fovea: the macula is ringed
+                # by small vessels that stop short of the avascular zone.
+                starts = np.arange(len(pts) // 6, len(pts) - 2)
+                for k in rng.choice(starts, min(int(rng.integers(3, 8)), len(starts)), replace=False):
+                    to_fovea = math.atan2(self.fovea[0] - pts[k][1], self.fovea[1] - pts[k][0])
+                    tw = rng.uniform(0.9, 2.0) * s
+                    twig = _walk(rng, pts[k], to_fovea + rng.normal(0, 0.35), self.R * rng.uniform(0.15, 0.45),
+                                 max(3.0 * s, 1.5), 0.15)
+                    self._grow(*self._clip(twig, np.linspace(tw, 0.5 * tw, len(twig)), True), kind, 3)
                 # Nasal vessels: shorter, thinner, heading up- or down-nasal.
                 base = -1.0 if up else 1.0
                 w0 = _uniform(rng, VEIN_WIDTH if kind == "vein" else ARTERY_WIDTH) * s * rng.uniform(0.6, 0.8)
@@ -496,7 +511,7 @@ class _Fundus:
     def _nv_patch(self, canvas, center_rc, radius, contrast):
         """Neovascularisation: a dense tangle of fine, tortuous loops kept within ``radius``."""
         rng, s = self.rng, self.scale
-        for _ in range(rng.integers(10, 19)):
+        for _ in range(rng.integers(12, 23)):
             start = np.array(center_rc[::-1]) + rng.normal(0.0, 0.35 * radius, 2)
             pts = _walk(rng, start, rng.uniform(0, 2 * np.pi), rng.uniform(1.5, 3.0) * radius,
                         max(1.5 * s, 1.0), 0.5)
@@ -504,7 +519,7 @@ class _Fundus:
             cut = len(inside) if inside.all() else int(np.argmin(inside))
             width = rng.uniform(1.5, 2.5) * s
             # As dark as ``contrast`` despite being thin: new vessels are conspicuous.
-            _draw_path(canvas, pts[:cut], np.full(cut, width), s, contrast / (1.0 - math.exp(-width / s / 4.0)))
+            _draw_path(canvas, pts[:cut], np.full(cut, width), s, contrast / (1.0 - math.exp(-width / s / 3.0)))
 
     # ----- lesions --------------------------------------------------------------------------
     def _free(self, occ, center_rc, radius):
@@ -527,21 +542,24 @@ class _Fundus:
         Returns:
             bool, whether it was placed.
         """
-        # Where the lesion's blurred edge still changes the image visibly, plus a gap, so that
-        # no two lesion masks touch (8-connectivity needs one clear pixel between them).
-        extent = radius + 2.5 * math.hypot(soft, self.blur) + 0.5
-        if not self._free(self.occ, center_rc, extent + 1.5 + self.scale):
+        # The footprint (MASK_LEVEL of the peak change) ends about 0.7 blur sigmas beyond the
+        # drawn edge; spacing footprints by ``extent`` plus a gap keeps every two of them apart
+        # (8-connectivity needs a clear pixel between them). Fainter skirts may overlap.
+        sigma = math.hypot(soft, self.blur)
+        extent = radius + sigma + 1.0
+        if not self._free(self.occ, center_rc, extent + 1.5 + 0.5 * self.scale):
             return False
         # A microaneurysm against a vessel would read as a kink of that vessel: keep it clear.
-        if kind == "MA" and not self._free(self.vessel_occ, center_rc, extent):
+        if kind == "MA" and not self._free(self.vessel_occ, center_rc, extent + sigma):
             return False
-        r = int(math.ceil(extent)) + 1
+        r = int(math.ceil(radius + 3.0 * sigma)) + 1   # the patch holds the blurred skirt too
         y0, x0 = int(math.floor(center_rc[0])) - r, int(math.floor(center_rc[1])) - r
         patch = np.zeros((2 * r + 1, 2 * r + 1), np.uint8)
         draw(patch, (center_rc[0] - y0, center_rc[1] - x0))
         # A red lesion over a dark vessel would barely change it, splitting its mask: keep the
         # drawn shape off the vessels (it may touch one, as haemorrhages often do).
-        if kind in ("MA", "HE") and (self.vessel_occ[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] & (patch > 0)).any():
+        under = self.vessel_occ[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]]
+        if kind in ("MA", "HE") and (under & (patch > 0)).any():
             return False
         alpha = _blur(patch.astype(np.float32) * (contrast / 255.0), soft)
         cv2.circle(self.occ, (int(round(center_rc[1])), int(round(center_rc[0]))), int(math.ceil(extent)), 1, -1)
@@ -634,10 +652,10 @@ class _Fundus:
                                lambda p, lc: _ellipse(p, lc, (reach, half), ang), 0.3 * half)
         if shape == "dot":
             axes, ang = (reach, reach * rng.uniform(0.8, 1.0)), rng.uniform(0, 180)
-            return self._place("HE", "dot", center, reach, c, lambda p, lc: _ellipse(p, lc, axes, ang), 0.2 * reach)
+            return self._place("HE", "dot", center, reach, c, lambda p, lc: _ellipse(p, lc, axes, ang), 0.25 * reach)
         # A blot: overlapping ellipses of slightly different density, irregular and mottled.
-        return self._place("HE", "blot", center, reach, c, _blob(rng, reach, int(rng.integers(3, 8)), 0.5, (0.25, 0.55)),
-                           0.12 * reach)
+        blot = _blob(rng, reach, int(rng.integers(3, 8)), 0.5, (0.25, 0.55))
+        return self._place("HE", "blot", center, reach, c, blot, 0.18 * reach)
 
     def _lesions(self):
         rng, rule, R, s = self.rng, STAGE_RULES[self.stage], self.R, self.scale
@@ -665,7 +683,8 @@ class _Fundus:
             group = rng.choice(list(EX_GROUPS), p=list(EX_GROUPS.values()))
             ang0 = rng.uniform(0, 2 * np.pi)
             centre = self.fovea + rng.uniform(0.12, 0.55) * R * np.array([math.sin(ang0), math.cos(ang0)])
-            k = min(count["EX"] - placed, 1 if group == "single" else int(rng.integers(3, 13 if group == "cluster" else 15)))
+            k = 1 if group == "single" else int(rng.integers(3, 13 if group == "cluster" else 15))
+            k = min(count["EX"] - placed, k)
             if group == "ring":
                 rr = rng.uniform(16, 40) * s
                 span = rng.uniform(np.pi, 2 * np.pi)
@@ -698,6 +717,7 @@ class _Fundus:
 
     # ----- compositing ----------------------------------------------------------------------
     def render(self):
+        """Draw everything; returns the ``SynthResult``."""
         rng, size, s = self.rng, self.size, self.scale
         self._layout()
         self.blur = _uniform(rng, BLUR_SIGMA) * s
@@ -726,7 +746,7 @@ class _Fundus:
             if i == 0 or rng.uniform() < 0.4:
                 a = rng.uniform(0, 2 * np.pi)
                 center = self.disc + 0.9 * self.rd * np.array([math.sin(a), math.cos(a)])
-                radius, where = self.rd * rng.uniform(0.6, 0.9), "disc"
+                radius, where = self.rd * rng.uniform(0.7, 1.1), "disc"
             else:
                 anchor = self._vessel_point(2.5 * s, main_only=True)
                 center = anchor[0] if anchor else self._near_fovea(0.5)
@@ -740,9 +760,9 @@ class _Fundus:
         sigma = max(0.6 * s, 0.35)
         v = _blur(veins.astype(np.float32) * (1 / 255), sigma)
         a = _blur(arteries.astype(np.float32) * (1 / 255), sigma)
-        # Transmission 1 - v * VEIN_ABSORB - a * ARTERY_ABSORB per channel, in one OpenCV pass.
-        m = np.column_stack([-np.array(VEIN_ABSORB), -np.array(ARTERY_ABSORB), np.ones(3)]).astype(np.float32)
-        scene *= cv2.transform(cv2.merge([v, a]), m)
+        transmission = 1.0 - v[:, :, None] * np.array(VEIN_ABSORB, np.float32)
+        transmission -= a[:, :, None] * np.array(ARTERY_ABSORB, np.float32)
+        scene *= transmission
 
         # Everything after the lesions is affine per pixel, then a linear blur:
         # final = blur(scene * gain + offset). So a lesion's change to the final image is
@@ -758,10 +778,15 @@ class _Fundus:
         for lesion in self.lesions:
             if lesion["type"] != "NV":
                 self._composite(lesion, scene, gain, clean, final, masks[lesion["type"]], margin)
-        final += rng.standard_normal(final.shape, dtype=np.float32) * (_uniform(rng, NOISE_SIGMA) / 255.0)
+        # Sensor noise, uniform (four times cheaper to draw than normal; a few grey levels).
+        noise = rng.random(final.shape, dtype=np.float32)
+        noise -= 0.5
+        noise *= _uniform(rng, NOISE_SIGMA) * math.sqrt(12.0) / 255.0
+        final += noise
         edge = np.clip(self.R + 0.5 - d_fov, 0.0, 1.0)   # anti-aliased FOV border
         final *= edge[:, :, None] * 255.0
-        image = np.clip(final + 0.5, 0.0, 255.0).astype(np.uint8)
+        np.maximum(final, 0.0, out=final)
+        image = cv2.convertScaleAbs(final)   # rounds and saturates at 255
 
         eye = "right" if rng.uniform() < 0.5 else "left"
         lesions = [Lesion(**d) for d in self.lesions if d["type"] == "NV" or d.get("area", 0) > 0]
@@ -824,6 +849,11 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
     every image whose PNG exists (the PNG is written after its masks, so it marks a complete
     sample); ``labels.csv`` is written last, atomically.
 
+    With ``workers`` > 1 the images are drawn in a process pool started with "forkserver"
+    (or "spawn"), not "fork": a process forked after OpenCV has started its threads can hang.
+    So, as with any such pool, a script that calls this must do it under
+    ``if __name__ == "__main__":``.
+
     Args:
         out: str or path, the dataset folder; created if missing.
         n: int >= 1, number of images.
@@ -880,7 +910,11 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
             if on_progress is not None:
                 on_progress(1)
     else:
-        with concurrent.futures.ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        # Not "fork": a child forked after OpenCV started its thread pool in this process can
+        # hang in its first OpenCV call.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        with concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context(method),
+                                                    initializer=_init_worker) as pool:
             futures = [pool.submit(_write_one, job) for job in jobs]
             try:
                 for future in concurrent.futures.as_completed(futures):
@@ -1077,7 +1111,8 @@ def _samples(source):
         for row in rows:
             image = read_image(os.path.join(root, "images", row["image"] + ".png"))
             paths = {t: os.path.join(root, "masks", t, row["image"] + ".png") for t in LESION_TYPES}
-            yield int(row["level"]), image, {t: read_mask(p, image.shape) for t, p in paths.items() if os.path.exists(p)}
+            masks = {t: read_mask(p, image.shape) for t, p in paths.items() if os.path.exists(p)}
+            yield int(row["level"]), image, masks
     else:
         for result in source:
             yield result.stage, result.image, result.masks

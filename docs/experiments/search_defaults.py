@@ -66,8 +66,8 @@ def main():
     rows_a = []
     for (reading, explain_kw), level, dilation in itertools.product(READINGS.items(), LEVELS,
                                                                       DILATIONS):
-        if dilation != 1 and level != 0.01:
-            continue  # dilation is varied at the middle level only
+        if dilation != 1 and (level != 0.01 or explain_kw["target"] != "output"):
+            continue  # dilation is varied at the middle level of the default reading only
         explain = saliency.make_explainer(net, batch_size=8, **explain_kw)
         store = os.path.join(args.work, f"{explain_kw['target']}_{level}_{dilation}.h5")
         pipeline.refine_dataset(records, store, explain=explain, predict=predict, size=size,
