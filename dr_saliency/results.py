@@ -123,8 +123,8 @@ class _JournaledFile(io.RawIOBase):
         self._journal = None
         self._pos = 0
         self._saved = []  # sorted, disjoint [start, end) ranges already in the journal
-        # h5py swallows exceptions raised inside the driver while it closes the file (they are
-        # only printed), so a failed write must be remembered and checked before committing.
+        # A failed write is remembered (not raised into HDF5, see write) and checked before
+        # committing.
         self.error = None
         try:
             self._size0 = os.fstat(self._fd).st_size
@@ -162,29 +162,34 @@ class _JournaledFile(io.RawIOBase):
         self._pos += len(data)
         return len(data)
 
+    # After a failed write, every later write is discarded and reported as done: the transaction
+    # will be rolled back anyway, and raising into HDF5 would make h5py's close fail and leave a
+    # file id open in the HDF5 library whose driver points at this dead object; a later,
+    # unrelated HDF5 call (e.g. Keras saving a model) then crashed the process (seen in tests).
+
     def write(self, buffer):
-        try:
-            view = memoryview(buffer).cast("B")
-            self._save(self._pos, self._pos + len(view))
-            offset = self._pos
-            while view:
-                written = os.pwrite(self._fd, view, offset)
-                view, offset = view[written:], offset + written
-        except BaseException as exc:
-            self.error = self.error or exc
-            raise
-        n = offset - self._pos
-        self._pos = offset
+        view = memoryview(buffer).cast("B")
+        n = len(view)
+        if self.error is None:
+            try:
+                self._save(self._pos, self._pos + n)
+                offset = self._pos
+                while view:
+                    written = os.pwrite(self._fd, view, offset)
+                    view, offset = view[written:], offset + written
+            except Exception as exc:
+                self.error = exc
+        self._pos += n
         return n
 
     def truncate(self, size=None):
         size = self._pos if size is None else size
-        try:
-            self._save(size, self._size0)  # bytes a shrink would drop
-            os.ftruncate(self._fd, size)
-        except BaseException as exc:
-            self.error = self.error or exc
-            raise
+        if self.error is None:
+            try:
+                self._save(size, self._size0)  # bytes a shrink would drop
+                os.ftruncate(self._fd, size)
+            except Exception as exc:
+                self.error = exc
         return size
 
     def flush(self):
