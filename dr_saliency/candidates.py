@@ -67,7 +67,8 @@ DEFAULT_MAX_CANDIDATES = 200
 so candidates far below that are never needed."""
 
 DEFAULT_BORDER = 0
-"""Width (px) of the FOV rim where no candidate is allowed; 0 = none."""
+"""Width (px) of the FOV rim where no candidate is allowed; 0 = none. (The evaluation's own
+default, chosen on validation data, is ``localize.CandidateOptions.border``.)"""
 
 DEFAULT_DISC_RADIUS_FRACTION = 0.2
 """Radius of the excluded disc region, as a fraction of the FOV radius. The optic disc's radius is

@@ -378,18 +378,19 @@ def _stages(value):
 
 def _candidate_options(func):
     """The options that turn a map into lesion candidates (shared by froc, figures, demo)."""
-    from dr_saliency import candidates as c
+    from dr_saliency.localize import CandidateOptions
 
+    c = CandidateOptions()
     options = [
-        click.option("--cand-sigma", default=c.DEFAULT_SIGMA, type=float,
+        click.option("--cand-sigma", default=c.sigma, type=float,
                      help="Smoothing of the map before peak finding (px)."),
-        click.option("--min-distance", default=c.DEFAULT_MIN_DISTANCE, type=int,
+        click.option("--min-distance", default=c.min_distance, type=int,
                      help="Minimum distance between candidates (px)."),
-        click.option("--max-candidates", default=c.DEFAULT_MAX_CANDIDATES, type=int,
+        click.option("--max-candidates", default=c.max_candidates, type=int,
                      help="Candidates per image (highest scores)."),
-        click.option("--border", default=c.DEFAULT_BORDER, type=int,
+        click.option("--border", default=c.border, type=int,
                      help="No candidates within this distance of the FOV edge (px)."),
-        click.option("--exclude-disc/--keep-disc", default=True,
+        click.option("--exclude-disc/--keep-disc", default=c.exclude_disc,
                      help="No candidates on the optic disc (the dataset's mask or an estimate)."),
     ]
     for option in reversed(options):

@@ -52,8 +52,9 @@ threshold of the map inside the FOV; or every pixel >= ``level`` times the map's
 DEFAULT_RULE = "top_fraction"
 """Default binarisation rule (DESIGN.md §6: a fixed, small fraction of the FOV per iteration)."""
 
-DEFAULT_LEVELS = {"top_fraction": 0.01, "otsu": None, "fraction_of_max": 0.5}
-"""Default ``level`` per rule: 1% of the FOV; Otsu has no level; half of the maximum."""
+DEFAULT_LEVELS = {"top_fraction": 0.005, "otsu": None, "fraction_of_max": 0.5}
+"""Default ``level`` per rule: 0.5% of the FOV (chosen on the synthetic validation split,
+docs/choices.md); Otsu has no level; half of the maximum."""
 
 DEFAULT_SMOOTH_SIGMA = 0.0
 """Gaussian smoothing (px) of the map before thresholding; 0 = none."""

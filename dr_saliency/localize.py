@@ -34,7 +34,9 @@ class CandidateOptions:
     sigma: float = cand_lib.DEFAULT_SIGMA
     min_distance: int = cand_lib.DEFAULT_MIN_DISTANCE
     max_candidates: int = cand_lib.DEFAULT_MAX_CANDIDATES
-    border: int = cand_lib.DEFAULT_BORDER
+    # Chosen on the synthetic validation split at 256 px (docs/choices.md): guided-backprop maps
+    # light up the FOV edge, and no lesion is drawn within 0.1 R of it.
+    border: int = 6
     exclude_disc: bool = True
     disc_radius_fraction: float = cand_lib.DEFAULT_DISC_RADIUS_FRACTION
 

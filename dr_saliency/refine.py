@@ -54,11 +54,11 @@ Pure numpy / OpenCV / scipy: no TensorFlow here; the predictor and explainer are
 Public API::
 
     refine(image, *, explain, predict=None, fov_mask=None, max_iterations=10, stop_at=1.0,
-           decay=0.5, combine="mean", binarize_rule="top_fraction", binarize_level=None,
+           decay=0.9, combine="max", binarize_rule="top_fraction", binarize_level=None,
            smooth_sigma=0.0, dilation=1, min_component_size=0, inpaint_method="ns",
            inpaint_radius=3, keep_images=False) -> RefineResult
     refine_batch(images, fov_masks=None, *, explain, predict=None, ...) -> list[RefineResult]
-    combine_maps(maps, masks=None, fov_mask=None, *, decay=0.5, combine="mean") -> (H, W) float32
+    combine_maps(maps, masks=None, fov_mask=None, *, decay=0.9, combine="max") -> (H, W) float32
     normalize_map(saliency_map, fov_mask=None) -> (H, W) float32 in [0, 1]
     refine_params(**options) -> dict       the checked options, as RefineResult.params stores them
     ImageError(ValueError)                 a bad image in a batch; .index says which
@@ -96,18 +96,19 @@ validation data). With the negative guided gradient most images stop on the thre
 DEFAULT_STOP_AT = 1.0
 """Stop when the predicted stage is <= this: stage 1 or lower is non-referable DR."""
 
-DEFAULT_DECAY = 0.5
-"""Decay of the weights ``w_i = decay ** i`` of the maps in the final map (to be chosen on
-validation data)."""
+DEFAULT_DECAY = 0.9
+"""Decay of the weights ``w_i = decay ** i`` of the maps in the final map; chosen with
+:data:`DEFAULT_COMBINE` on the synthetic validation split (docs/choices.md)."""
 
 COMBINE_MODES = ("mean", "max", "masked")
 """How :func:`combine_maps` combines the normalised maps ``n_i`` with weights ``w_i``:
 ``"mean"``, the paper's weighted mean; ``"max"``, the max of ``w_i n_i``; ``"masked"``, each map
 credited at full weight only inside its own mask (DESIGN.md §6)."""
 
-DEFAULT_COMBINE = "mean"
-"""The paper's combination (DESIGN.md §6 found alternatives better on a prototype: compare them on
-validation data)."""
+DEFAULT_COMBINE = "max"
+"""Chosen on the synthetic validation split (docs/choices.md): the paper's weighted mean made S
+worse than s_0 there (a lesion inpainted early is missing from every later map and keeps little
+weight), "max" made it better; "mean" stays available."""
 
 NORMALIZE_PERCENTILE = 99.9
 """Percentile of a map's positive FOV values used as its robust maximum in :func:`normalize_map`:

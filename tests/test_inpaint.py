@@ -14,10 +14,10 @@ def _where(mask):
 # ----------------------------------------------------------------------------- binarize
 
 
-def test_defaults_follow_the_prototype_evidence():
-    # DESIGN.md §6: 0.5-1% of the FOV per iteration with 0-2 px dilation.
+def test_defaults_follow_the_validation_search():
+    # docs/choices.md: 0.5% of the FOV per iteration, 1 px dilation (within DESIGN.md §6's range).
     assert ip.DEFAULT_RULE == "top_fraction"
-    assert ip.DEFAULT_LEVELS["top_fraction"] == 0.01
+    assert ip.DEFAULT_LEVELS["top_fraction"] == 0.005
     assert ip.DEFAULT_DILATION == 1
     assert ip.DEFAULT_INPAINT_METHOD == "ns"
 
