@@ -123,7 +123,6 @@ def run_demo(out, *, profile="quick", on_step=None, on_progress=None):
                                  on_image=progress("candidates", len(records)))
         report = localize.evaluate(items, curve_rates=reports.CURVE_RATES)
         reports.write_froc(report, paths["froc"], params={"results": paths["results"]})
-        state["froc_table"] = reports.summary_table(report)
         entry = report["all"]["paired"].average_sensitivity
         return f"AS10 s_0 {entry.a:.3f} -> S {entry.b:.3f} ({entry.relative:+.1%})"
 
