@@ -236,3 +236,31 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "REPLICAS 2 EPOCHS 1" in proc.stdout
     assert os.path.isfile(tmp_path / "run" / "model.h5")
+
+
+def test_out_of_memory_suggests_a_smaller_batch(tiny_data, tmp_path, monkeypatch):
+    from dr_saliency._tf import keras, tf
+
+    def oom(self, *args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(keras.Model, "fit", oom)
+    with pytest.raises(ValueError, match=r"Out of memory at batch size 8: try a smaller "
+                                         r"--batch-size \(e.g. 4\)"):
+        train_lib.train(open_dataset(tiny_data), str(tmp_path / "run"),
+                        train_lib.TrainConfig(**TINY), verbose=0)
+
+
+def test_validation_without_referable_images_logs_nan_auc(tmp_path, capsys):
+    # Training images of every stage; validation images of stages 0 and 1 only.
+    stages = [0, 1, 2, 3, 4] * 4 + [0, 1, 0, 1]
+    root = make_folder(tmp_path / "d", stages=stages, splits=False)
+    rows = open(os.path.join(root, "labels.csv")).read().splitlines()
+    out = [rows[0] + ",split"] + [r + (",train" if i < 20 else ",val")
+                                   for i, r in enumerate(rows[1:])]
+    open(os.path.join(root, "labels.csv"), "w").write("\n".join(out) + "\n")
+    run = str(tmp_path / "run")
+    train_lib.train(open_dataset(root), run, train_lib.TrainConfig(**dict(TINY, epochs=1)),
+                    verbose=0)
+    assert "no referable image" in capsys.readouterr().err
+    assert np.isnan(train_lib.read_log(run)["val_auc"][0])
