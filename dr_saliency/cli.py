@@ -17,9 +17,6 @@ from dr_saliency import inpaint as inpaint_defaults
 from dr_saliency import refine as refine_defaults
 from dr_saliency.train_config import QUICK_PROFILE, TrainConfig
 
-_STATE = {"debug": False}
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {message}", err=True)
 
@@ -30,7 +27,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def cli(debug):
     """Weakly-supervised lesion localization in fundus images with iterative saliency map
     refinement (González-Gonzalo et al., MIDL 2018)."""
-    _STATE["debug"] = debug
+    # main() reads --debug itself (it must know before click parses); here it only keeps
+    # library warnings as full Python warnings.
     if not debug:
         warnings.showwarning = _show_warning
 
