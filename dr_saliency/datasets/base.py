@@ -413,6 +413,44 @@ def parse_grade(text, *, path, line, column, allow_empty=True):
     return int(value)
 
 
+def image_level_rows(table, path, images, problems, *, allow_empty=True):
+    """The rows of an ``image,level`` table (Kaggle's layout, and ours) that have an image file.
+
+    Args:
+        table: ``read_table`` output: (line, row dict) pairs with ``image`` and ``level``.
+        path: str, the table's file, for messages.
+        images: dict id -> image path (:func:`list_files` of the image folder).
+        problems: :class:`Problems`; a bad row (empty or repeated image name, grade not 0-4)
+            is reported there (an error unless skipping bad rows).
+        allow_empty: bool, whether an empty level means "no grade".
+
+    Returns:
+        (rows, seen, n_missing): ``rows`` a list of (row, image_id, grade, image_path) for
+        the good rows with a file; ``seen`` the set of ids of all good rows; ``n_missing`` the
+        good rows without a file.
+    """
+    rows, seen, n_missing = [], set(), 0
+    for line, row in table:
+        image_id = row["image"]
+        try:
+            if not image_id:
+                raise ValueError(f"Expected an image name in {path} at line {line}. Received: image=''")
+            if image_id in seen:
+                raise ValueError(f"Expected each image once in {path}. "
+                                 f"Received: image={image_id!r} again at line {line}")
+            grade = parse_grade(row["level"], path=path, line=line, column="level",
+                                allow_empty=allow_empty)
+        except ValueError as err:
+            problems.bad_row(str(err))
+            continue
+        seen.add(image_id)
+        if image_id not in images:
+            n_missing += 1
+            continue
+        rows.append((row, image_id, grade, images[image_id]))
+    return rows, seen, n_missing
+
+
 def list_files(folder, suffixes=IMAGE_SUFFIXES):
     """Files in a folder by stem, where their suffix is one of ``suffixes``.
 

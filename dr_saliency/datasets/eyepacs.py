@@ -13,7 +13,7 @@ real sample with 10 of 35,126 images) are skipped and counted in one warning per
 
 import os
 
-from dr_saliency.datasets.base import Record, list_files, parse_grade, read_table
+from dr_saliency.datasets.base import Record, image_level_rows, list_files, read_table
 
 NAME = "eyepacs"
 LOOKED_FOR = "trainLabels.csv or retinopathy_solution.csv (eyepacs)"
@@ -54,24 +54,11 @@ def load(root, problems):
             continue
         table = read_table(path, ["image", "level"], ["Usage"])
         images = list_files(os.path.join(root, folder))
-        seen, n_missing = set(), 0
-        for line, row in table:
-            image_id = row["image"]
-            try:
-                if not image_id or image_id in seen:
-                    raise ValueError(f"Expected each image once, named, in {path}. "
-                                     f"Received: image={image_id!r} at line {line}")
-                grade = parse_grade(row["level"], path=path, line=line, column="level",
-                                    allow_empty=False)
-            except ValueError as err:
-                problems.bad_row(str(err))
-                continue
-            seen.add(image_id)
-            if image_id not in images:
-                n_missing += 1
-                continue
+        rows, seen, n_missing = image_level_rows(table, path, images, problems,
+                                                 allow_empty=False)
+        for row, image_id, grade, image_path in rows:
             usage = row.get("Usage") or None
-            records.append(Record(image_id, images[image_id], grade=grade,
+            records.append(Record(image_id, image_path, grade=grade,
                                   split=f"{split}_{usage.lower()}" if usage else split,
                                   meta={"usage": usage} if usage else None))
         problems.missing("EyePACS", n_missing, len(seen), "labelled images", f"{folder}/")

@@ -14,8 +14,8 @@ import os
 from dr_saliency.datasets.base import (
     LESION_TYPES,
     Record,
+    image_level_rows,
     list_files,
-    parse_grade,
     read_table,
 )
 from dr_saliency.imio import write_image, write_mask
@@ -124,27 +124,13 @@ def load(root, problems):
     has_masks = os.path.isdir(os.path.join(root, "masks"))
     masks = {t: list_files(os.path.join(root, "masks", t)) for t in LESION_TYPES}
     fovs = list_files(os.path.join(root, "fov"))
-    records, seen, n_missing = [], set(), 0
-    for line, row in table:
-        image_id = row["image"]
-        try:
-            if not image_id:
-                raise ValueError(f"Expected an image name in {path} at line {line}. Received: image=''")
-            if image_id in seen:
-                raise ValueError(f"Expected each image once in {path}. "
-                                 f"Received: image={image_id!r} again at line {line}")
-            grade = parse_grade(row["level"], path=path, line=line, column="level")
-        except ValueError as err:
-            problems.bad_row(str(err))
-            continue
-        seen.add(image_id)
-        if image_id not in images:
-            n_missing += 1
-            continue
+    rows, seen, n_missing = image_level_rows(table, path, images, problems)
+    records = []
+    for row, image_id, grade, image_path in rows:
         lesion_files = None
         if has_masks:
             lesion_files = {t: masks[t][image_id] for t in LESION_TYPES if image_id in masks[t]} or None
-        records.append(Record(image_id, images[image_id], grade=grade, split=row.get("split") or None,
+        records.append(Record(image_id, image_path, grade=grade, split=row.get("split") or None,
                               lesion_files=lesion_files, fov_file=fovs.get(image_id)))
     problems.missing("folder", n_missing, len(seen), "labelled images", "images/")
     return records
