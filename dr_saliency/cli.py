@@ -428,15 +428,9 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n
     95% intervals, paired S - s_0 gains), curves.csv and the FROC figures (PNG and PDF).
     """
     from dr_saliency import localize, reports
-    from dr_saliency.results import ResultStore
 
-    dataset = _open(data, layout)
-    with ResultStore(results) as store:
-        ids, incomplete = store.complete_ids(), store.n_incomplete
-    if incomplete:
-        click.echo(f"Note: {incomplete} image(s) of an interrupted run are incomplete and left "
-                   f"out; {len(ids)} complete.", err=True)
-    records, notes = localize.match_ids(ids, dataset, allow_partial=allow_partial)
+    records, notes = localize.records_for(results, _open(data, layout),
+                                          allow_partial=allow_partial)
     for note in notes:
         click.echo(f"Note: {note}", err=True)
     options = _candidate_config(candidate_values)

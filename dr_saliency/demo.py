@@ -114,11 +114,8 @@ def run_demo(out, *, profile="quick", on_step=None, on_progress=None):
     def froc_step():
         from dr_saliency import localize, reports
         from dr_saliency.datasets import open_dataset
-        from dr_saliency.results import ResultStore
 
-        with ResultStore(paths["results"]) as store:
-            ids = store.complete_ids()
-        records, _ = localize.match_ids(ids, open_dataset(paths["data"]))
+        records, _ = localize.records_for(paths["results"], open_dataset(paths["data"]))
         items = localize.collect(paths["results"], records,
                                  on_image=progress("candidates", len(records)))
         report = localize.evaluate(items, curve_rates=reports.CURVE_RATES)

@@ -13,6 +13,7 @@ import numpy as np
 from dr_saliency import candidates as cand_lib
 from dr_saliency import inpaint as inpaint_lib
 from dr_saliency import plots
+from dr_saliency.localize import lesion_union
 from dr_saliency.results import ResultStore
 
 
@@ -60,7 +61,7 @@ def pick_examples(store, records, n_rows, stages=(3, 4)):
     scored = []
     for rec in pool:
         result = store.read(rec.id)
-        lesions = _union(rec.load_lesions())
+        lesions = lesion_union(rec.load_lesions())
         if lesions is None or result.iterations == 0:
             continue
         fov = np.asarray(rec.load_fov(), bool)
@@ -69,12 +70,6 @@ def pick_examples(store, records, n_rows, stages=(3, 4)):
         scored.append((gain, result.iterations, rec.id, rec))
     scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
     return [t[3] for t in scored[:n_rows]]
-
-
-def _union(lesions):
-    if not lesions:
-        return None
-    return np.logical_or.reduce(list(lesions.values()))
 
 
 def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("png", "pdf")):
@@ -116,7 +111,7 @@ def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("pn
             result = store.read(rec.id)
             image = rec.load_image()
             fov = np.asarray(rec.load_fov(image), bool)
-            lesions = _union(rec.load_lesions())
+            lesions = lesion_union(rec.load_lesions())
             stage = "" if rec.grade is None else f", stage {rec.grade}"
             rows.append({"image": image, "fov": fov, "lesions": lesions, "s0": result.maps[0],
                          "S": result.final_map,

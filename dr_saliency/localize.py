@@ -92,6 +92,29 @@ def match_ids(store_ids, dataset, *, allow_partial=False):
     return records, notes
 
 
+def records_for(results, dataset, *, allow_partial=False):
+    """The annotated records to evaluate for a result file, and notes on what is left out.
+
+    :func:`match_ids` on the file's complete images; images of an interrupted run that are not
+    complete are left out and counted in the first note.
+
+    Args:
+        results: str, result file.
+        dataset: the dataset the results were made from.
+        allow_partial: as :func:`match_ids`.
+
+    Returns:
+        (records, notes) as :func:`match_ids`.
+    """
+    with ResultStore(results) as store:
+        ids, incomplete = store.complete_ids(), store.n_incomplete
+    records, notes = match_ids(ids, dataset, allow_partial=allow_partial)
+    if incomplete:
+        notes.insert(0, f"{incomplete} image(s) of an interrupted run are incomplete and left "
+                        f"out; {len(ids)} complete.")
+    return records, notes
+
+
 def _shown(ids, limit=8):
     return ", ".join(ids[:limit]) + (" ..." if len(ids) > limit else "")
 
@@ -145,8 +168,10 @@ def _disc(rec, image, fov, options):
                                         radius_fraction=options.disc_radius_fraction).mask
 
 
-def _lesion_union(item, types):
-    masks = [item.lesions[t] for t in types if t in item.lesions]
+def lesion_union(lesions, types=LESION_TYPES):
+    """Union of an image's lesion masks of ``types`` ((H, W) bool), or None when it has none
+    of them annotated (``lesions`` as ``Record.load_lesions()`` returns, None allowed)."""
+    masks = [lesions[t] for t in types if t in (lesions or {})]
     return np.logical_or.reduce(masks) if masks else None
 
 
@@ -182,7 +207,7 @@ def evaluate(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot
             groups[f"type {t}"] = ([i for i in items if t in i.lesions], (t,))
     report = {}
     for name, (chosen, kinds) in groups.items():
-        lesions = [_lesion_union(i, kinds) for i in chosen]
+        lesions = [lesion_union(i.lesions, kinds) for i in chosen]
         keep = [k for k, m in enumerate(lesions) if m is not None]
         chosen = [chosen[k] for k in keep]
         lesions = [lesions[k] for k in keep]

@@ -58,8 +58,19 @@ def test_match_ids_lists_missing_and_allows_partial(refined, tmp_path):
         localize.match_ids(ids + ["ghost"], ds)
     records, notes = localize.match_ids(ids + ["ghost"], ds, allow_partial=True)
     assert len(records) == 10 and "ghost" in notes[0]
+    records, notes = localize.records_for(store, ds)
+    assert [r.id for r in records] == sorted(ids) and notes == []
     with pytest.raises(ValueError, match=r"no image in both"):
         localize.match_ids(["ghost"], ds, allow_partial=True)
+
+
+def test_lesion_union():
+    a, b = np.zeros((2, 2), bool), np.zeros((2, 2), bool)
+    a[0, 0], b[1, 1] = True, True
+    np.testing.assert_array_equal(localize.lesion_union({"MA": a, "EX": b}), a | b)
+    np.testing.assert_array_equal(localize.lesion_union({"MA": a, "EX": b}, ("EX",)), b)
+    assert localize.lesion_union({"MA": a}, ("SE",)) is None
+    assert localize.lesion_union(None) is None
 
 
 def test_oracle_maps_score_high_and_report_has_every_group(refined):

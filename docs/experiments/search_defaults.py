@@ -73,7 +73,7 @@ def main():
         pipeline.refine_dataset(records, store, explain=explain, predict=predict, size=size,
                                 params=explain_kw, batch_size=8, only_referable=True,
                                 binarize_level=level, dilation=dilation)
-        scored, _ = localize.match_ids(ResultStore(store).complete_ids(), ds)
+        scored, _ = localize.records_for(store, ds)
         row = {"reading": reading, "level": level, "dilation": dilation, "store": store}
         row.update(score(store, ds, scored))
         rows_a.append(row)
@@ -82,7 +82,7 @@ def main():
     print(table(rows_a, ("reading", "level", "dilation") + metrics))
 
     best = max(rows_a, key=lambda r: r["AS10 S"])
-    scored, _ = localize.match_ids(ResultStore(best["store"]).complete_ids(), ds)
+    scored, _ = localize.records_for(best["store"], ds)
     rows_b = []
     for combine, decay in itertools.product(("mean", "max", "masked"), (0.3, 0.5, 0.7, 0.9)):
         row = {"combine": combine, "decay": decay}
