@@ -485,6 +485,9 @@ def main(args=None):
     """Entry point of the ``dr-saliency`` console script."""
     args = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in args or bool(os.environ.get("DR_SALIENCY_DEBUG"))
+    if debug:
+        # Read by dr_saliency._tf: show TensorFlow's start-up notices too.
+        os.environ["DR_SALIENCY_DEBUG"] = "1"
     try:
         cli.main(args=args, prog_name="dr-saliency", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -282,3 +282,18 @@ def test_summarize_lists_every_layer():
     assert [r["name"] for r in rows] == [layer.name for layer in net.layers]
     assert sum(r["params"] for r in rows) == net.count_params()
     assert rows[-1] == {"name": "dr_stage", "type": "Dense", "output_shape": (1,), "params": 257}
+
+
+def test_tensorflow_startup_notices_are_dropped_but_other_stderr_is_replayed(capsys):
+    from dr_saliency import _tf
+
+    captured = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1796002105.784423    2286 port.cc:153] oneDNN custom operations are on.\n"
+        "E0000 00:00:1796002105.9    2286 cuda_dnn.cc:8310] Unable to register cuDNN factory\n"
+        "/x/y.py:3: UserWarning: something the user should see\n"
+    )
+    _tf._replay(captured, keep_all=False)
+    assert capsys.readouterr().err == "/x/y.py:3: UserWarning: something the user should see\n"
+    _tf._replay(captured, keep_all=True)
+    assert capsys.readouterr().err == captured
