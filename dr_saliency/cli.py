@@ -310,6 +310,10 @@ def _ids(value):
               type=click.Choice(refine_defaults.COMBINE_MODES),
               help="mean: the paper's weighted mean; max; masked: each map counts fully only "
                    "inside its own inpainted mask.")
+@click.option("--normalize", default=refine_defaults.DEFAULT_NORMALIZE,
+              type=click.Choice(refine_defaults.NORMALIZE_MODES),
+              help="Scale of the maps in S (and in scoring): map: each by its own robust "
+                   "maximum; image: all by s_0's; none: raw gradients.")
 @click.option("--binarize", "binarize_rule", default=inpaint_defaults.DEFAULT_RULE,
               type=click.Choice(inpaint_defaults.BINARIZE_RULES), help="Rule that makes a mask.")
 @click.option("--level", "binarize_level", type=float,
@@ -325,6 +329,9 @@ def _ids(value):
               type=click.Choice(list(inpaint_defaults.INPAINT_METHODS)),
               help="ns: Navier-Stokes (the paper's); telea.")
 @click.option("--inpaint-radius", default=inpaint_defaults.DEFAULT_INPAINT_RADIUS, type=int)
+@click.option("--inpaint-inside-fov/--inpaint-whole-image", "inpaint_inside_fov", default=True,
+              help="Fill masked pixels from inside the field of view only (the black surround "
+                   "never bleeds in at the rim).")
 @click.option("--batch-size", default=xo.DEFAULT_BATCH_SIZE, type=int,
               help="Images refined together.")
 @click.option("--keep-images", is_flag=True, help="Also store the inpainted images I_1..I_n.")
@@ -416,15 +423,18 @@ def _candidate_config(values):
 @click.option("--tolerance", default=0.0, type=float,
               help="A candidate within this distance of a lesion hits it (px).")
 @click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap replicates.")
-@click.option("--combine", type=click.Choice(["mean", "max", "masked"]),
-              help="Recombine S from the stored maps this way (default: the run's S).")
+@click.option("--combine", type=click.Choice(refine_defaults.COMBINE_MODES),
+              help="Recombine S from the stored maps this way (default: the run's).")
 @click.option("--decay", type=float, help="Recombine S with this decay (default: the run's).")
+@click.option("--normalize", type=click.Choice(refine_defaults.NORMALIZE_MODES),
+              help="Scale of s_0 and S, the same for both (default: the run's).")
 @_candidate_options
 def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n_boot, combine,
-             decay, **candidate_values):
+             decay, normalize, **candidate_values):
     """Lesion-level FROC of s_0 and S against DATA's lesion annotations.
 
-    Writes metrics.json (curves, 7-point score, average sensitivity up to 10 FP/image, bootstrap
+    s_0 and S are both recomputed from the stored maps on one scale (--normalize) and pass
+    through the same candidate settings. Writes metrics.json (curves, 7-point score, average sensitivity up to 10 FP/image, bootstrap
     95% intervals, paired S - s_0 gains), curves.csv and the FROC figures (PNG and PDF).
     """
     from dr_saliency import localize, reports
@@ -436,13 +446,13 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n
     options = _candidate_config(candidate_values)
     with _Bar(len(records), "Candidates") as update:
         items = localize.collect(results, records, options, decay=decay, combine=combine,
-                                 on_image=update)
+                                 normalize=normalize, on_image=update)
     report = localize.evaluate(items, stages=stages, tolerance=tolerance, n_boot=n_boot,
                                curve_rates=reports.CURVE_RATES)
     paths = reports.write_froc(report, out_dir, params={
         "results": os.path.abspath(results), "data": os.path.abspath(data),
         "tolerance": tolerance, "n_boot": n_boot, "combine": combine, "decay": decay,
-        "candidates": vars(options)})
+        "normalize": normalize, "candidates": vars(options)})
     click.echo(reports.summary_table(report))
     click.echo(f"Wrote {', '.join(paths)}")
 
@@ -485,6 +495,7 @@ def main(args=None):
     """Entry point of the ``dr-saliency`` console script."""
     args = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in args or bool(os.environ.get("DR_SALIENCY_DEBUG"))
+    previous = os.environ.get("DR_SALIENCY_DEBUG")
     if debug:
         # Read by dr_saliency._tf: show TensorFlow's start-up notices too.
         os.environ["DR_SALIENCY_DEBUG"] = "1"
@@ -507,6 +518,10 @@ def main(args=None):
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    finally:
+        # main() may run inside a longer-lived process (tests, notebooks): leave no trace.
+        if previous is None:
+            os.environ.pop("DR_SALIENCY_DEBUG", None)
     sys.exit(0)
 
 

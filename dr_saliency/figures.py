@@ -17,21 +17,26 @@ from dr_saliency.localize import lesion_union
 from dr_saliency.results import ResultStore
 
 
-def replay_images(image, result):
+def replay_images(image, result, fov=None):
     """I_0..I_n of a result: ``image`` inpainted with its stored masks, as the run did.
 
     Args:
         image: (H, W, 3) uint8 RGB, I_0.
-        result: RefineResult (masks, iterations, params with inpaint_method/inpaint_radius).
+        result: RefineResult (masks, iterations, params with inpaint_method/inpaint_radius and,
+            for runs since the fill stays inside the FOV, inpaint_inside_fov).
+        fov: (H, W) bool field of view of the image (used when the run filled inside it).
 
     Returns:
         (n + 1, H, W, 3) uint8.
     """
     images = [image]
+    # Runs stored before the option existed filled from the whole image.
+    inside = result.params.get("inpaint_inside_fov", False)
     for i in range(result.iterations):
         images.append(inpaint_lib.inpaint(images[-1], result.masks[i],
                                           method=result.params["inpaint_method"],
-                                          radius=result.params["inpaint_radius"]))
+                                          radius=result.params["inpaint_radius"],
+                                          fov_mask=fov if inside else None))
     return np.stack(images)
 
 
@@ -118,7 +123,7 @@ def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("pn
                          "label": f"{rec.id}{stage}\np {result.predictions[0]:.2f} -> "
                                   f"{result.predictions[-1]:.2f}, {result.iterations} it."})
             strip = plots.iteration_strip(
-                _with_images(result, replay_images(image, result)), fov=fov, lesions=lesions)
+                _with_images(result, replay_images(image, result, fov)), fov=fov, lesions=lesions)
             written += _save(strip, os.path.join(out_dir, f"iterations_{rec.id}"), formats)
         written += _save(plots.heatmap_panels(rows), os.path.join(out_dir, "figure1_panels"),
                          formats)

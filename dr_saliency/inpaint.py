@@ -8,10 +8,16 @@ surroundings (:func:`inpaint`) with Navier-Stokes inpainting (Bertalmio, Bertozz
 Telea's fast-marching method (Telea, "An image inpainting technique based on the fast marching
 method", J. Graphics Tools 2004) is offered as an alternative. Both are OpenCV's ``cv2.inpaint``.
 
-The paper does not say how the map is binarised. The default keeps the top 1% of the field of view
-(FOV) and dilates it by 1 px: a prototype of the method found that removing 0.5-1% of the FOV per
-iteration with 0-2 px of dilation beat larger masks (DESIGN.md §6). These defaults are module
-constants, to be re-chosen on validation data.
+The paper does not say how the map is binarised. The default keeps the top 0.5% of the field of
+view (FOV) and dilates it by 1 px, chosen on the synthetic validation split (docs/choices.md); a
+prototype of the method had found that removing 0.5-1% of the FOV per iteration with 0-2 px of
+dilation beat larger masks. These defaults are module constants.
+
+Inpainting fills a pixel from every known neighbour. At the FOV rim those include the black
+surround, so a masked patch touching the rim would be filled with a dark blob that the grader can
+read as a red lesion. Given the FOV, :func:`inpaint` first extends the fundus outward (each pixel
+outside the FOV takes the colour of the nearest known fundus pixel), so the fill takes colour from
+inside the FOV only; pixels outside the FOV are never changed.
 
 Pure numpy / OpenCV / scipy: no TensorFlow here.
 
@@ -19,7 +25,7 @@ Public API::
 
     binarize(saliency_map, fov_mask=None, *, rule="top_fraction", level=None, smooth_sigma=0.0,
              dilation=1, min_component_size=0) -> (H, W) bool
-    inpaint(image, mask, *, method="ns", radius=3) -> (H, W, 3) uint8
+    inpaint(image, mask, *, method="ns", radius=3, fov_mask=None) -> (H, W, 3) uint8
 """
 
 import numbers
@@ -263,7 +269,8 @@ def _top_n(values, n):
     return selected
 
 
-def inpaint(image, mask, *, method=DEFAULT_INPAINT_METHOD, radius=DEFAULT_INPAINT_RADIUS):
+def inpaint(image, mask, *, method=DEFAULT_INPAINT_METHOD, radius=DEFAULT_INPAINT_RADIUS,
+            fov_mask=None):
     """Fill the masked pixels of an image from their surroundings.
 
     ``cv2.inpaint`` with ``cv2.INPAINT_NS`` (Navier-Stokes, Bertalmio et al., CVPR 2001; the
@@ -271,11 +278,17 @@ def inpaint(image, mask, *, method=DEFAULT_INPAINT_METHOD, radius=DEFAULT_INPAIN
     J. Graphics Tools 2004). Both treat the three channels alike, so RGB order is kept as it is.
     Only masked pixels change.
 
+    With ``fov_mask``, the fill takes colour from inside the field of view only: within reach of
+    the mask, every pixel outside the FOV is first given the colour of the nearest known fundus
+    pixel (inside the FOV and not masked), then restored afterwards. Masked pixels outside the
+    FOV are left as they are.
+
     Args:
         image: (H, W, 3) uint8 RGB image.
         mask: (H, W) bool, True where the image is to be filled.
         method: ``"ns"`` or ``"telea"`` (:data:`INPAINT_METHODS`).
         radius: neighbourhood radius (px) each filled pixel is computed from, >= 1.
+        fov_mask: (H, W) bool field of view, or None: every pixel is fundus (plain ``cv2.inpaint``).
 
     Returns:
         (H, W, 3) uint8 RGB image, a new array (a copy when the mask is empty).
@@ -299,8 +312,37 @@ def inpaint(image, mask, *, method=DEFAULT_INPAINT_METHOD, radius=DEFAULT_INPAIN
     if not _is_real(radius) or not radius >= 1:
         raise ValueError(f"Expected radius >= 1. Received: radius={radius!r}")
 
+    fov = None if fov_mask is None else check_fov(fov_mask, image.shape[:2])
+    if fov is not None:
+        mask = mask & fov
     if not mask.any():
         return image.copy()
+    if fov is None or fov.all():
+        return _cv_inpaint(image, mask, radius, method)
+    # Work in the mask's bounding box grown by the fill's reach: only pixels there can be read.
+    reach = int(np.ceil(radius)) + 2
+    rows, cols = np.nonzero(mask)
+    r0, r1 = max(rows.min() - reach, 0), min(rows.max() + reach + 1, mask.shape[0])
+    c0, c1 = max(cols.min() - reach, 0), min(cols.max() + reach + 1, mask.shape[1])
+    window_fov = fov[r0:r1, c0:c1]
+    out = image.copy()
+    if window_fov.all():
+        out[r0:r1, c0:c1] = _cv_inpaint(image[r0:r1, c0:c1], mask[r0:r1, c0:c1], radius, method)
+        return out
+    window = image[r0:r1, c0:c1]
+    known = window_fov & ~mask[r0:r1, c0:c1]
+    if not known.any():  # nothing known nearby: fill from the whole image as cv2 would
+        return _cv_inpaint(image, mask, radius, method)
+    # The index of the nearest known fundus pixel, for every pixel of the window.
+    _, (near_r, near_c) = ndimage.distance_transform_edt(~known, return_indices=True)
+    extended = window[near_r, near_c]
+    extended[known] = window[known]
+    filled = _cv_inpaint(extended, mask[r0:r1, c0:c1], radius, method)
+    out[r0:r1, c0:c1] = np.where(window_fov[:, :, None], filled, window)
+    return out
+
+
+def _cv_inpaint(image, mask, radius, method):
     # A bool array is one byte of 0/1 per pixel: viewing it as uint8 avoids a copy; cv2.inpaint
     # treats any non-zero mask value as "fill".
     return cv2.inpaint(np.ascontiguousarray(image), np.ascontiguousarray(mask).view(np.uint8),

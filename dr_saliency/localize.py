@@ -3,6 +3,9 @@
 For every image complete in a result store and annotated in the dataset, the lesion candidates of
 its first map s_0 and of its final map S (:mod:`dr_saliency.candidates`) are matched against its
 lesions (:mod:`dr_saliency.froc`): all lesion types together, per DR stage, and per lesion type.
+Both maps are recomputed from the stored per-iteration maps by ``refine.scored_maps``, so they
+pass through the same normalisation and the same candidate settings (docs/choices.md); with
+decay 0 (combine "mean" or "max") S is s_0 and their FROCs are identical.
 The paper compares s_0 and S per stage (its Figure 2); the per-type curves measure which lesions
 the iterations add. No TensorFlow.
 """
@@ -14,7 +17,7 @@ import numpy as np
 from dr_saliency import candidates as cand_lib
 from dr_saliency import froc as froc_lib
 from dr_saliency.datasets.base import LESION_TYPES
-from dr_saliency.refine import combine_maps
+from dr_saliency.refine import scored_maps
 from dr_saliency.results import ResultStore
 
 MAP_NAMES = ("s0", "S")
@@ -119,15 +122,18 @@ def _shown(ids, limit=8):
     return ", ".join(ids[:limit]) + (" ..." if len(ids) > limit else "")
 
 
-def collect(store_path, records, options=None, *, decay=None, combine=None, on_image=None):
+def collect(store_path, records, options=None, *, decay=None, combine=None, normalize=None,
+            on_image=None):
     """Candidates of s_0 and S and the lesion masks of each record.
 
     Args:
         store_path: str, result file.
         records: the annotated records to evaluate (:func:`match_ids`).
         options: CandidateOptions.
-        decay, combine: optional: recombine S from the stored maps this way instead of using
-            the stored final map (cheap: no network), e.g. to compare combination rules.
+        decay, combine, normalize: how S is combined and both maps are scaled
+            (``refine.scored_maps``); None takes the run's own setting (files written before
+            ``normalize`` existed used "map"). Cheap: no network, so combination rules can be
+            compared on the same stored maps.
         on_image: optional callable(k) per image done.
 
     Returns:
@@ -141,14 +147,14 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, on_i
             image = rec.load_image()
             fov = np.asarray(rec.load_fov(image), bool)
             exclude = _disc(rec, image, fov, options) if options.exclude_disc else None
-            final = result.final_map
-            if decay is not None or combine is not None:
-                params = result.params
-                final = combine_maps(result.maps, result.masks, fov,
-                                     decay=params["decay"] if decay is None else decay,
-                                     combine=params["combine"] if combine is None else combine)
+            params = result.params
+            first, final = scored_maps(
+                result.maps, result.masks, fov,
+                decay=params["decay"] if decay is None else decay,
+                combine=params["combine"] if combine is None else combine,
+                normalize=params.get("normalize", "map") if normalize is None else normalize)
             found = {}
-            for name, smap in (("s0", result.maps[0]), ("S", final)):
+            for name, smap in (("s0", first), ("S", final)):
                 found[name] = cand_lib.detect_candidates(
                     smap.astype(np.float32), fov, sigma=options.sigma,
                     min_distance=options.min_distance, max_candidates=options.max_candidates,

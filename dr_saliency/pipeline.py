@@ -126,8 +126,9 @@ def describe(result):
 
 
 def _refine_only(options):
-    names = ("max_iterations", "stop_at", "decay", "combine", "binarize_rule", "binarize_level",
-             "smooth_sigma", "dilation", "min_component_size", "inpaint_method", "inpaint_radius")
+    names = ("max_iterations", "stop_at", "decay", "combine", "normalize", "binarize_rule",
+             "binarize_level", "smooth_sigma", "dilation", "min_component_size", "inpaint_method",
+             "inpaint_radius", "inpaint_inside_fov")
     unknown = sorted(set(options) - set(names) - {"keep_images"})
     if unknown:
         raise TypeError(f"Expected refine options among {names}. Received: {unknown}")

@@ -110,6 +110,13 @@ DEFAULT_COMBINE = "max"
 worse than s_0 there (a lesion inpainted early is missing from every later map and keeps little
 weight), "max" made it better; "mean" stays available."""
 
+NORMALIZE_MODES = ("map", "image", "none")
+"""How :func:`normalize_maps` scales an image's maps before they are combined and scored: each map
+by its own robust maximum, every map by s_0's, or not at all (the raw gradient scale)."""
+
+DEFAULT_NORMALIZE = "map"
+"""Chosen on the synthetic validation split (docs/choices.md)."""
+
 NORMALIZE_PERCENTILE = 99.9
 """Percentile of a map's positive FOV values used as its robust maximum in :func:`normalize_map`:
 guided-backprop maps have a few extreme pixels that a plain maximum would let dominate."""
@@ -177,30 +184,72 @@ def normalize_map(saliency_map, fov_mask=None, *, percentile=NORMALIZE_PERCENTIL
     fov = _inpaint.check_fov(fov_mask, smap.shape)
     if not (isinstance(percentile, numbers.Real) and 0 < percentile <= 100):
         raise ValueError(f"Expected percentile in (0, 100]. Received: percentile={percentile!r}")
-    return _normalize(smap, fov, percentile)
+    return _normalize(smap, fov, _robust_max(smap, fov, percentile))
 
 
-def _normalize(smap, fov, percentile=NORMALIZE_PERCENTILE):
+def _robust_max(smap, fov, percentile=NORMALIZE_PERCENTILE):
+    """The ``percentile``-th percentile of the positive FOV values (float32), or None if none."""
     values = smap[fov]
     values = values[values > 0]
     if values.size == 0:
-        return np.zeros(smap.shape, dtype=np.float32)
+        return None
     # numpy's linear-interpolation percentile, with one partition instead of np.percentile's two
     # (it partitions again to look for NaN, which check_saliency_map has excluded).
     position = (values.size - 1) * (percentile / 100.0)
     low = int(np.floor(position))
     high = min(low + 1, values.size - 1)
     part = np.partition(values, [low, high])
-    robust_max = np.float32(part[low] + (position - low) * (part[high] - part[low]))
+    return np.float32(part[low] + (position - low) * (part[high] - part[low]))
+
+
+def _normalize(smap, fov, robust_max):
+    if robust_max is None:
+        return np.zeros(smap.shape, dtype=np.float32)
     out = np.clip(smap / robust_max, 0, 1).astype(np.float32, copy=False)
     out[~fov] = 0
     return out
 
 
-def combine_maps(maps, masks=None, fov_mask=None, *, decay=DEFAULT_DECAY, combine=DEFAULT_COMBINE):
+def normalize_maps(maps, fov_mask=None, *, normalize=DEFAULT_NORMALIZE):
+    """Put an image's maps s_0..s_{k-1} on the scale they are combined and scored on.
+
+    Every map that is scored (s_0 alone, or S) passes through this one function, so that s_0 and
+    S are compared on one scale (docs/choices.md: the FROC pools candidates of all images under
+    one threshold, and a per-image rescaling of one map and not the other changes its curve).
+
+    - ``"map"``: each map by its own robust maximum (:func:`normalize_map`), clipped to [0, 1].
+    - ``"image"``: every map by the robust maximum of s_0, clipped to [0, 1]: one scale per image,
+      so a later map whose gradients are weaker than s_0's stays weaker.
+    - ``"none"``: the raw gradient scale, shared by all images (outside the FOV set to 0).
+
+    Args:
+        maps: (k, H, W) float32 (any real dtype) maps, k >= 1, finite.
+        fov_mask: (H, W) bool, or None for the whole image.
+        normalize: one of :data:`NORMALIZE_MODES`.
+
+    Returns:
+        (k, H, W) float32, 0 outside the FOV.
+    """
+    stack = np.asarray(maps)
+    if stack.ndim != 3 or stack.shape[0] < 1:
+        raise ValueError(f"Expected maps of shape (k, H, W), k >= 1. Received: maps.shape={stack.shape}")
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"Expected normalize in {NORMALIZE_MODES}. Received: normalize={normalize!r}")
+    fov = _inpaint.check_fov(fov_mask, stack.shape[1:])
+    checked = [_inpaint.check_saliency_map(s, f"maps[{i}]") for i, s in enumerate(stack)]
+    if normalize == "none":
+        return np.stack([np.where(fov, s, 0).astype(np.float32, copy=False) for s in checked])
+    if normalize == "image":
+        scale = _robust_max(checked[0], fov)
+        return np.stack([_normalize(s, fov, scale) for s in checked])
+    return np.stack([_normalize(s, fov, _robust_max(s, fov)) for s in checked])
+
+
+def combine_maps(maps, masks=None, fov_mask=None, *, decay=DEFAULT_DECAY, combine=DEFAULT_COMBINE,
+                 normalize=DEFAULT_NORMALIZE):
     """The final map S from the per-iteration maps (pure: re-run it on stored maps and masks).
 
-    Each map s_i is first normalised, ``n_i = normalize_map(s_i)`` (robust maximum -> 1), and
+    Each map s_i is first put on the common scale, ``n_i = normalize_maps(maps)[i]``, and
     weighted by ``w_i = decay ** i``; with k maps:
 
     - ``"mean"``: ``S = sum_i w_i n_i / sum_i w_i``, the paper's decaying weighted mean.
@@ -211,20 +260,22 @@ def combine_maps(maps, masks=None, fov_mask=None, *, decay=DEFAULT_DECAY, combin
       weight of the iteration after the last one. Pixels never inpainted thus rank below what
       was inpainted at the same saliency. With decay 1 it equals ``"max"``.
 
+    With decay 0, ``"mean"`` and ``"max"`` give S = n_0 exactly: the s_0 that is scored.
+
     Args:
-        maps: (k, H, W) float32 (any real dtype) maps s_0..s_{k-1}, k >= 1, finite.
+        maps: (k, H, W) float32 (any real dtype) maps s_0..s_{k-1}, k >= 1, finite, >= 0.
         masks: (k, H, W) bool, ``masks[i]`` the mask of ``maps[i]``; needed for ``"masked"`` only.
         fov_mask: (H, W) bool, or None for the whole image.
-        decay: in [0, 1]; 0 gives S = n_0 (``"mean"``, ``"max"``).
+        decay: in [0, 1].
         combine: one of :data:`COMBINE_MODES`.
+        normalize: one of :data:`NORMALIZE_MODES` (:func:`normalize_maps`).
 
     Returns:
-        (H, W) float32 in [0, 1], 0 outside the FOV.
+        (H, W) float32 >= 0 (in [0, 1] unless ``normalize="none"``), 0 outside the FOV.
     """
     stack = np.asarray(maps)
     if stack.ndim != 3 or stack.shape[0] < 1:
         raise ValueError(f"Expected maps of shape (k, H, W), k >= 1. Received: maps.shape={stack.shape}")
-    fov = _inpaint.check_fov(fov_mask, stack.shape[1:])
     _check_combine(decay, combine)
     if combine == "masked":
         if masks is None:
@@ -234,8 +285,7 @@ def combine_maps(maps, masks=None, fov_mask=None, *, decay=DEFAULT_DECAY, combin
             raise ValueError(f"Expected bool masks of shape {stack.shape}. "
                              f"Received: masks.shape={masks.shape}, masks.dtype={masks.dtype}")
     k = stack.shape[0]
-    normalized = np.stack([_normalize(_inpaint.check_saliency_map(s, f"maps[{i}]"), fov)
-                           for i, s in enumerate(stack)])
+    normalized = normalize_maps(stack, fov_mask, normalize=normalize)
     weights = float(decay) ** np.arange(k, dtype=np.float64)
     if combine == "mean":
         # float32 weights: a float64 tensordot would convert the whole stack (3x slower).
@@ -249,6 +299,22 @@ def combine_maps(maps, masks=None, fov_mask=None, *, decay=DEFAULT_DECAY, combin
     return out.astype(np.float32, copy=False)
 
 
+def scored_maps(maps, masks=None, fov_mask=None, *, decay=DEFAULT_DECAY, combine=DEFAULT_COMBINE,
+                normalize=DEFAULT_NORMALIZE):
+    """The two maps that lesion evaluation compares, on one scale: ``(s_0, S)``.
+
+    s_0 is ``normalize_maps(maps)[0]``, S is :func:`combine_maps` of the same normalised maps:
+    both pass through the same normalisation, so a FROC difference between them is the
+    combination's, not the scaling's. Arguments as :func:`combine_maps`.
+
+    Returns:
+        (s_0, S): two (H, W) float32 maps.
+    """
+    first = normalize_maps(np.asarray(maps)[:1], fov_mask, normalize=normalize)[0]
+    return first, combine_maps(maps, masks, fov_mask, decay=decay, combine=combine,
+                               normalize=normalize)
+
+
 def _check_combine(decay, combine):
     if not isinstance(decay, numbers.Real) or isinstance(decay, bool) or not 0 <= decay <= 1:
         raise ValueError(f"Expected decay in [0, 1]. Received: decay={decay!r}")
@@ -260,12 +326,12 @@ def _check_combine(decay, combine):
 
 
 def refine_params(*, max_iterations=DEFAULT_MAX_ITERATIONS, stop_at=DEFAULT_STOP_AT,
-                  decay=DEFAULT_DECAY, combine=DEFAULT_COMBINE,
+                  decay=DEFAULT_DECAY, combine=DEFAULT_COMBINE, normalize=DEFAULT_NORMALIZE,
                   binarize_rule=_inpaint.DEFAULT_RULE, binarize_level=None,
                   smooth_sigma=_inpaint.DEFAULT_SMOOTH_SIGMA, dilation=_inpaint.DEFAULT_DILATION,
                   min_component_size=_inpaint.DEFAULT_MIN_COMPONENT_SIZE,
                   inpaint_method=_inpaint.DEFAULT_INPAINT_METHOD,
-                  inpaint_radius=_inpaint.DEFAULT_INPAINT_RADIUS):
+                  inpaint_radius=_inpaint.DEFAULT_INPAINT_RADIUS, inpaint_inside_fov=True):
     """Check the loop's parameters and return them as a JSON-serialisable dict.
 
     Arguments as :func:`refine`. ``binarize_level`` None is resolved to the rule's default, so two
@@ -281,6 +347,11 @@ def refine_params(*, max_iterations=DEFAULT_MAX_ITERATIONS, stop_at=DEFAULT_STOP
     if not isinstance(stop_at, numbers.Real) or isinstance(stop_at, bool) or not np.isfinite(stop_at):
         raise ValueError(f"Expected a finite stop_at. Received: stop_at={stop_at!r}")
     _check_combine(decay, combine)
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"Expected normalize in {NORMALIZE_MODES}. Received: normalize={normalize!r}")
+    if not isinstance(inpaint_inside_fov, (bool, np.bool_)):
+        raise TypeError("Expected inpaint_inside_fov to be True or False. "
+                        f"Received: inpaint_inside_fov={inpaint_inside_fov!r}")
     level = _inpaint._check_binarize_options(binarize_rule, binarize_level, smooth_sigma, dilation,
                                              min_component_size)
     if inpaint_method not in _inpaint.INPAINT_METHODS:
@@ -297,17 +368,12 @@ def refine_params(*, max_iterations=DEFAULT_MAX_ITERATIONS, stop_at=DEFAULT_STOP
         "min_component_size": int(min_component_size), "inpaint_method": inpaint_method,
         "inpaint_radius": inpaint_radius if isinstance(inpaint_radius, numbers.Integral)
         else float(inpaint_radius),
+        "inpaint_inside_fov": bool(inpaint_inside_fov), "normalize": normalize,
         "normalize_percentile": NORMALIZE_PERCENTILE,
     }
 
 
-def refine(image, *, explain, predict=None, fov_mask=None, keep_images=False,
-           max_iterations=DEFAULT_MAX_ITERATIONS, stop_at=DEFAULT_STOP_AT, decay=DEFAULT_DECAY,
-           combine=DEFAULT_COMBINE, binarize_rule=_inpaint.DEFAULT_RULE, binarize_level=None,
-           smooth_sigma=_inpaint.DEFAULT_SMOOTH_SIGMA, dilation=_inpaint.DEFAULT_DILATION,
-           min_component_size=_inpaint.DEFAULT_MIN_COMPONENT_SIZE,
-           inpaint_method=_inpaint.DEFAULT_INPAINT_METHOD,
-           inpaint_radius=_inpaint.DEFAULT_INPAINT_RADIUS):
+def refine(image, *, explain, predict=None, fov_mask=None, keep_images=False, **options):
     """Refine the saliency map of one image (González-Gonzalo et al., MIDL 2018).
 
     :func:`refine_batch` with a batch of one; see the module docstring for the loop, the stop
@@ -321,9 +387,8 @@ def refine(image, *, explain, predict=None, fov_mask=None, keep_images=False,
             ``explain`` returns predictions.
         fov_mask: (H, W) bool field of view, or None for the whole image.
         keep_images: keep I_0..I_n in the result.
-        max_iterations, stop_at, decay, combine, binarize_rule, binarize_level, smooth_sigma,
-            dilation, min_component_size, inpaint_method, inpaint_radius: see
-            :func:`refine_batch`.
+        **options: the loop's options (max_iterations, stop_at, decay, combine, normalize,
+            binarize_rule, ...), as :func:`refine_batch` takes them.
 
     Returns:
         RefineResult.
@@ -332,21 +397,17 @@ def refine(image, *, explain, predict=None, fov_mask=None, keep_images=False,
     if fov_mask is not None:
         _check_fov(fov_mask, image.shape[:2], "fov_mask", None)
     return refine_batch([image], [fov_mask], explain=explain, predict=predict,
-                        keep_images=keep_images, max_iterations=max_iterations, stop_at=stop_at,
-                        decay=decay, combine=combine, binarize_rule=binarize_rule,
-                        binarize_level=binarize_level, smooth_sigma=smooth_sigma,
-                        dilation=dilation, min_component_size=min_component_size,
-                        inpaint_method=inpaint_method, inpaint_radius=inpaint_radius)[0]
+                        keep_images=keep_images, **options)[0]
 
 
 def refine_batch(images, fov_masks=None, *, explain, predict=None, keep_images=False,
                  max_iterations=DEFAULT_MAX_ITERATIONS, stop_at=DEFAULT_STOP_AT,
-                 decay=DEFAULT_DECAY, combine=DEFAULT_COMBINE,
+                 decay=DEFAULT_DECAY, combine=DEFAULT_COMBINE, normalize=DEFAULT_NORMALIZE,
                  binarize_rule=_inpaint.DEFAULT_RULE, binarize_level=None,
                  smooth_sigma=_inpaint.DEFAULT_SMOOTH_SIGMA, dilation=_inpaint.DEFAULT_DILATION,
                  min_component_size=_inpaint.DEFAULT_MIN_COMPONENT_SIZE,
                  inpaint_method=_inpaint.DEFAULT_INPAINT_METHOD,
-                 inpaint_radius=_inpaint.DEFAULT_INPAINT_RADIUS):
+                 inpaint_radius=_inpaint.DEFAULT_INPAINT_RADIUS, inpaint_inside_fov=True):
     """Refine the saliency maps of a batch of images together.
 
     All images advance one iteration at a time; each iteration sends the images still active to
@@ -368,10 +429,13 @@ def refine_batch(images, fov_masks=None, *, explain, predict=None, keep_images=F
         stop_at: stop when the prediction is <= this.
         decay: ``w_i = decay ** i``, in [0, 1].
         combine: how the maps make S, one of :data:`COMBINE_MODES` (:func:`combine_maps`).
+        normalize: the scale the maps are combined on, one of :data:`NORMALIZE_MODES`.
         binarize_rule, binarize_level, smooth_sigma, dilation, min_component_size: the options
             ``rule``, ``level``, ... of :func:`dr_saliency.inpaint.binarize`.
         inpaint_method, inpaint_radius: ``method`` and ``radius`` of
             :func:`dr_saliency.inpaint.inpaint`.
+        inpaint_inside_fov: fill from inside the field of view only (``fov_mask`` of
+            :func:`dr_saliency.inpaint.inpaint`); False lets the black surround bleed in.
 
     Returns:
         list of N :class:`RefineResult`, in the order of ``images``.
@@ -383,10 +447,11 @@ def refine_batch(images, fov_masks=None, *, explain, predict=None, keep_images=F
         TypeError: ``predict`` is None but ``explain`` returns maps only.
     """
     params = refine_params(max_iterations=max_iterations, stop_at=stop_at, decay=decay,
-                           combine=combine, binarize_rule=binarize_rule,
+                           combine=combine, normalize=normalize, binarize_rule=binarize_rule,
                            binarize_level=binarize_level, smooth_sigma=smooth_sigma,
                            dilation=dilation, min_component_size=min_component_size,
-                           inpaint_method=inpaint_method, inpaint_radius=inpaint_radius)
+                           inpaint_method=inpaint_method, inpaint_radius=inpaint_radius,
+                           inpaint_inside_fov=inpaint_inside_fov)
     if not callable(explain):
         raise TypeError(f"Expected a callable explain. Received: explain={explain!r}")
     if predict is not None and not callable(predict):
@@ -439,7 +504,8 @@ def refine_batch(images, fov_masks=None, *, explain, predict=None, keep_images=F
                 reasons[j] = "empty_mask"
                 continue
             current[j] = _inpaint.inpaint(current[j], mask, method=inpaint_method,
-                                          radius=inpaint_radius)
+                                          radius=inpaint_radius,
+                                          fov_mask=fovs[j] if inpaint_inside_fov else None)
             if keep_images:
                 kept[j].append(current[j])  # inpaint returns a new array: no copy needed
             still_active.append(j)
@@ -458,7 +524,8 @@ def refine_batch(images, fov_masks=None, *, explain, predict=None, keep_images=F
             maps=map_stack, masks=mask_stack,
             predictions=np.asarray(predictions[j], dtype=np.float32),
             images=np.stack(kept[j]) if keep_images else None,
-            final_map=combine_maps(map_stack, mask_stack, fovs[j], decay=decay, combine=combine),
+            final_map=combine_maps(map_stack, mask_stack, fovs[j], decay=decay, combine=combine,
+                                   normalize=normalize),
             stop_reason=reasons[j], iterations=len(predictions[j]) - 1, params=dict(params)))
     return results
 

@@ -123,8 +123,11 @@ FOV_RADIUS = (0.455, 0.485)       # of the image side
 DISC_RADIUS = (0.13, 0.16)        # disc diameter 1/7.7 to 1/6.25 of the FOV diameter
 DISC_OFFSET = (0.55, 0.68)        # disc centre, nasal of the FOV centre
 FOVEA_DISTANCE = (2.3, 2.7)       # disc-fovea distance, in disc diameters
-DISC_EXCLUSION = 1.5              # no lesion pixel within this many disc radii of the disc centre
-LESION_ZONE = 0.9                 # lesions lie within this fraction of R
+# Lesions lie where real ones do: right beside the disc (peripapillary haemorrhages, exudates) but
+# not on it, and out to the FOV rim. Earlier versions kept them 1.5 disc radii from the disc centre
+# and inside 0.9 R, which made candidate exclusions of the disc and the rim look free of cost.
+DISC_EXCLUSION = 1.1              # no lesion pixel within this many disc radii of the disc centre
+LESION_ZONE = 0.98                # lesion pixels lie within this fraction of R
 VEIN_WIDTH = (5.0, 6.5)           # px at 512, where the arcades leave the disc
 ARTERY_WIDTH = (3.5, 5.0)
 BLUR_SIGMA = (0.35, 1.3)          # camera blur, px at 512

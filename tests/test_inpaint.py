@@ -1,5 +1,6 @@
 """Tests of dr_saliency.inpaint: binarisation rules on exact small maps, and inpainting."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -197,3 +198,48 @@ def test_inpaint_rejects_bad_input():
         inpaint(image, mask, method="fast")
     with pytest.raises(ValueError, match="radius >= 1. Received: radius=0"):
         inpaint(image, mask, radius=0)
+
+
+def _uniform_fundus(size=96, colour=(180, 90, 40), radius=40):
+    fov = np.zeros((size, size), np.uint8)
+    cv2.circle(fov, (size // 2, size // 2), radius, 1, -1)
+    fov = fov.astype(bool)
+    image = np.zeros((size, size, 3), np.uint8)
+    image[fov] = colour
+    return image, fov
+
+
+@pytest.mark.parametrize("method", ["ns", "telea"])
+def test_inpaint_at_the_fov_rim_takes_colour_from_inside_the_fov_only(method):
+    image, fov = _uniform_fundus()
+    col = np.flatnonzero(fov[48])[-1]          # the rim on row 48
+    mask = np.zeros(fov.shape, bool)
+    mask[44:53, col - 5:col + 1] = True        # 9x6, touching the rim
+    mask &= fov
+    colour = np.array([180, 90, 40], float)
+    inside = inpaint(image, mask, method=method, fov_mask=fov)
+    # Within 3% of the fundus colour (Euclidean in RGB; Telea rounds to +-2 even on a flat image).
+    assert (np.linalg.norm(inside[mask] - colour, axis=1) <= 0.03 * np.linalg.norm(colour)).all()
+    np.testing.assert_array_equal(inside[~mask], image[~mask])   # outside the FOV untouched
+    # Without the FOV the black surround bleeds in: a dark blob (this is what the option fixes).
+    plain = inpaint(image, mask, method=method)
+    assert (plain[mask].mean(axis=0) < 0.9 * colour).all()
+
+
+def test_inpaint_inside_the_fov_equals_plain_inpainting_away_from_the_rim():
+    rng = np.random.default_rng(0)
+    image, fov = _uniform_fundus()
+    image = np.where(fov[:, :, None], rng.integers(60, 200, image.shape), 0).astype(np.uint8)
+    mask = np.zeros(fov.shape, bool)
+    mask[40:46, 30:37] = mask[50:53, 55:60] = True
+    np.testing.assert_array_equal(inpaint(image, mask, fov_mask=fov), inpaint(image, mask))
+
+
+def test_inpaint_leaves_masked_pixels_outside_the_fov_alone():
+    image, fov = _uniform_fundus()
+    mask = np.zeros(fov.shape, bool)
+    mask[0:3, 0:3] = True                      # outside the FOV only
+    out = inpaint(image, mask, fov_mask=fov)
+    np.testing.assert_array_equal(out, image)
+    with pytest.raises(TypeError, match=r"bool field-of-view mask. Received: fov_mask.dtype=uint8"):
+        inpaint(image, mask, fov_mask=fov.astype(np.uint8))

@@ -130,3 +130,22 @@ def test_figures_replay_and_write(refined, tmp_path):
     assert os.path.isfile(tmp_path / f"iterations_{chosen[0]}.png")
     with pytest.raises(ValueError, match=r"complete in the results.*Received: nope"):
         figures.write_figures(store, ds, str(tmp_path), ids=["nope"])
+
+
+@pytest.mark.parametrize("normalize", ["map", "image", "none"])
+@pytest.mark.parametrize("combine", ["mean", "max"])
+def test_decay_0_scores_s_exactly_as_s0_in_every_group(refined, normalize, combine):
+    # DESIGN §3: s_0 and S pass through one normalisation and one candidate setting, so with
+    # decay 0 (S is s_0) their FROCs are identical, whatever the scale.
+    data, store = refined
+    records, _ = localize.records_for(store, open_dataset(data))
+    items = localize.collect(store, records, decay=0.0, combine=combine, normalize=normalize)
+    report = localize.evaluate(items, n_boot=20)
+    assert {"all", "stage 2", "type EX"} <= set(report) or len(report) > 3
+    for name, entry in report.items():
+        a, b = entry["s0"]["froc"], entry["S"]["froc"]
+        np.testing.assert_array_equal(a.fps_per_image, b.fps_per_image, err_msg=name)
+        np.testing.assert_array_equal(a.sensitivity, b.sensitivity, err_msg=name)
+        assert entry["paired"].average_sensitivity.relative == 0.0, name
+
+

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -132,23 +131,14 @@ def test_fov_mask_drops_the_tab():
     assert not (fov & tab_outside).any()
 
 
-def test_fov_mask_large_image_is_fast_and_right():
-    # IDRiD size; uint8 drawing keeps the test's own set-up cheap.
+def test_fov_mask_large_image_is_right():
+    # IDRiD size; uint8 drawing keeps the test's own set-up cheap. Its speed is bench/'s concern.
     shape = (2848, 4288)
     image = np.zeros(shape + (3,), np.uint8)
     cv2.circle(image, (2144, 1424), 1750, (150, 80, 40), -1)
     image = cv2.add(image, np.random.default_rng(0).integers(0, 4, image.shape, dtype=np.uint8))
     truth = _disc(shape, (1424, 2144), 1750)
-    fov_mask(image)  # warm-up
-    best = min(_timed(fov_mask, image)[0] for _ in range(3))
-    assert best < 0.5, f"fov_mask took {best:.3f} s on 4288x2848"
     assert iou(fov_mask(image), truth) > 0.99
-
-
-def _timed(fn, *args):
-    start = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - start, result
 
 
 def test_fov_mask_blank_and_full_frame_images():

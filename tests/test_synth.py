@@ -367,3 +367,18 @@ def test_overlay_outlines_outside_the_mask():
     out = synth.overlay_masks(image, {"EX": mask})
     assert (out[4, 4] == 0).all() and (out[3, 3] == synth.MASK_COLOURS["EX"]).all()
     assert (out[0, 0] == 0).all()
+
+
+def test_lesions_reach_the_fov_rim_and_the_disc_neighbourhood():
+    # Real lesions lie up to the FOV edge and right beside the disc: the generator must put some
+    # there, or candidate exclusions of those zones look free of cost.
+    near_rim = near_disc = 0
+    for k in range(24):
+        r = synth.synthesize(3, size=256, rng=100 + k)
+        rows, cols = np.nonzero(np.any([r.masks[t] for t in ("MA", "HE", "EX", "SE")], axis=0))
+        d_fov = np.hypot(rows - r.fov_center[0], cols - r.fov_center[1]) / r.fov_radius
+        d_disc = np.hypot(rows - r.disc_center[0], cols - r.disc_center[1]) / r.disc_radius
+        assert d_fov.max() <= synth.LESION_ZONE + 2 / r.fov_radius
+        near_rim += bool((d_fov > 0.9).any())
+        near_disc += bool((d_disc < 1.5).any())
+    assert near_rim >= 3 and near_disc >= 1, (near_rim, near_disc)
