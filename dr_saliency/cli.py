@@ -65,29 +65,61 @@ def demo_cmd(out_dir, profile):
     (referable test images) -> froc -> figures -> REPORT.md."""
     from dr_saliency import demo
 
-    def on_step(name, status, seconds, message):
-        if status == "done":
-            click.echo(f"[{name}] done in {seconds:.0f} s: {message}")
-        elif status == "start":
-            click.echo(f"[{name}] ...")
-        else:
-            click.echo(f"[{name}] {message}")
-
-    def on_progress(label, length):
-        # Plain lines at every tenth, so that logs of a long demo show where it is.
-        state = {"done": 0, "shown": 0}
-
-        def update(k=1):
-            state["done"] += k
-            tenth = int(10 * state["done"] / max(length, 1))
-            if tenth > state["shown"]:
-                state["shown"] = tenth
-                click.echo(f"[{label}] {state['done']}/{length}")
-
-        return update
-
-    report = demo.run_demo(out_dir, profile=profile, on_step=on_step, on_progress=on_progress)
+    report = demo.run_demo(out_dir, profile=profile, on_step=_on_step, on_progress=_on_progress)
     click.echo(f"Report: {report}")
+
+
+def _on_step(name, status, seconds, message):
+    """Progress line of a demo-like step (``demo.run_steps``'s ``on_step``)."""
+    if status == "done":
+        click.echo(f"[{name}] done in {seconds:.0f} s: {message}")
+    elif status == "start":
+        click.echo(f"[{name}] ...")
+    else:
+        click.echo(f"[{name}] {message}")
+
+
+def _on_progress(label, length):
+    # Plain lines at every tenth, so that logs of a long run show where it is.
+    state = {"done": 0, "shown": 0}
+
+    def update(k=1):
+        state["done"] += k
+        tenth = int(10 * state["done"] / max(length, 1))
+        if tenth > state["shown"]:
+            state["shown"] = tenth
+            click.echo(f"[{label}] {state['done']}/{length}")
+
+    return update
+
+
+@cli.command("replicate")
+@click.option("--seeds", default="1,2,3",
+              help="Comma-separated seeds; each seeds both the synthetic data and the training.")
+@click.option("--out", "out_dir", default="replicate_out", type=click.Path(file_okay=False),
+              help="Experiment folder (one sub-folder per seed); a rerun continues it.")
+@click.option("--profile", default="quick", type=click.Choice(["quick", "smoke"]),
+              help="The demo's profiles: quick (~7 min a seed on 2 CPU cores) or smoke.")
+@click.option("--bootstrap", "n_boot", default=1000, type=int,
+              help="Bootstrap replicates of the paired intervals.")
+def replicate_cmd(seeds, out_dir, profile, n_boot):
+    """The demo's pipeline once per seed, then S against s_0 across seeds.
+
+    Per seed: synth -> train -> evaluate -> refine the referable test images; the stored maps
+    are scored with our combination rule and the paper's (no re-refinement), s_0 and S on one
+    scale. Writes OUT/REPLICATE.md (per-seed table, mean, sd and range), replicate.json and
+    gains.png/pdf.
+    """
+    from dr_saliency import replicate
+
+    seed_list = replicate.parse_seeds(seeds)
+
+    def on_seed(seed, index, total):
+        click.echo(f"== seed {seed} ({index + 1}/{total}) ==")
+
+    replicate.run_replicate(out_dir, seed_list, profile=profile, n_boot=n_boot, on_seed=on_seed,
+                            on_step=_on_step, on_progress=_on_progress)
+    click.echo(f"Report: {os.path.join(out_dir, 'REPLICATE.md')}")
 
 
 def _profiles(field):

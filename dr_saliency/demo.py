@@ -45,9 +45,32 @@ def run_demo(out, *, profile="quick", on_step=None, on_progress=None):
     Raises:
         ValueError: for an unknown profile, or from any step.
     """
+    timings = run_steps(out, demo_steps(out, profile=profile, on_step=on_step,
+                                        on_progress=on_progress), on_step=on_step)
+    from dr_saliency import reports
+
+    return reports.write_demo_report(out, profile=profile, timings=timings)
+
+
+def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=None):
+    """The demo's steps (synth, train, evaluate, refine, froc, figures) into folder ``out``.
+
+    Args:
+        out: str, the folder.
+        profile: key of :data:`PROFILES`.
+        seed: int, the data seed and the training seed together; None: the profile's data seed
+            and TrainConfig's default training seed.
+        on_step, on_progress: as :func:`run_demo`.
+
+    Returns:
+        list of :class:`Step`, in order.
+    """
     if profile not in PROFILES:
         raise ValueError(f"Expected profile in {sorted(PROFILES)}. Received: profile={profile!r}")
-    p = PROFILES[profile]
+    p = dict(PROFILES[profile])
+    if seed is not None:  # without one, training keeps TrainConfig's seed (the demo's as before)
+        p["seed"] = int(seed)
+        p["train"] = dict(p["train"], seed=int(seed))
     paths = {
         "data": os.path.join(out, "data"), "run": os.path.join(out, "run"),
         "eval": os.path.join(out, "evaluation"), "results": os.path.join(out, "refine.h5"),
@@ -139,6 +162,15 @@ def run_demo(out, *, profile="quick", on_step=None, on_progress=None):
         Step("froc", os.path.join(paths["froc"], "metrics.json"), froc_step),
         Step("figures", os.path.join(paths["figures"], "done.json"), figures_step),
     ]
+    return steps
+
+
+def run_steps(out, steps, *, on_step=None):
+    """Run each step whose ``done_file`` is missing; time them into ``out/timings.json``.
+
+    Returns:
+        dict step name -> seconds (of this run and earlier ones).
+    """
     os.makedirs(out, exist_ok=True)
     timings = _read_json(os.path.join(out, "timings.json")) or {}
     for step in steps:
@@ -154,9 +186,7 @@ def run_demo(out, *, profile="quick", on_step=None, on_progress=None):
         _write_json(os.path.join(out, "timings.json"), timings)
         if on_step:
             on_step(step.name, "done", timings[step.name], message)
-    from dr_saliency import reports
-
-    return reports.write_demo_report(out, profile=profile, timings=timings)
+    return timings
 
 
 def _write_json(path, data):

@@ -688,3 +688,51 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
     # high: with three rows it sits beside the map row.
     _saliency_colorbar(fig, axes, shrink=0.9 / n_rows, aspect=12, pad=0.01)
     return fig
+
+
+#: The journal version of the paper's relative AS10 gain of S over s_0 (+11.2% +- 2.0%).
+PAPER_GAIN = 0.112
+
+
+def seed_gains_figure(panels, *, reference=PAPER_GAIN):
+    """Per-seed relative gains of S over s_0, one panel per combination rule.
+
+    Args:
+        panels: dict title -> {"groups": list of G group names, "seeds": list of N seeds,
+            "gain", "low", "high": (N, G) float arrays (NaN where a seed has no such group)}:
+            the relative AS10 gain and its 95% interval per seed and group.
+        reference: float or None, a dashed line at this gain (the paper's).
+
+    Returns:
+        Figure: per group, one marker per seed with its interval, and the seeds' mean as a bar.
+    """
+    if not isinstance(panels, dict) or not panels:
+        raise ValueError(f"Expected a non-empty dict of panels. Received: panels={panels!r}")
+    fig = _figure(3.2 * len(panels) + 0.6, 3.2)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, p) in zip(axes, panels.items()):
+        gain, low, high = (np.asarray(p[k], float) * 100 for k in ("gain", "low", "high"))
+        n_seeds, n_groups = gain.shape
+        x = np.arange(n_groups)
+        counts = np.isfinite(gain).sum(axis=0)
+        mean = np.where(counts > 0, np.nansum(gain, axis=0) / np.maximum(counts, 1), np.nan)
+        ax.bar(x, mean, width=0.7, color="#D0D0D0", label="mean over seeds", zorder=1)
+        offsets = (np.arange(n_seeds) - (n_seeds - 1) / 2) * (0.6 / max(n_seeds, 1))
+        for i, seed in enumerate(p["seeds"]):
+            ok = np.isfinite(gain[i])
+            err = np.vstack([gain[i] - low[i], high[i] - gain[i]])[:, ok]
+            ax.errorbar(x[ok] + offsets[i], gain[i][ok], yerr=np.abs(err), fmt=_MARKERS[i % 6],
+                        color=OKABE_ITO[i % len(OKABE_ITO)], ms=4, lw=0.9, capsize=1.5,
+                        label=f"seed {seed}", zorder=3)
+        ax.axhline(0, color="black", lw=0.8, zorder=2)
+        if reference is not None:
+            ax.axhline(reference * 100, color="black", lw=0.8, ls="--", zorder=2,
+                       label=f"paper +{reference:.1%}")
+        ax.set_xticks(x)
+        ax.set_xticklabels([g.replace("type ", "").replace("stage ", "st. ") for g in p["groups"]])
+        ax.set_title(title)
+        ax.grid(axis="y", color="#E0E0E0", lw=0.6)
+    axes[0].set_ylabel("relative AS10 gain of S over $s_0$ (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    return fig
