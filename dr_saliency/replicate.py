@@ -128,13 +128,20 @@ def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
         on_step("score", "start", None, "")
     start = time.time()
     results = os.path.join(seed_dir, "refine.h5")
-    records, _ = localize.records_for(results, open_dataset(os.path.join(seed_dir, "data")))
     evaluation = _read_json(os.path.join(seed_dir, "evaluation", "evaluation.json"))["metrics"]
     refined = _read_json(os.path.join(seed_dir, "refine.done.json"))
+    n_refined = refined["written"] + refined["already_done"]
+    # A grader that calls no test image referable leaves nothing to localize: the seed is
+    # reported with its kappa and no FROC rows, not dropped.
+    records = localize.records_for(results, open_dataset(os.path.join(seed_dir, "data")))[0] \
+        if n_refined else []
     scores = {"seed": seed, "kappa": evaluation["kappa"], "auc": evaluation["auc"],
-              "n_refined": len(records), "stop_reasons": refined["stop_reasons"], "rules": {}}
+              "n_refined": len(records), "stop_reasons": refined["stop_reasons"],
+              "rules": {rule: {} for rule in RULES}}
     progress = on_progress or (lambda label, length: (lambda k=1: None))
     for rule, kwargs in RULES.items():
+        if not records:
+            break
         items = localize.collect(results, records, **kwargs,
                                  on_image=progress(f"score ({rule})", len(records)))
         report = localize.evaluate(items, stages=(2, 3, 4), n_boot=n_boot, seed=seed)
@@ -142,9 +149,10 @@ def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
     _write_json(path, scores)
     if on_step:
         s = scores["rules"]
-        on_step("score", "done", time.time() - start, "AS10 gain of S at stage 3: " + ", ".join(
-            f"{rule} {s[rule]['stage 3']['gain_as10']:+.1%}" for rule in RULES
-            if "stage 3" in s[rule]))
+        gains = [f"{rule} {s[rule]['stage 3']['gain_as10']:+.1%}" for rule in RULES
+                 if s[rule].get("stage 3", {}).get("gain_as10") is not None]
+        on_step("score", "done", time.time() - start,
+                "AS10 gain of S at stage 3: " + (", ".join(gains) or "none (no stage-3 image)"))
     return scores
 
 

@@ -38,7 +38,7 @@ __all__ = [
     "comparison_figure",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MIN_SIZE = 128
 REFERENCE_SIZE = 512
 # A lesion's mask holds the pixels it changed by at least this many grey levels (any channel),
@@ -557,6 +557,12 @@ class _Fundus:
             return False
         r = int(math.ceil(radius + 3.0 * sigma)) + 1   # the patch holds the blurred skirt too
         y0, x0 = int(math.floor(center_rc[0])) - r, int(math.floor(center_rc[1])) - r
+        # Near the FOV rim the skirt, and the camera blur's window around it (``render``'s
+        # margin), can reach past the image edge where the FOV nearly touches it: keep both
+        # whole inside the image.
+        m = int(math.ceil(4 * self.blur)) + 1
+        if min(y0, x0) - m < 0 or max(y0, x0) + 2 * r + 1 + m > self.size:
+            return False
         patch = np.zeros((2 * r + 1, 2 * r + 1), np.uint8)
         draw(patch, (center_rc[0] - y0, center_rc[1] - x0))
         # A red lesion over a dark vessel would barely change it, splitting its mask: keep the
@@ -777,7 +783,7 @@ class _Fundus:
         fov = d_fov < self.R + 0.5   # every pixel the anti-aliased border lights
         masks = {kind: np.zeros((size, size), bool) for kind in LESION_TYPES}
         clean = final.copy()
-        margin = int(math.ceil(4 * self.blur)) + 1   # GaussianBlur's kernel radius
+        margin = int(math.ceil(4 * self.blur)) + 1   # GaussianBlur's kernel radius (as _place)
         for lesion in self.lesions:
             if lesion["type"] != "NV":
                 self._composite(lesion, scene, gain, clean, final, masks[lesion["type"]], margin)

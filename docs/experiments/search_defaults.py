@@ -1,16 +1,25 @@
-"""Choose the refinement defaults on the synthetic VALIDATION split (never the test split).
+"""Choose the refinement and scoring defaults on the synthetic VALIDATION split (never the test split).
 
-Stage A re-runs the refinement (the network) for each reading of "negative gradients" and each
-mask size; stage B re-scores the stored maps of the best stage-A run with other combination rules,
-decays and candidate settings (no network needed). Score: lesion-level FROC of S over all lesion
-types and referable images, average sensitivity up to 10 FP/image (AS10), with the 7-point score
-and the relative gain over s_0 beside it. Prints Markdown tables for docs/choices.md.
+Every parameter is passed explicitly (nothing depends on the package's current defaults), and s_0
+and S are always scored on one scale with the same candidates (``refine.scored_maps``), so the
+tables printed here are reproduced exactly by running the script again on the same model and data.
 
-    python docs/experiments/search_defaults.py MODEL DATA WORK_DIR [--split val]
+- Stage A re-runs the refinement (the network) for each reading of "negative gradients", each mask
+  size, and with the fill kept inside the field of view or not; scored with BASE_SCORING.
+- Stage B re-scores the stored maps of the stage-A run with the default refinement settings
+  under every normalisation, combination rule and decay (no network). Decay 0 is s_0 itself.
+- Stage C varies the candidate settings (FOV-rim border, optic-disc exclusion, smoothing) for the
+  best stage-B scoring.
+
+Score: lesion-level FROC over all lesion types and the referable validation images, average
+sensitivity up to 10 FP/image (AS10) of S, with s_0's and the relative gain beside it.
+
+    python docs/experiments/search_defaults.py MODEL DATA WORK_DIR [--split val] [--json OUT]
 """
 
 import argparse
 import itertools
+import json
 import os
 import sys
 
@@ -21,23 +30,44 @@ from dr_saliency.datasets import open_dataset  # noqa: E402
 from dr_saliency.model import load_model  # noqa: E402
 from dr_saliency.results import ResultStore  # noqa: E402
 
-READINGS = {"negative part of d(output)": dict(target="output", sign="negative"),
-            "guided gradient of -output": dict(target="negated", sign="positive")}
-LEVELS = (0.005, 0.01, 0.02)
-DILATIONS = (0, 1, 2)
+#: The refinement every stage-A run starts from; each run changes one or two entries.
+BASE_REFINE = dict(max_iterations=10, stop_at=1.0, decay=0.9, combine="max", normalize="map",
+                   binarize_rule="top_fraction", binarize_level=0.005, smooth_sigma=0.0,
+                   dilation=1, min_component_size=0, inpaint_method="ns", inpaint_radius=3,
+                   inpaint_inside_fov=True)
+BASE_EXPLAIN = dict(method="guided", sign="negative", reduce="max", target="output")
+BASE_SCORING = dict(normalize="map", combine="max", decay=0.9)
+BASE_CANDIDATES = dict(sigma=1.0, min_distance=4, max_candidates=200, border=6,
+                       exclude_disc=True, disc_radius_fraction=0.2)
+
+STAGE_A = [
+    ("default", {}, {}),
+    ("guided gradient of -output", {"target": "negated", "sign": "positive"}, {}),
+    ("top 0.25%", {}, {"binarize_level": 0.0025}),
+    ("top 1%", {}, {"binarize_level": 0.01}),
+    ("dilation 0", {}, {"dilation": 0}),
+    ("dilation 2", {}, {"dilation": 2}),
+    ("fill from the whole image", {}, {"inpaint_inside_fov": False}),
+]
+NORMALIZE = ("map", "image", "none")
+COMBINE = ("mean", "max", "masked")
+DECAYS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
+N_BOOT = 200
 
 
-def score(store, data, records, options=None, **recombine):
-    items = localize.collect(store, records, options or localize.CandidateOptions(), **recombine)
-    entry = localize.evaluate(items, stages=(), types=(), n_boot=200)["all"]
-    with ResultStore(store) as st:
-        reasons = [st.read(i).stop_reason for i in st.complete_ids()]
-    normal = sum(r == "normal" for r in reasons) / max(len(reasons), 1)
+def score(store, records, scoring, candidates):
+    items = localize.collect(store, records, localize.CandidateOptions(**candidates), **scoring)
+    entry = localize.evaluate(items, stages=(), types=(), n_boot=N_BOOT, seed=0)["all"]
     return {"AS10 S": entry["S"]["froc"].average_sensitivity(10),
             "AS10 s0": entry["s0"]["froc"].average_sensitivity(10),
-            "score S": entry["S"]["froc"].score(), "score s0": entry["s0"]["froc"].score(),
             "gain AS10": entry["paired"].average_sensitivity.relative,
-            "stopped normal": normal}
+            "score S": entry["S"]["froc"].score(), "score s0": entry["s0"]["froc"].score()}
+
+
+def stop_reasons(store):
+    with ResultStore(store) as st:
+        reasons = [st.read(i).stop_reason for i in st.complete_ids()]
+    return {r: reasons.count(r) for r in sorted(set(reasons))}
 
 
 def table(rows, keys):
@@ -53,6 +83,7 @@ def main():
     parser.add_argument("data")
     parser.add_argument("work")
     parser.add_argument("--split", default="val")
+    parser.add_argument("--json", help="Also write every row here.")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
 
@@ -61,48 +92,56 @@ def main():
     records = pipeline.select_records(ds, split=args.split)
     predict = saliency.make_predictor(net, batch_size=8)
     size = int(net.input_shape[1])
-    metrics = ("AS10 S", "AS10 s0", "gain AS10", "score S", "score s0", "stopped normal")
+    metrics = ("AS10 S", "AS10 s0", "gain AS10", "score S", "score s0")
 
     rows_a = []
-    for (reading, explain_kw), level, dilation in itertools.product(READINGS.items(), LEVELS,
-                                                                      DILATIONS):
-        if dilation != 1 and (level != 0.01 or explain_kw["target"] != "output"):
-            continue  # dilation is varied at the middle level of the default reading only
-        explain = saliency.make_explainer(net, batch_size=8, **explain_kw)
-        store = os.path.join(args.work, f"{explain_kw['target']}_{level}_{dilation}.h5")
+    for name, explain_change, refine_change in STAGE_A:
+        explain_kw = dict(BASE_EXPLAIN, **explain_change)
+        refine_kw = dict(BASE_REFINE, **refine_change)
+        explain = saliency.make_explainer(net, explain_kw["method"], explain_kw["sign"],
+                                          explain_kw["reduce"], explain_kw["target"], batch_size=8)
+        store = os.path.join(args.work, name.replace(" ", "_").replace("%", "pc") + ".h5")
         pipeline.refine_dataset(records, store, explain=explain, predict=predict, size=size,
-                                params=explain_kw, batch_size=8, only_referable=True,
-                                binarize_level=level, dilation=dilation)
+                                params=explain_kw, batch_size=8, only_referable=True, **refine_kw)
         scored, _ = localize.records_for(store, ds)
-        row = {"reading": reading, "level": level, "dilation": dilation, "store": store}
-        row.update(score(store, ds, scored))
+        row = {"run": name, "store": store, "images": len(scored),
+               "stop reasons": stop_reasons(store)}
+        row.update(score(store, scored, BASE_SCORING, BASE_CANDIDATES))
         rows_a.append(row)
         print(row, flush=True)
-    print("\nStage A (refinement settings, mean combination, decay 0.5)\n")
-    print(table(rows_a, ("reading", "level", "dilation") + metrics))
+    print(f"\nStage A (refinement settings; scored with {BASE_SCORING}, candidates "
+          f"{BASE_CANDIDATES})\n")
+    print(table(rows_a, ("run", "images") + metrics + ("stop reasons",)))
 
-    best = max(rows_a, key=lambda r: r["AS10 S"])
-    scored, _ = localize.records_for(best["store"], ds)
+    default_store = rows_a[0]["store"]
+    scored, _ = localize.records_for(default_store, ds)
     rows_b = []
-    for combine, decay in itertools.product(("mean", "max", "masked"), (0.3, 0.5, 0.7, 0.9)):
-        row = {"combine": combine, "decay": decay}
-        row.update(score(best["store"], ds, scored, combine=combine, decay=decay))
+    for normalize, combine, decay in itertools.product(NORMALIZE, COMBINE, DECAYS):
+        if decay == 0.0 and combine != "max":
+            continue  # decay 0 is s_0 for mean and max alike; masked at 0 is s_0 inside mask_0
+        scoring = {"normalize": normalize, "combine": combine, "decay": decay}
+        row = dict(scoring)
+        row.update(score(default_store, scored, scoring, BASE_CANDIDATES))
         rows_b.append(row)
-    print(f"\nStage B (maps of: {best['reading']}, level {best['level']}, dilation "
-          f"{best['dilation']})\n")
-    print(table(rows_b, ("combine", "decay") + metrics))
+        print(row, flush=True)
+    print(f"\nStage B (maps of the default run; candidates {BASE_CANDIDATES})\n")
+    print(table(rows_b, ("normalize", "combine", "decay") + metrics))
 
     best_b = max(rows_b, key=lambda r: r["AS10 S"])
+    best_scoring = {k: best_b[k] for k in ("normalize", "combine", "decay")}
     rows_c = []
-    for border, exclude_disc, min_distance in itertools.product((0, 6, 12), (True, False), (2, 4)):
-        options = localize.CandidateOptions(border=border, exclude_disc=exclude_disc,
-                                            min_distance=min_distance)
-        row = {"border": border, "exclude disc": exclude_disc, "min distance": min_distance}
-        row.update(score(best["store"], ds, scored, options, combine=best_b["combine"],
-                         decay=best_b["decay"]))
+    for border, exclude_disc, sigma in itertools.product((0, 6), (True, False), (1.0, 2.0)):
+        candidates = dict(BASE_CANDIDATES, border=border, exclude_disc=exclude_disc, sigma=sigma)
+        row = {"border": border, "exclude disc": exclude_disc, "sigma": sigma}
+        row.update(score(default_store, scored, best_scoring, candidates))
         rows_c.append(row)
-    print(f"\nStage C (candidates; combine {best_b['combine']}, decay {best_b['decay']})\n")
-    print(table(rows_c, ("border", "exclude disc", "min distance") + metrics))
+        print(row, flush=True)
+    print(f"\nStage C (candidates; scoring {best_scoring})\n")
+    print(table(rows_c, ("border", "exclude disc", "sigma") + metrics))
+
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"A": rows_a, "B": rows_b, "C": rows_c}, f, indent=1)
 
 
 if __name__ == "__main__":
