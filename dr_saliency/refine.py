@@ -10,9 +10,14 @@ discriminative lesions, until the grader no longer sees referable DR::
     I_{i+1} = inpaint(I_i, mask_i)              those pixels removed
     p_{i+1} = predict(I_{i+1})                  stop when p_{i+1} <= stop_at (1.0: non-referable)
 
-and the final map is a decaying weighted combination of the maps, ``S = sum_i w_i n_i / sum_i w_i``
-with ``w_i = decay ** i`` and ``n_i`` the map s_i scaled to [0, 1] (:func:`combine_maps`, which also
-offers the alternatives that DESIGN.md §6 found better).
+and the final map S combines the maps with decaying weights ``w_i = decay ** i``
+(:func:`combine_maps`): by default ``S = max_i w_i n_i`` (``combine="max"``, chosen on validation
+data, docs/choices.md); the paper's decaying weighted mean ``S = sum_i w_i n_i / sum_i w_i`` is
+``combine="mean"``. ``n_i`` is s_i on the common scale of :func:`normalize_maps`; the s_0 that
+lesion evaluation compares with S is ``n_0`` on that same scale (:func:`scored_maps`).
+
+"Referable" means a predicted stage above ``stop_at`` (default 1.0: stage 2 or higher, as the
+paper's referable DR); the loop runs only while the image is referable.
 
 Terms used below. An *iteration* is map + mask + inpaint + re-predict; ``max_iterations`` caps
 their number and ``RefineResult.iterations`` (``n``) counts them. ``k`` is the number of maps.
@@ -53,12 +58,16 @@ Pure numpy / OpenCV / scipy: no TensorFlow here; the predictor and explainer are
 
 Public API::
 
-    refine(image, *, explain, predict=None, fov_mask=None, max_iterations=10, stop_at=1.0,
-           decay=0.9, combine="max", binarize_rule="top_fraction", binarize_level=None,
-           smooth_sigma=0.0, dilation=1, min_component_size=0, inpaint_method="ns",
-           inpaint_radius=3, keep_images=False) -> RefineResult
-    refine_batch(images, fov_masks=None, *, explain, predict=None, ...) -> list[RefineResult]
-    combine_maps(maps, masks=None, fov_mask=None, *, decay=0.9, combine="max") -> (H, W) float32
+    refine(image, *, explain, predict=None, fov_mask=None, keep_images=False, **options)
+        -> RefineResult
+    refine_batch(images, fov_masks=None, *, explain, predict=None, max_iterations=10,
+                 stop_at=1.0, decay=0.9, combine="max", normalize="map",
+                 binarize_rule="top_fraction", binarize_level=None, smooth_sigma=0.0, dilation=1,
+                 min_component_size=0, inpaint_method="ns", inpaint_radius=3,
+                 inpaint_inside_fov=True, keep_images=False) -> list[RefineResult]
+    combine_maps(maps, masks=None, fov_mask=None, *, decay, combine, normalize) -> (H, W) float32
+    scored_maps(maps, masks=None, fov_mask=None, *, decay, combine, normalize) -> (s_0, S)
+    normalize_maps(maps, fov_mask=None, *, normalize="map") -> (k, H, W) float32
     normalize_map(saliency_map, fov_mask=None) -> (H, W) float32 in [0, 1]
     refine_params(**options) -> dict       the checked options, as RefineResult.params stores them
     ImageError(ValueError)                 a bad image in a batch; .index says which
@@ -82,7 +91,11 @@ __all__ = [
     "RefineResult",
     "STOP_REASONS",
     "combine_maps",
+    "NORMALIZE_MODES",
+    "DEFAULT_NORMALIZE",
     "normalize_map",
+    "normalize_maps",
+    "scored_maps",
     "refine",
     "refine_batch",
     "refine_params",

@@ -120,3 +120,28 @@ def test_describe():
         iterations = 2
         stop_reason = "normal"
     assert pipeline.describe(R) == "2.50 -> 1.25 -> 0.50 (2 iterations, normal)"
+
+
+def test_a_store_written_before_fov_inpainting_is_refused_for_appending_but_still_scored(tmp_path):
+    # Stores written before Step 6 lack "normalize" and "inpaint_inside_fov": appending to one
+    # (which would mix two inpainting rules) is refused with the differences named.
+    from dr_saliency import refine as refine_lib
+
+    ds = make_data(tmp_path / "d")
+    out = str(tmp_path / "old.h5")
+    old_params = refine_lib.refine_params(max_iterations=2)
+    del old_params["normalize"], old_params["inpaint_inside_fov"]
+    result = refine_lib.refine(ds[1].load_image(), explain=fake_explain, predict=fake_predict,
+                               max_iterations=2)
+    result.params = dict(old_params)
+    with ResultStore(out, "a", params=dict(old_params, only_referable=False)) as store:
+        store.write(ds[1].id, result)
+    with pytest.raises(ValueError, match=r"inpaint_inside_fov=true \(file has \(absent\)\); "
+                                         r"normalize=\"map\" \(file has \(absent\)\)"):
+        pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
+                                max_iterations=2)
+    # Its maps are raw, so s_0 and S are still recomputed on one scale from them.
+    with ResultStore(out) as store:
+        stored = store.read(ds[1].id)
+    first, final = refine_lib.scored_maps(stored.maps, stored.masks, decay=0.0)
+    np.testing.assert_array_equal(first, final)

@@ -43,12 +43,11 @@ BASE_CANDIDATES = dict(sigma=1.0, min_distance=4, max_candidates=200, border=6,
 STAGE_A = [
     ("default", {}, {}),
     ("guided gradient of -output", {"target": "negated", "sign": "positive"}, {}),
-    ("top 0.25%", {}, {"binarize_level": 0.0025}),
-    ("top 1%", {}, {"binarize_level": 0.01}),
-    ("dilation 0", {}, {"dilation": 0}),
-    ("dilation 2", {}, {"dilation": 2}),
     ("fill from the whole image", {}, {"inpaint_inside_fov": False}),
 ]
+# Mask size and dilation (top 0.25/0.5/1/2%, 0-2 px) were searched in Step 4 (docs/choices.md,
+# "Earlier search"); add rows here to search them again, e.g.
+# ("top 1%", {}, {"binarize_level": 0.01}), ("dilation 2", {}, {"dilation": 2}).
 NORMALIZE = ("map", "image", "none")
 COMBINE = ("mean", "max", "masked")
 DECAYS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
