@@ -8,6 +8,8 @@ tables printed here are reproduced exactly by running the script again on the sa
   size, and with the fill kept inside the field of view or not; scored with BASE_SCORING.
 - Stage B re-scores the stored maps of the stage-A run with the default refinement settings
   under every normalisation, combination rule and decay (no network). Decay 0 is s_0 itself.
+- Stage A is scored again under the best stage-B scoring, so that the refinement settings are
+  compared as they would be used.
 - Stage C varies the candidate settings (FOV-rim border, optic-disc exclusion, smoothing) for the
   best stage-B scoring.
 
@@ -128,6 +130,15 @@ def main():
 
     best_b = max(rows_b, key=lambda r: r["AS10 S"])
     best_scoring = {k: best_b[k] for k in ("normalize", "combine", "decay")}
+    rows_a2 = []
+    for row_a in rows_a:  # every stage-A run again, under the best stage-B scoring
+        row = {"run": row_a["run"], "images": row_a["images"]}
+        store = row_a["store"]
+        row.update(score(store, localize.records_for(store, ds)[0], best_scoring, BASE_CANDIDATES))
+        rows_a2.append(row)
+        print(row, flush=True)
+    print(f"\nStage A again, scored with {best_scoring}\n")
+    print(table(rows_a2, ("run", "images") + metrics))
     rows_c = []
     for border, exclude_disc, sigma in itertools.product((0, 6), (True, False), (1.0, 2.0)):
         candidates = dict(BASE_CANDIDATES, border=border, exclude_disc=exclude_disc, sigma=sigma)
@@ -140,7 +151,7 @@ def main():
 
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"A": rows_a, "B": rows_b, "C": rows_c}, f, indent=1)
+            json.dump({"A": rows_a, "B": rows_b, "A2": rows_a2, "C": rows_c}, f, indent=1)
 
 
 if __name__ == "__main__":
