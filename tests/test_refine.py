@@ -284,35 +284,36 @@ def test_combine_mean_is_the_decaying_weighted_mean():
     # decay 0.5: w = 1, 0.5, 0.25, sum 1.75.
     # left  = (1 * 1 + 0.5 * 0 + 0.25 * 1)   / 1.75 = 1.25  / 1.75 = 5/7  = 0.714286
     # right = (1 * 0.5 + 0.5 * 1 + 0.25 * 0.5) / 1.75 = 1.125 / 1.75 = 9/14 = 0.642857
-    out = combine_maps(_two_level_maps(), decay=0.5, combine="mean")
+    out = combine_maps(_two_level_maps(), decay=0.5, combine="mean", normalize="map")
     np.testing.assert_allclose(out[:, :2], 5 / 7, rtol=1e-6)
     np.testing.assert_allclose(out[:, 2:], 9 / 14, rtol=1e-6)
     # Constant maps 1, 2, 3 all normalise to 1: S = 1 inside the FOV, 0 outside.
     field = np.zeros((4, 4), dtype=bool)
     field[1:3, 1:3] = True
     constant = np.stack([np.full((4, 4), v, dtype=np.float32) for v in (1, 2, 3)])
-    out = combine_maps(constant, fov_mask=field, decay=0.5)
+    out = combine_maps(constant, fov_mask=field, decay=0.5, combine="mean", normalize="map")
     np.testing.assert_allclose(out[field], 1.0, rtol=1e-6)
     assert not out[~field].any()
     # decay 0: S = n_0.
-    np.testing.assert_allclose(combine_maps(_two_level_maps(), decay=0.0)[0], [1, 1, .5, .5])
+    np.testing.assert_allclose(combine_maps(_two_level_maps(), decay=0.0, combine="mean",
+                                            normalize="map")[0], [1, 1, .5, .5])
 
 
 def test_combine_max_and_masked():
     maps = _two_level_maps()
     # max: left = max(1, 0.5 * 0, 0.25 * 1) = 1; right = max(0.5, 0.5 * 1, 0.25 * 0.5) = 0.5
-    out = combine_maps(maps, decay=0.5, combine="max")
+    out = combine_maps(maps, decay=0.5, combine="max", normalize="map")
     np.testing.assert_allclose(out[0], [1, 1, 0.5, 0.5])
     # masked, with mask_0 = left half, mask_1 and mask_2 empty; w_k = 0.5 ** 3 = 0.125 outside:
     # left  = max(n_0 * 1, n_1 * 0.125, n_2 * 0.125) = max(1, 0, 0.125)         = 1
     # right = max(n_0 * 0.125, n_1 * 0.125, n_2 * 0.125) = max(0.0625, 0.125, 0.0625) = 0.125
     masks = np.zeros((3, 4, 4), dtype=bool)
     masks[0][:, :2] = True
-    out = combine_maps(maps, masks, decay=0.5, combine="masked")
+    out = combine_maps(maps, masks, decay=0.5, combine="masked", normalize="map")
     np.testing.assert_allclose(out[0], [1, 1, 0.125, 0.125])
     # With decay 1 every weight is 1: masked == max.
-    np.testing.assert_allclose(combine_maps(maps, masks, decay=1.0, combine="masked"),
-                               combine_maps(maps, decay=1.0, combine="max"))
+    np.testing.assert_allclose(combine_maps(maps, masks, decay=1.0, combine="masked", normalize="map"),
+                               combine_maps(maps, decay=1.0, combine="max", normalize="map"))
 
 
 def test_normalize_maps_modes():
@@ -368,7 +369,7 @@ def test_combine_maps_rejects_bad_input():
     with pytest.raises(ValueError, match=r"Received: maps\[1\] containing NaN"):
         bad = maps.copy()
         bad[1, 0, 0] = np.nan
-        combine_maps(bad)
+        combine_maps(bad, combine="max")
 
 
 # ----------------------------------------------------------------------------- bad input
