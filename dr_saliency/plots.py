@@ -729,7 +729,7 @@ def seed_gains_figure(panels, *, reference=PAPER_GAIN):
             ax.axhline(reference * 100, color="black", lw=0.8, ls="--", zorder=2,
                        label=f"paper +{reference:.1%}")
         ax.set_xticks(x)
-        ax.set_xticklabels([g.replace("type ", "").replace("stage ", "st. ") for g in p["groups"]])
+        ax.set_xticklabels([g.replace("type ", "") for g in p["groups"]], rotation=45, ha="right")
         ax.set_title(title)
         ax.grid(axis="y", color="#E0E0E0", lw=0.6)
     axes[0].set_ylabel("relative AS10 gain of S over $s_0$ (%)")
