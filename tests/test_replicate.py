@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 
 from dr_saliency import replicate
-from dr_saliency.cli import main
-
-
-def run_main(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
+from test_cli import run_main  # the console-script entry point, called in-process
 
 
 def test_parse_seeds():
