@@ -1,4 +1,4 @@
-"""Benchmark of dr_saliency.froc and dr_saliency.candidates: prints times from one run.
+"""Benchmark of dr_saliency.lesions.froc and dr_saliency.lesions.candidates: prints times from one run.
 
 1. ``froc`` on many images (default 1,000 lesion maps of 256x256 with about 20 lesions each and
    200 candidates per image), split into its parts: building label maps from bool masks
@@ -29,7 +29,7 @@ import scipy
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dr_saliency import froc as froc_lib  # noqa: E402
-from dr_saliency.candidates import detect_candidates  # noqa: E402
+from dr_saliency.lesions.candidates import detect_candidates  # noqa: E402
 
 
 def make_case(n_images, size, lesions, candidates, rng):

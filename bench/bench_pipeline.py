@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 from dr_saliency import synth  # noqa: E402
 from dr_saliency import train as train_lib  # noqa: E402
-from dr_saliency.datasets import open_dataset  # noqa: E402
+from dr_saliency.fundus.datasets import open_dataset  # noqa: E402
 
 
 def timed_epoch(net, dataset, steps):
@@ -52,7 +52,7 @@ def main():
                                           width=args.width, batch_size=args.batch_size))
     records = [r for r in open_dataset(data) if r.grade is not None]
     net = train_lib.build_compiled(config, 100, train_lib.get_strategy("default"))
-    from dr_saliency._tf import tf
+    from dr_saliency.core._tf import tf
 
     pipeline = train_lib.make_dataset(records, config, training=True, seed=0)
     # The in-memory floor: the same kind of batches, decoded and augmented once, then reused.

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 from dr_saliency import refine, saliency, synth  # noqa: E402
-from dr_saliency.model import build_model  # noqa: E402
+from dr_saliency.grader.model import build_model  # noqa: E402
 
 
 def median_time(fn, repeats):

@@ -1,4 +1,4 @@
-"""Benchmark of dr_saliency.saliency (DESIGN.md section 5): prints times and ratios from one run.
+"""Benchmark of dr_saliency.explain.saliency (DESIGN.md section 5): prints times and ratios from one run.
 
 1. Guided back-propagation vs a plain input gradient (``tape.gradient`` in a ``tf.function``, the
    physical floor of any gradient method) on the full-width VGG-16 grader at 512 px, batch 1 and
@@ -31,8 +31,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dr_saliency import saliency  # noqa: E402
-from dr_saliency._tf import keras, tf  # noqa: E402
-from dr_saliency.model import build_model, preprocess_input  # noqa: E402
+from dr_saliency.core._tf import keras, tf  # noqa: E402
+from dr_saliency.grader.model import build_model, preprocess_input  # noqa: E402
 
 
 def interleaved(fns, repeats):

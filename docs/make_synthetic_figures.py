@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
-from dr_saliency import synth
-from dr_saliency.imio import read_image
+from dr_saliency.fundus import synth
+from dr_saliency.fundus.imio import read_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMG = os.path.join(HERE, "img")

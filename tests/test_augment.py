@@ -1,12 +1,10 @@
-"""Tests of dr_saliency.augment (OpenCV training augmentation)."""
+"""Tests of dr_saliency.grader.augment (OpenCV training augmentation)."""
 
 import cv2
 import numpy as np
 import pytest
 
-from dr_saliency import augment
-
-
+from dr_saliency.grader import augment
 def fundus(size=64):
     img = np.zeros((size, size, 3), np.uint8)
     cv2.circle(img, (size // 2, size // 2), size // 2 - 4, (200, 100, 50), -1)

@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.candidates: local maxima of exact small maps, exclusions, disc estimate."""
+"""Tests of dr_saliency.lesions.candidates: local maxima of exact small maps, exclusions, disc estimate."""
 
 import re
 
@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dr_saliency import candidates as cd
-from dr_saliency.candidates import detect_candidates, disc_mask, estimate_optic_disc
+from dr_saliency.lesions import candidates as cd
+from dr_saliency.lesions.candidates import detect_candidates, disc_mask, estimate_optic_disc
 
 
 def gaussian_blobs(shape, blobs, sigma=2.0):
@@ -234,7 +234,7 @@ def test_estimate_optic_disc_at_a_large_size_maps_back_to_input_pixels():
 
 
 def test_estimate_optic_disc_on_synthetic_fundi():
-    from dr_saliency import synth
+    from dr_saliency.fundus import synth
     # A heuristic: when the defaults were chosen it was within one disc radius on 59 of 60
     # synthetic images. Here: at least 4 of 5, one per stage.
     hits = 0

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from dr_saliency import __version__
-from dr_saliency.cli import cli, main
+from dr_saliency.app.cli import cli, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,7 +134,7 @@ def test_train_needs_exactly_one_of_out_and_resume(tmp_path, capsys):
 
 
 def test_preprocess_command_on_a_folder(tmp_path):
-    from dr_saliency.datasets import open_dataset
+    from dr_saliency.fundus.datasets import open_dataset
     runner = CliRunner()
     src, out = str(tmp_path / "src"), str(tmp_path / "out")
     assert runner.invoke(cli, ["synth", src, "--n", "4", "--size", "256", "--workers", "1"]).exit_code == 0

@@ -11,10 +11,10 @@ import types
 import numpy as np
 import pytest
 
-from dr_saliency.datasets import LAYOUTS, Dataset, Record, open_dataset
-from dr_saliency.datasets.base import natural_key, read_table
-from dr_saliency.datasets.folder import write_labels, write_sample
-from dr_saliency.imio import write_image, write_mask
+from dr_saliency.fundus.datasets import LAYOUTS, Dataset, Record, open_dataset
+from dr_saliency.fundus.datasets.base import natural_key, read_table
+from dr_saliency.fundus.datasets.folder import write_labels, write_sample
+from dr_saliency.fundus.imio import write_image, write_mask
 
 H, W = 12, 16
 
@@ -31,7 +31,7 @@ def _disc(value=True):
 
 @pytest.fixture
 def fake_fov(monkeypatch):
-    """Replace dr_saliency.preprocess.fov_mask by a recorder (installing a stand-in module when
+    """Replace dr_saliency.fundus.prepare.fov_mask by a recorder (installing a stand-in module when
     preprocess is not importable), so that computed FOVs are tested without its algorithm."""
     calls = []
 
@@ -40,10 +40,10 @@ def fake_fov(monkeypatch):
         return image[:, :, 0] > 127
 
     try:
-        import dr_saliency.preprocess as preprocess
+        import dr_saliency.fundus.prepare as preprocess
     except ImportError:
-        preprocess = types.ModuleType("dr_saliency.preprocess")
-        monkeypatch.setitem(sys.modules, "dr_saliency.preprocess", preprocess)
+        preprocess = types.ModuleType("dr_saliency.fundus.prepare")
+        monkeypatch.setitem(sys.modules, "dr_saliency.fundus.prepare", preprocess)
     monkeypatch.setattr(preprocess, "fov_mask", fov_mask, raising=False)
     return calls
 
@@ -151,7 +151,7 @@ def test_folder_fov_given_or_computed(folder_ds, fake_fov):
 
 
 def test_computed_fov_with_the_real_preprocess(folder_ds):
-    preprocess = pytest.importorskip("dr_saliency.preprocess")
+    preprocess = pytest.importorskip("dr_saliency.fundus.prepare")
     fov = open_dataset(folder_ds).by_id("img2").load_fov()
     assert fov.dtype == bool and fov.shape == (H, W)
     np.testing.assert_array_equal(fov, preprocess.fov_mask(_image(2)))
@@ -263,6 +263,6 @@ def test_datasets_package_does_not_import_tensorflow():
     # A fresh interpreter: this test session may have imported TensorFlow for other tests.
     import subprocess
 
-    code = ("import sys, dr_saliency.datasets; "
+    code = ("import sys, dr_saliency.fundus.datasets; "
             "sys.exit(1 if any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__)).returncode == 0

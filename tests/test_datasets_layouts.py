@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from dr_saliency.datasets import open_dataset
-from dr_saliency.datasets.diaretdb1 import confidence_maps, read_markings
-from dr_saliency.imio import write_image
+from dr_saliency.fundus.datasets import open_dataset
+from dr_saliency.fundus.datasets.diaretdb1 import confidence_maps, read_markings
+from dr_saliency.fundus.imio import write_image
 
 H, W = 20, 30
 
@@ -303,7 +303,7 @@ def test_diaretdb1_region_shapes():
 
 
 def test_diaretdb1_fov_from_fundus_area_or_computed(diaretdb1, monkeypatch):
-    import dr_saliency.datasets.diaretdb1 as module
+    import dr_saliency.fundus.datasets.diaretdb1 as module
 
     calls = []
     monkeypatch.setattr(module, "compute_fov",

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from dr_saliency.datasets import open_dataset
+from dr_saliency.fundus.datasets import open_dataset
 
 pytestmark = pytest.mark.realdata
 
@@ -103,7 +103,7 @@ def test_diaretdb1_threshold_and_confidence_change_the_result(realdata, diaretdb
 
 
 def test_diaretdb1_049_fov_is_computed_not_its_tiny_fundus_area(diaretdb1):
-    pytest.importorskip("dr_saliency.preprocess")
+    pytest.importorskip("dr_saliency.fundus.prepare")
     fov = diaretdb1.by_id("diaretdb1_image049").load_fov()
     assert fov.shape == (1152, 1500) and 0.4 < fov.mean() < 0.95  # not the 44 px circle
 

@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.froc: hand-computed curves, the pinned rules, a brute-force reference,
+"""Tests of dr_saliency.lesions.froc: hand-computed curves, the pinned rules, a brute-force reference,
 and the bootstraps against a literal resample-and-recompute."""
 
 import json
@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from dr_saliency import froc as froc_lib
-from dr_saliency.froc import (DEFAULT_RATES, FROCResult, bootstrap, froc, froc_by_group,
+from dr_saliency.lesions import froc as froc_lib
+from dr_saliency.lesions.froc import (DEFAULT_RATES, FROCResult, bootstrap, froc, froc_by_group,
                               label_lesions, paired_bootstrap)
 
 EMPTY = np.empty((0, 3))

@@ -1,11 +1,11 @@
-"""Tests of dr_saliency.inpaint: binarisation rules on exact small maps, and inpainting."""
+"""Tests of dr_saliency.refinement.erase: binarisation rules on exact small maps, and inpainting."""
 
 import cv2
 import numpy as np
 import pytest
 
-from dr_saliency import inpaint as ip
-from dr_saliency.inpaint import binarize, disk, inpaint
+from dr_saliency.refinement import erase as ip
+from dr_saliency.refinement.erase import binarize, disk, inpaint
 
 
 def _where(mask):

@@ -7,9 +7,17 @@ import os
 import numpy as np
 import pytest
 
-from dr_saliency import figures, localize, pipeline, reports, synth
-from dr_saliency.datasets import open_dataset
-from dr_saliency.results import ResultStore
+from dr_saliency.figures import panels as figures
+
+from dr_saliency.lesions import localize
+
+from dr_saliency.refinement import run as pipeline
+
+from dr_saliency.figures import reports
+
+from dr_saliency.fundus import synth
+from dr_saliency.fundus.datasets import open_dataset
+from dr_saliency.refinement.store import ResultStore
 
 
 def lesion_explainer(data_root):

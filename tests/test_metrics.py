@@ -1,13 +1,11 @@
-"""Tests of dr_saliency.metrics against hand-computed values."""
+"""Tests of dr_saliency.grader.metrics against hand-computed values."""
 
 import math
 
 import numpy as np
 import pytest
 
-from dr_saliency import metrics
-
-
+from dr_saliency.grader import metrics
 def test_to_grades_rounds_and_clips():
     np.testing.assert_array_equal(metrics.to_grades([-0.7, 0.49, 0.51, 2.5, 3.5, 9.0]),
                                   [0, 0, 1, 2, 4, 4])

@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.model: geometry, weight loading, preprocessing, checkpoints."""
+"""Tests of dr_saliency.grader.model: geometry, weight loading, preprocessing, checkpoints."""
 
 import os
 import warnings
@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from dr_saliency import model as model_lib
-from dr_saliency._tf import keras
+from dr_saliency.grader import model as model_lib
+from dr_saliency.core._tf import keras
 
 TINY = dict(input_shape=(128, 128, 3), weights=None, width=1 / 16)
 
@@ -185,7 +185,7 @@ def test_preprocess_input_is_caffe_bgr_mean_subtraction():
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     expected = keras.applications.vgg16.preprocess_input(images.astype(np.float32))
     np.testing.assert_allclose(model_lib.preprocess_input(images), expected, atol=1e-4)
-    from dr_saliency._tf import tf
+    from dr_saliency.core._tf import tf
     np.testing.assert_allclose(model_lib.preprocess_input(tf.constant(images)).numpy(), expected,
                                atol=1e-4)
 
@@ -285,8 +285,7 @@ def test_summarize_lists_every_layer():
 
 
 def test_tensorflow_startup_notices_are_dropped_but_other_stderr_is_replayed(capsys):
-    from dr_saliency import _tf
-
+    from dr_saliency.core import _tf
     captured = (
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
         "I0000 00:00:1796002105.784423    2286 port.cc:153] oneDNN custom operations are on.\n"

@@ -19,9 +19,9 @@ def test_unknown_attribute_is_an_attribute_error():
 
 
 def test_import_is_light():
-    code = ("import sys, dr_saliency, dr_saliency.cli, dr_saliency.synth, dr_saliency.datasets, "
-            "dr_saliency.preprocess, dr_saliency.inpaint, dr_saliency.refine, dr_saliency.results, "
-            "dr_saliency.pipeline, dr_saliency.augment, dr_saliency.metrics, dr_saliency.plots; "
+    code = ("import sys, dr_saliency, dr_saliency.app.cli, dr_saliency.fundus.synth, dr_saliency.fundus.datasets, "
+            "dr_saliency.fundus.prepare, dr_saliency.refinement.erase, dr_saliency.refinement.loop, dr_saliency.refinement.store, "
+            "dr_saliency.refinement.run, dr_saliency.grader.augment, dr_saliency.grader.metrics, dr_saliency.figures.plots; "
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

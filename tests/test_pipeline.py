@@ -1,13 +1,13 @@
-"""Tests of dr_saliency.pipeline (dataset -> refine -> result store) with fake callables."""
+"""Tests of dr_saliency.refinement.run (dataset -> refine -> result store) with fake callables."""
 
 import cv2
 import numpy as np
 import pytest
 
-from dr_saliency import pipeline
-from dr_saliency.datasets import open_dataset
-from dr_saliency.datasets.folder import write_labels, write_sample
-from dr_saliency.results import ResultStore
+from dr_saliency.refinement import run as pipeline
+from dr_saliency.fundus.datasets import open_dataset
+from dr_saliency.fundus.datasets.folder import write_labels, write_sample
+from dr_saliency.refinement.store import ResultStore
 
 
 def make_data(root, n=6, size=64):
@@ -125,8 +125,7 @@ def test_describe():
 def test_a_store_written_before_fov_inpainting_is_refused_for_appending_but_still_scored(tmp_path):
     # Stores written before Step 6 lack "normalize" and "inpaint_inside_fov": appending to one
     # (which would mix two inpainting rules) is refused with the differences named.
-    from dr_saliency import refine as refine_lib
-
+    from dr_saliency.refinement import loop as refine_lib
     ds = make_data(tmp_path / "d")
     out = str(tmp_path / "old.h5")
     old_params = refine_lib.refine_params(max_iterations=2)

@@ -9,9 +9,9 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from dr_saliency import plots
-from dr_saliency.froc import DEFAULT_RATES, bootstrap, froc
-from dr_saliency.refine import RefineResult, refine
+from dr_saliency.figures import plots
+from dr_saliency.lesions.froc import DEFAULT_RATES, bootstrap, froc
+from dr_saliency.refinement.loop import RefineResult, refine
 
 SIZE = 64
 
@@ -491,7 +491,7 @@ def test_figures_save_as_png_and_pdf(tmp_path, froc_pair, empty_curve):
 
 
 def test_no_pyplot():
-    code = ("import sys, numpy as np; from dr_saliency import plots; "
+    code = ("import sys, numpy as np; from dr_saliency.figures import plots; "
             "fig = plots.heatmap_panels([dict(image=np.zeros((64, 64, 3), np.uint8), "
             "s0=np.ones((64, 64)), S=np.ones((64, 64)))]); "
             "import io; fig.savefig(io.BytesIO(), format='png'); fig.savefig(io.BytesIO(), format='pdf'); "

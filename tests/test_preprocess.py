@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dr_saliency.datasets.folder import write_sample
-from dr_saliency.imio import read_image, read_mask
-from dr_saliency.preprocess import (
+from dr_saliency.fundus.datasets.folder import write_sample
+from dr_saliency.fundus.imio import read_image, read_mask
+from dr_saliency.fundus.prepare import (
     SquareBox,
     apply_geometry,
     fov_mask,
@@ -532,7 +532,7 @@ def test_preprocess_dataset_in_a_process_pool(tmp_path):
 
 
 def test_preprocess_does_not_import_tensorflow():
-    code = "import sys, dr_saliency.preprocess; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, dr_saliency.fundus.prepare; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -615,9 +615,9 @@ def test_idrid_microaneurysms_survive_resizing(realdata, number):
 
 @pytest.mark.realdata
 def test_preprocess_dataset_through_open_dataset(realdata, tmp_path):
-    datasets = pytest.importorskip("dr_saliency.datasets")
+    datasets = pytest.importorskip("dr_saliency.fundus.datasets")
     if not hasattr(datasets, "open_dataset"):
-        pytest.skip("dr_saliency.datasets.open_dataset is not there yet")
+        pytest.skip("dr_saliency.fundus.datasets.open_dataset is not there yet")
     idrid = datasets.open_dataset(os.path.join(realdata, "idrid"))
     out = str(tmp_path / "idrid")
     summary = preprocess_dataset(idrid[:1], out, size=256, workers=1)
@@ -637,9 +637,9 @@ def test_preprocess_dataset_through_open_dataset(realdata, tmp_path):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_preprocess_dataset_pool_with_real_records(realdata, tmp_path):
-    datasets = pytest.importorskip("dr_saliency.datasets")
+    datasets = pytest.importorskip("dr_saliency.fundus.datasets")
     if not hasattr(datasets, "open_dataset"):
-        pytest.skip("dr_saliency.datasets.open_dataset is not there yet")
+        pytest.skip("dr_saliency.fundus.datasets.open_dataset is not there yet")
     eyepacs = datasets.open_dataset(os.path.join(realdata, "eyepacs"))
     out = str(tmp_path / "eyepacs")
     summary = preprocess_dataset(eyepacs[:3], out, size=128, workers=2)

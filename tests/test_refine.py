@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.refine with fake explainers and predictors (no network).
+"""Tests of dr_saliency.refinement.loop with fake explainers and predictors (no network).
 
 The fake "grader" sees dark 2x2 spots (lesions) on a bright background: its prediction is the
 number of lesions left, and its saliency map is the darkness of the lesion pixels. Lesions have
@@ -10,8 +10,8 @@ lesion, and each iteration inpaints one lesion: an image with L lesions has p_i 
 import numpy as np
 import pytest
 
-from dr_saliency.inpaint import binarize
-from dr_saliency.refine import (ImageError, RefineResult, STOP_REASONS, combine_maps,
+from dr_saliency.refinement.erase import binarize
+from dr_saliency.refinement.loop import (ImageError, RefineResult, STOP_REASONS, combine_maps,
                                 normalize_map, normalize_maps, refine, refine_batch, scored_maps)
 
 SIZE = 24

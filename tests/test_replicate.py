@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.replicate: seed parsing, refusing to mix experiments, cross-seed summary,
+"""Tests of dr_saliency.app.replicate: seed parsing, refusing to mix experiments, cross-seed summary,
 and one end-to-end run of the command on the smoke profile."""
 
 import json
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from dr_saliency import replicate
+from dr_saliency.app import replicate
 from test_cli import run_main  # the console-script entry point, called in-process
 
 

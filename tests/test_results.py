@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.results: layout, resume, parameters, locking and crash safety.
+"""Tests of dr_saliency.refinement.store: layout, resume, parameters, locking and crash safety.
 
 The crash tests kill a writer with SIGKILL: (1) in a forked child, just before each of the file
 writes of one image in turn and half-way through each journal record, then check the file is
@@ -18,16 +18,16 @@ import h5py
 import numpy as np
 import pytest
 
-from dr_saliency import results
-from dr_saliency.refine import RefineResult
-from dr_saliency.results import FORMAT, ResultStore, read_final_maps, read_params
+from dr_saliency.refinement import store as results
+from dr_saliency.refinement.loop import RefineResult
+from dr_saliency.refinement.store import FORMAT, ResultStore, read_final_maps, read_params
 
 posix_only = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL")
 
 #: Shared with the writer subprocess (exec'd there): deterministic results from an index.
 MAKE_RESULT = textwrap.dedent('''
     import numpy as np
-    from dr_saliency.refine import RefineResult
+    from dr_saliency.refinement.loop import RefineResult
 
     PARAMS = {"decay": 0.5, "max_iterations": 3, "model": "fake.h5", "combine": "mean"}
 
@@ -391,7 +391,7 @@ def test_a_killed_rollback_is_redone(tmp_path):
 
 WRITER = MAKE_RESULT + textwrap.dedent('''
     import sys
-    from dr_saliency.results import ResultStore
+    from dr_saliency.refinement.store import ResultStore
 
     with ResultStore(sys.argv[1], "a", params=PARAMS) as store:
         i = 0

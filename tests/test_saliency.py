@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.saliency: guided back-propagation, the other explainers, maps, explainer.
+"""Tests of dr_saliency.explain.saliency: guided back-propagation, the other explainers, maps, explainer.
 
 The expected attributions are worked out by hand on tiny models with hand-set weights (as captum's
 tests do), with ReLUs chosen so that the guided rule (Springenberg et al. 2015),
@@ -12,9 +12,9 @@ import contextlib
 import numpy as np
 import pytest
 
-from dr_saliency import saliency
-from dr_saliency._tf import keras, tf
-from dr_saliency.model import build_model, preprocess_input
+from dr_saliency.explain import saliency
+from dr_saliency.core._tf import keras, tf
+from dr_saliency.grader.model import build_model, preprocess_input
 
 F32 = np.float32
 

@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.synth: the synthetic fundus generator and its dataset writer."""
+"""Tests of dr_saliency.fundus.synth: the synthetic fundus generator and its dataset writer."""
 
 import csv
 import json
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dr_saliency import synth
-from dr_saliency.datasets.folder import LESION_TYPES
+from dr_saliency.fundus import synth
+from dr_saliency.fundus.datasets.folder import LESION_TYPES
 
 SMALL = 160
 

@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.train and dr_saliency.evaluate on tiny folder datasets."""
+"""Tests of dr_saliency.grader.train and dr_saliency.grader.evaluate on tiny folder datasets."""
 
 import json
 import os
@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from dr_saliency import train as train_lib
-from dr_saliency import train_config
-from dr_saliency.datasets import open_dataset
-from dr_saliency.datasets.folder import write_labels, write_sample
+from dr_saliency.grader import train as train_lib
+from dr_saliency.grader import config as train_config
+from dr_saliency.fundus.datasets import open_dataset
+from dr_saliency.fundus.datasets.folder import write_labels, write_sample
 
 TINY = dict(input_size=128, width=1 / 16, weights=None, epochs=2, batch_size=8,
             learning_rate=3e-3, warmup_epochs=1.0, clipnorm=1.0, schedule="cosine")
@@ -52,7 +52,7 @@ class Rec:
 
 
 def test_min_input_size_agrees_with_model():
-    from dr_saliency import model
+    from dr_saliency.grader import model
     assert train_config.MIN_INPUT_SIZE == model.MIN_INPUT_SIZE
 
 
@@ -188,7 +188,7 @@ def test_interrupted_run_resumes_exactly(tiny_data, tmp_path):
     assert summary["epochs"] == 3
     assert train_lib.read_log(run)["epoch"] == [0.0, 1.0, 2.0]
     # The optimizer continued: 3 epochs x 3 steps (24 images / batch 8) iterations in total.
-    from dr_saliency import model as model_lib
+    from dr_saliency.grader import model as model_lib
     net = train_lib.build_compiled(config, 3, train_lib.get_strategy("default"))
     model_lib.load_checkpoint(net, os.path.join(run, "last.weights.h5"))
     assert int(net.optimizer.iterations.numpy()) == 9
@@ -200,8 +200,8 @@ def test_resume_on_a_folder_that_is_not_a_run(tiny_data, tmp_path):
 
 
 def test_evaluate_writes_report(tiny_data, tmp_path):
-    from dr_saliency import evaluate as evaluate_lib
-    from dr_saliency import model as model_lib
+    from dr_saliency.grader import evaluate as evaluate_lib
+    from dr_saliency.grader import model as model_lib
     run = str(tmp_path / "run")
     train_lib.train(open_dataset(tiny_data), run, train_lib.TrainConfig(**dict(TINY, epochs=1)),
                     verbose=0)
@@ -223,8 +223,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from dr_saliency import train as t
-        from dr_saliency.datasets import open_dataset
+        from dr_saliency.grader import train as t
+        from dr_saliency.fundus.datasets import open_dataset
         strategy = t.get_strategy("mirrored")
         assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
         config = t.TrainConfig(**{dict(TINY, epochs=1, strategy="mirrored")!r})
@@ -239,7 +239,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
 
 
 def test_out_of_memory_suggests_a_smaller_batch(tiny_data, tmp_path, monkeypatch):
-    from dr_saliency._tf import keras, tf
+    from dr_saliency.core._tf import keras, tf
 
     def oom(self, *args, **kwargs):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")

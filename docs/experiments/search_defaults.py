@@ -28,9 +28,9 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir))
 
 from dr_saliency import localize, pipeline, saliency  # noqa: E402
-from dr_saliency.datasets import open_dataset  # noqa: E402
-from dr_saliency.model import load_model  # noqa: E402
-from dr_saliency.results import ResultStore  # noqa: E402
+from dr_saliency.fundus.datasets import open_dataset  # noqa: E402
+from dr_saliency.grader.model import load_model  # noqa: E402
+from dr_saliency.refinement.store import ResultStore  # noqa: E402
 
 #: The refinement every stage-A run starts from; each run changes one or two entries.
 BASE_REFINE = dict(max_iterations=10, stop_at=1.0, decay=0.9, combine="max", normalize="map",

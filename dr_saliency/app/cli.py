@@ -1,0 +1,553 @@
+"""The ``dr-saliency`` command line: parse options, call the library, write files.
+
+No maths lives here. Library errors (``ValueError``/``TypeError``, and ``OSError`` for files) become
+one line on stderr and exit code 1; click's usage errors exit with 2; ``--debug`` shows the
+traceback instead. TensorFlow is imported only by the commands that need it, so ``--help`` is fast.
+"""
+
+import os
+import sys
+import warnings
+
+import click
+
+from dr_saliency._version import __version__
+from dr_saliency.explain import options as xo
+from dr_saliency.refinement import erase as inpaint_defaults
+from dr_saliency.refinement import loop as refine_defaults
+from dr_saliency.grader.config import QUICK_PROFILE, TrainConfig
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"Warning: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="dr-saliency")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and library warnings.")
+def cli(debug):
+    """Weakly-supervised lesion localization in fundus images with iterative saliency map
+    refinement (González-Gonzalo et al., MIDL 2018)."""
+    # main() reads --debug itself (it must know before click parses); here it only keeps
+    # library warnings as full Python warnings.
+    if not debug:
+        warnings.showwarning = _show_warning
+
+
+@cli.command("model")
+@click.option("--input-size", default=512, type=int, help="Input side in pixels (square).")
+@click.option("--width", default=1.0, type=float, help="Multiplier on filters and units.")
+@click.option("--weights", default="none",
+              help='"imagenet", "none", or the path of a VGG-16 HDF5 weights file.')
+@click.option("--dropout", default=0.5, type=float, help="Dropout after fc1 and fc2.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False),
+              help="Also write the full model as legacy HDF5 (.h5) here.")
+def model_cmd(input_size, width, weights, dropout, export_path):
+    """Build the VGG-16 grader and print its layers, output shapes and parameter count."""
+    from dr_saliency.grader import model as model_lib
+    net = model_lib.build_model((input_size, input_size, 3), weights=_weights_arg(weights),
+                                dropout=dropout, width=width)
+    _print_model(net, model_lib)
+    if export_path:
+        model_lib.export_model(net, export_path)
+        click.echo(f"Wrote {export_path}")
+
+
+@cli.command("demo")
+@click.option("--out", "out_dir", default="demo_out", type=click.Path(file_okay=False),
+              help="Folder for everything the demo makes; a rerun reuses finished steps.")
+@click.option("--profile", default="quick", type=click.Choice(["quick", "smoke"]),
+              help="quick: 2,000 synthetic images at 256 px, a narrow VGG-16 trained from "
+                   "scratch (about 8 minutes on 2 CPU cores); smoke: the same steps on tiny "
+                   "data in under a minute, to check an installation (numbers meaningless).")
+def demo_cmd(out_dir, profile):
+    """The whole method end to end on synthetic data: synth -> train -> evaluate -> refine
+    (referable test images) -> froc -> figures -> REPORT.md."""
+    from dr_saliency.app import demo
+    report = demo.run_demo(out_dir, profile=profile, on_step=_on_step, on_progress=_on_progress)
+    click.echo(f"Report: {report}")
+
+
+def _on_step(name, status, seconds, message):
+    """Progress line of a demo-like step (``demo.run_steps``'s ``on_step``)."""
+    if status == "done":
+        click.echo(f"[{name}] done in {seconds:.0f} s: {message}")
+    elif status == "start":
+        click.echo(f"[{name}] ...")
+    else:
+        click.echo(f"[{name}] {message}")
+
+
+def _on_progress(label, length):
+    # Plain lines at every tenth, so that logs of a long run show where it is.
+    state = {"done": 0, "shown": 0}
+
+    def update(k=1):
+        state["done"] += k
+        tenth = int(10 * state["done"] / max(length, 1))
+        if tenth > state["shown"]:
+            state["shown"] = tenth
+            click.echo(f"[{label}] {state['done']}/{length}")
+
+    return update
+
+
+@cli.command("replicate")
+@click.option("--seeds", default="1,2,3",
+              help="Comma-separated seeds; each seeds both the synthetic data and the training.")
+@click.option("--out", "out_dir", default="replicate_out", type=click.Path(file_okay=False),
+              help="Experiment folder (one sub-folder per seed); a rerun continues it.")
+@click.option("--profile", default="quick", type=click.Choice(["quick", "smoke"]),
+              help="The demo's profiles: quick (~7 min a seed on 2 CPU cores) or smoke.")
+@click.option("--bootstrap", "n_boot", default=1000, type=int,
+              help="Bootstrap replicates of the paired intervals.")
+def replicate_cmd(seeds, out_dir, profile, n_boot):
+    """The demo's pipeline once per seed, then S against s_0 across seeds.
+
+    Per seed: synth -> train -> evaluate -> refine the referable test images; the stored maps
+    are scored with our combination rule and the paper's (no re-refinement), s_0 and S on one
+    scale. Writes OUT/REPLICATE.md (per-seed table, mean, sd and range), replicate.json and
+    gains.png/pdf.
+    """
+    from dr_saliency.app import replicate
+    seed_list = replicate.parse_seeds(seeds)
+
+    def on_seed(seed, index, total):
+        click.echo(f"== seed {seed} ({index + 1}/{total}) ==")
+
+    replicate.run_replicate(out_dir, seed_list, profile=profile, n_boot=n_boot, on_seed=on_seed,
+                            on_step=_on_step, on_progress=_on_progress)
+    click.echo(f"Report: {os.path.join(out_dir, 'REPLICATE.md')}")
+
+
+def _profiles(field):
+    return f"  [paper: {getattr(TrainConfig(), field)}; quick: {QUICK_PROFILE.get(field, getattr(TrainConfig(), field))}]"
+
+
+LAYOUT_CHOICE = click.Choice(["folder", "eyepacs", "idrid", "diaretdb1", "eophtha", "ddr"])
+
+
+def _open(data, layout, skip_bad=False):
+    """Open a dataset and print the problems its loader found (once each)."""
+    from dr_saliency.fundus.datasets import open_dataset
+
+    ds = open_dataset(data, layout=layout, skip_bad=skip_bad)
+    for line in ds.warnings:
+        click.echo(f"Warning: {line}", err=True)
+    return ds
+
+
+class _Bar:
+    """A click progress bar fed by a library's ``on_progress(k)`` callback.
+
+    Drawn on a terminal only: in a log file or a pipe it would be a stray label line.
+    """
+
+    def __init__(self, length, label):
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = click.progressbar(length=length, label=label, file=sys.stderr,
+                                         show_pos=True, show_eta=True)
+
+    def __enter__(self):
+        if self.bar is None:
+            return lambda k=1: None
+        self.bar.__enter__()
+        return self.bar.update
+
+    def __exit__(self, *exc):
+        return None if self.bar is None else self.bar.__exit__(*exc)
+
+
+def _fractions(ctx, param, value):
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three comma-separated fractions, got {value!r}")
+    if len(parts) != 3:
+        raise click.BadParameter(f"expected three comma-separated fractions, got {value!r}")
+    return parts
+
+
+@cli.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--n", "n", default=1000, type=int, help="Number of images.")
+@click.option("--size", default=512, type=int, help="Image side in pixels (>= 128).")
+@click.option("--seed", default=0, type=int, help="Same seed, same files.")
+@click.option("--stages", default="balanced", type=click.Choice(["balanced", "kaggle"]),
+              help="balanced: equal counts per stage; kaggle: Kaggle's stage frequencies.")
+@click.option("--split", default="0.7,0.15,0.15", callback=_fractions,
+              help="train,val,test fractions (stratified by stage).")
+@click.option("--workers", type=int, help="Processes (default: one per CPU core).")
+@click.option("--overwrite", is_flag=True, help="Regenerate a folder made with other parameters.")
+def synth_cmd(out, n, size, seed, stages, split, workers, overwrite):
+    """Write a synthetic fundus dataset with lesion masks to OUT (resumable)."""
+    from dr_saliency.fundus import synth
+    with _Bar(n, "Synthesizing") as update:
+        labels = synth.write_dataset(out, n, size=size, seed=seed, stages=stages, split=split,
+                                     workers=workers, on_progress=update, overwrite=overwrite)
+    click.echo(f"{n} synthetic images of {size}x{size} ({stages} stages, seed {seed}): {labels}")
+
+
+@cli.command("preprocess")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--size", default=512, type=int, help="Output side in pixels.")
+@click.option("--layout", type=LAYOUT_CHOICE, help="Layout of SRC (default: detect).")
+@click.option("--workers", type=int, help="Processes (default: one per CPU core).")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unreadable images and bad rows (listed at the end) instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Redo every image of an existing OUT.")
+def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
+    """Crop SRC's images to their field of view, pad square and resize (with masks and FOV)
+    into the folder layout at OUT. Resumable: images already written are skipped."""
+    from dr_saliency.fundus import prepare as preprocess
+    dataset = _open(src, layout, skip_bad)
+    with _Bar(len(dataset), "Preprocessing") as update:
+        summary = preprocess.preprocess_dataset(dataset, out, size=size, workers=workers,
+                                                skip_bad=skip_bad, on_progress=update,
+                                                overwrite=overwrite)
+    for line in summary["warnings"][len(dataset.warnings):]:
+        click.echo(f"Warning: {line}", err=True)
+    for image_id, message in summary["skipped"]:
+        click.echo(f"Skipped {image_id}: {message}", err=True)
+    click.echo(f"{summary['written']} images written, {summary['already_done']} already done, "
+               f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: {out}")
+
+
+@cli.command("train")
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "run_dir", type=click.Path(file_okay=False),
+              help="Run folder to create (required unless --resume).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the run in this folder from its last finished epoch.")
+@click.option("--profile", type=click.Choice(["paper", "quick"]), default="paper",
+              help="paper: the paper's settings (512 px, ImageNet, 500 epochs); quick: a narrow "
+                   "network from scratch that trains on a CPU in minutes. Options given "
+                   "explicitly override the profile.")
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--input-size", type=int, help="Input side in pixels." + _profiles("input_size"))
+@click.option("--width", type=float, help="Filter multiplier." + _profiles("width"))
+@click.option("--weights", help='"imagenet", "none" or a VGG-16 HDF5 file.' + _profiles("weights"))
+@click.option("--epochs", type=int, help="Epochs." + _profiles("epochs"))
+@click.option("--batch-size", type=int, help="Global batch size." + _profiles("batch_size"))
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]),
+              help="sgd: Nesterov momentum 0.9 (the paper's)." + _profiles("optimizer"))
+@click.option("--lr", "learning_rate", type=float, help="Peak learning rate." + _profiles("learning_rate"))
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]),
+              help="Learning-rate schedule after warm-up." + _profiles("schedule"))
+@click.option("--warmup-epochs", type=float, help="Linear learning-rate warm-up." + _profiles("warmup_epochs"))
+@click.option("--clipnorm", type=float, help="Gradient norm clipping." + _profiles("clipnorm"))
+@click.option("--val-fraction", type=float, default=0.15,
+              help="Stratified validation fraction when DATA has no split column.")
+@click.option("--augment/--no-augment", default=True, help="Random flips, rotation, scale, colour.")
+@click.option("--balance/--no-balance", default=True, help="Resample stages equally per epoch.")
+@click.option("--seed", type=int, default=0)
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+              default="default", help="TensorFlow distribution strategy (see docs/training.md).")
+@click.option("--steps-per-epoch", type=int, help="Default: training images / batch size.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed at the end).")
+def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, **options):
+    """Train the VGG-16 grader on DATA (any layout; normally a preprocessed folder)."""
+    if bool(run_dir) == bool(resume_dir):
+        raise click.UsageError("Give exactly one of --out RUN_DIR (new run) or --resume RUN_DIR.")
+    from dr_saliency.grader import train as train_lib
+    values = dict(QUICK_PROFILE) if profile == "quick" else {}
+    values.update({k: v for k, v in options.items() if v is not None})
+    if "weights" in values:
+        values["weights"] = _weights_arg(values["weights"])
+    config = TrainConfig(**values)
+    dataset = _open(data, layout, skip_bad)
+    n_images = sum(1 for r in dataset if r.grade is not None)
+    with _Bar(n_images, "Checking images") as update:
+        summary = train_lib.train(dataset, run_dir or resume_dir, config,
+                                  resume=bool(resume_dir), skip_bad=skip_bad,
+                                  data_path=os.path.abspath(data), on_check=update)
+    for path, message in summary["skipped"]:
+        click.echo(f"Skipped {path}: {message}", err=True)
+    click.echo(f"Trained on {summary['n_train']} images, validated on {summary['n_val']}; "
+               f"best validation kappa {summary['best_kappa']} at epoch {summary['best_epoch']}; "
+               f"{summary['seconds']:.0f} s. Model: {summary['model_path']}")
+
+
+@cli.command("evaluate")
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--split", default="test", type=click.Choice(["test", "val", "train", "all"]),
+              help="Which images of DATA to grade.")
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--batch-size", default=16, type=int)
+@click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap resamples for 95% CIs.")
+def evaluate_cmd(model_path, data, out_dir, split, layout, batch_size, n_boot):
+    """Grade DATA with MODEL (a model.h5): kappa, AUC with 95% CI, confusion matrix, ROC."""
+    from dr_saliency.grader import evaluate as evaluate_lib
+    from dr_saliency.grader import model as model_lib
+    net = model_lib.load_model(model_path)
+    report = evaluate_lib.evaluate(net, _open(data, layout), out_dir, split=split,
+                                   batch_size=batch_size, n_boot=n_boot)
+    m = report["metrics"]
+    click.echo(f"{report['n_images']} images ({split}): quadratic kappa {m['kappa']:.3f} "
+               f"(95% CI {report['kappa_ci'][0]:.3f}-{report['kappa_ci'][1]:.3f}), referable AUC "
+               f"{m['auc']:.3f} (95% CI {report['auc_ci'][0]:.3f}-{report['auc_ci'][1]:.3f}), "
+               f"MSE {m['mse']:.3f}, accuracy {m['accuracy']:.3f}. Wrote {out_dir}/evaluation.json")
+
+
+def _ids(value):
+    """--ids: comma-separated ids, or @FILE with one id per line."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        with open(value[1:], encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@cli.command("refine")
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Result file (.h5); an existing one is resumed (same parameters only).")
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--split", default="all", type=click.Choice(["test", "val", "train", "all"]),
+              help="Which images of DATA to refine.")
+@click.option("--ids", help="Only these ids: comma-separated, or @FILE with one per line.")
+@click.option("--only-referable", is_flag=True,
+              help="Store only images predicted above --stop-at (the paper refines these).")
+@click.option("--method", default=xo.DEFAULT_METHOD, type=click.Choice(xo.METHODS),
+              help="Saliency method (guided: the paper's guided back-propagation).")
+@click.option("--sign", default=xo.DEFAULT_SIGN, type=click.Choice(xo.SIGNS),
+              help="Which part of the gradient is evidence (negative: what lowers the grade).")
+@click.option("--reduce", default=xo.DEFAULT_REDUCE, type=click.Choice(xo.REDUCTIONS),
+              help="How the three colour channels become one map.")
+@click.option("--target", default=xo.DEFAULT_TARGET, type=click.Choice(xo.TARGETS),
+              help="Differentiate the output, or the negated output (the other reading of "
+                   "'negative gradients').")
+@click.option("--ig-steps", default=xo.DEFAULT_IG_STEPS, type=int,
+              help="Integrated gradients: path intervals.")
+@click.option("--gradcam-layer", default=xo.DEFAULT_GRADCAM_LAYER, help="Grad-CAM layer.")
+@click.option("--max-iterations", default=refine_defaults.DEFAULT_MAX_ITERATIONS, type=int,
+              help="Cap on inpaintings per image; 0 gives plain s_0 maps.")
+@click.option("--stop-at", default=refine_defaults.DEFAULT_STOP_AT, type=float,
+              help="Stop when the prediction is at or below this (1: non-referable).")
+@click.option("--decay", default=refine_defaults.DEFAULT_DECAY, type=float,
+              help="Weight decay**i of map s_i in the final map S.")
+@click.option("--combine", default=refine_defaults.DEFAULT_COMBINE,
+              type=click.Choice(refine_defaults.COMBINE_MODES),
+              help="mean: the paper's weighted mean; max; masked: each map counts fully only "
+                   "inside its own inpainted mask.")
+@click.option("--normalize", default=refine_defaults.DEFAULT_NORMALIZE,
+              type=click.Choice(refine_defaults.NORMALIZE_MODES),
+              help="Scale of the maps in S (and in scoring): map: each by its own robust "
+                   "maximum; image: all by s_0's; none: raw gradients.")
+@click.option("--binarize", "binarize_rule", default=inpaint_defaults.DEFAULT_RULE,
+              type=click.Choice(inpaint_defaults.BINARIZE_RULES), help="Rule that makes a mask.")
+@click.option("--level", "binarize_level", type=float,
+              help="top_fraction: fraction of FOV pixels; fraction_of_max: fraction of the "
+                   f"maximum.  [default: {inpaint_defaults.DEFAULT_LEVELS}]")
+@click.option("--smooth-sigma", default=inpaint_defaults.DEFAULT_SMOOTH_SIGMA, type=float,
+              help="Gaussian smoothing of the map before binarising (px).")
+@click.option("--dilation", default=inpaint_defaults.DEFAULT_DILATION, type=int,
+              help="Dilation of the mask (px).")
+@click.option("--min-component-size", default=inpaint_defaults.DEFAULT_MIN_COMPONENT_SIZE,
+              type=int, help="Drop mask components smaller than this (px).")
+@click.option("--inpaint", "inpaint_method", default=inpaint_defaults.DEFAULT_INPAINT_METHOD,
+              type=click.Choice(list(inpaint_defaults.INPAINT_METHODS)),
+              help="ns: Navier-Stokes (the paper's); telea.")
+@click.option("--inpaint-radius", default=inpaint_defaults.DEFAULT_INPAINT_RADIUS, type=int)
+@click.option("--inpaint-inside-fov/--inpaint-whole-image", "inpaint_inside_fov", default=True,
+              help="Fill masked pixels from inside the field of view only (the black surround "
+                   "never bleeds in at the rim).")
+@click.option("--batch-size", default=xo.DEFAULT_BATCH_SIZE, type=int,
+              help="Images refined together.")
+@click.option("--keep-images", is_flag=True, help="Also store the inpainted images I_1..I_n.")
+@click.option("--skip-bad", is_flag=True, help="Report and skip bad images instead of failing.")
+@click.option("--quiet", is_flag=True, help="No line per image.")
+def refine_cmd(model_path, data, out, layout, split, ids, only_referable, method, sign, reduce,
+               target, ig_steps, gradcam_layer, batch_size, skip_bad, quiet, **options):
+    """Iterative saliency map refinement of DATA's images with MODEL, into an HDF5 result file.
+
+    Each image: saliency map, binarise, inpaint, grade again, until the grade is at or below
+    --stop-at or --max-iterations; the final map S combines the maps. Rerunning the same
+    command skips images already complete in --out.
+    """
+    from dr_saliency.grader import model as model_lib
+    from dr_saliency.refinement import run as pipeline
+    from dr_saliency.explain import saliency
+    records = pipeline.select_records(_open(data, layout, skip_bad), split=split, ids=_ids(ids))
+    net = model_lib.load_model(model_path)
+    method_options = ({"steps": ig_steps} if method == "integrated" else
+                      {"layer": gradcam_layer} if method == "gradcam" else {})
+    explain = saliency.make_explainer(net, method, sign, reduce, target, batch_size=batch_size,
+                                      **method_options)
+    predict = saliency.make_predictor(net, batch_size=batch_size)
+    params = {"model": os.path.abspath(model_path), "method": method, "sign": sign,
+              "reduce": reduce, "target": target, **method_options}
+
+    with _Bar(len(records), "Refining") as update:
+        def on_image(rec, result, message):
+            update(1)
+            if not quiet:
+                click.echo(f"{rec.id}: {message}")
+
+        summary = pipeline.refine_dataset(
+            records, out, explain=explain, predict=predict, size=int(net.input_shape[1]),
+            params=params, batch_size=batch_size, only_referable=only_referable,
+            skip_bad=skip_bad, on_image=on_image, **options)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
+    click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
+               f"{summary['already_done']} already done, {summary['not_referable']} not referable, "
+               f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: {out}")
+
+
+def _stages(value):
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated stages, got {value!r}")
+
+
+def _candidate_options(func):
+    """The options that turn a map into lesion candidates (shared by froc, figures, demo)."""
+    from dr_saliency.lesions.localize import CandidateOptions
+
+    c = CandidateOptions()
+    options = [
+        click.option("--cand-sigma", default=c.sigma, type=float,
+                     help="Smoothing of the map before peak finding (px)."),
+        click.option("--min-distance", default=c.min_distance, type=int,
+                     help="Minimum distance between candidates (px)."),
+        click.option("--max-candidates", default=c.max_candidates, type=int,
+                     help="Candidates per image (highest scores)."),
+        click.option("--border", default=c.border, type=int,
+                     help="No candidates within this distance of the FOV edge (px)."),
+        click.option("--exclude-disc/--keep-disc", default=c.exclude_disc,
+                     help="No candidates on the optic disc (the dataset's mask or an estimate)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _candidate_config(values):
+    from dr_saliency.lesions.localize import CandidateOptions
+
+    return CandidateOptions(sigma=values.pop("cand_sigma"), min_distance=values.pop("min_distance"),
+                            max_candidates=values.pop("max_candidates"),
+                            border=values.pop("border"), exclude_disc=values.pop("exclude_disc"))
+
+
+@cli.command("froc")
+@click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--allow-partial", is_flag=True,
+              help="Evaluate the images present in both RESULTS and DATA when ids differ.")
+@click.option("--stages", default="2,3,4", callback=lambda c, p, v: _stages(v),
+              help="DR stages reported separately.")
+@click.option("--tolerance", default=0.0, type=float,
+              help="A candidate within this distance of a lesion hits it (px).")
+@click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap replicates.")
+@click.option("--combine", type=click.Choice(refine_defaults.COMBINE_MODES),
+              help="Recombine S from the stored maps this way (default: the run's).")
+@click.option("--decay", type=float, help="Recombine S with this decay (default: the run's).")
+@click.option("--normalize", type=click.Choice(refine_defaults.NORMALIZE_MODES),
+              help="Scale of s_0 and S, the same for both (default: the run's).")
+@_candidate_options
+def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n_boot, combine,
+             decay, normalize, **candidate_values):
+    """Lesion-level FROC of s_0 and S against DATA's lesion annotations.
+
+    s_0 and S are both recomputed from the stored maps on one scale (--normalize) and pass
+    through the same candidate settings. Writes metrics.json (curves, 7-point score, average sensitivity up to 10 FP/image, bootstrap
+    95% intervals, paired S - s_0 gains), curves.csv and the FROC figures (PNG and PDF).
+    """
+    from dr_saliency.lesions import localize
+    from dr_saliency.figures import reports
+    records, notes = localize.records_for(results, _open(data, layout),
+                                          allow_partial=allow_partial)
+    for note in notes:
+        click.echo(f"Note: {note}", err=True)
+    options = _candidate_config(candidate_values)
+    with _Bar(len(records), "Candidates") as update:
+        items = localize.collect(results, records, options, decay=decay, combine=combine,
+                                 normalize=normalize, on_image=update)
+    report = localize.evaluate(items, stages=stages, tolerance=tolerance, n_boot=n_boot,
+                               curve_rates=reports.CURVE_RATES)
+    paths = reports.write_froc(report, out_dir, params={
+        "results": os.path.abspath(results), "data": os.path.abspath(data),
+        "tolerance": tolerance, "n_boot": n_boot, "combine": combine, "decay": decay,
+        "normalize": normalize, "candidates": vars(options)})
+    click.echo(reports.summary_table(report))
+    click.echo(f"Wrote {', '.join(paths)}")
+
+
+@cli.command("figures")
+@click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
+@click.option("--ids", help="Images to show: comma-separated, or @FILE (default: picked "
+                            "automatically where S finds most more lesions than s_0).")
+@click.option("--rows", "n_rows", default=4, type=int, help="Images when picking automatically.")
+@click.option("--format", "formats", default="png,pdf",
+              help="Comma-separated figure formats.")
+def figures_cmd(results, data, out_dir, layout, ids, n_rows, formats):
+    """Figure-1 panels (image, s_0, S) and per-iteration strips (I_i, s_i, mask_i, p_i)."""
+    from dr_saliency.figures import panels as figures
+    written = figures.write_figures(results, _open(data, layout), out_dir, ids=_ids(ids),
+                                    n_rows=n_rows, formats=tuple(formats.split(",")))
+    click.echo(f"Wrote {len(written) - 1} figure files to {out_dir}")
+
+
+def _weights_arg(value):
+    return None if value is None or value.lower() == "none" else value
+
+
+def _print_model(net, model_lib):
+    rows = model_lib.summarize(net)
+    name_w = max(len(r["name"]) for r in rows)
+    type_w = max(len(r["type"]) for r in rows)
+    click.echo(f"{'layer':<{name_w}}  {'type':<{type_w}}  {'output shape':<16}  {'params':>12}")
+    for r in rows:
+        shape = "x".join(str(v) for v in r["output_shape"]) if r["output_shape"] else "-"
+        click.echo(f"{r['name']:<{name_w}}  {r['type']:<{type_w}}  {shape:<16}  {r['params']:>12,}")
+    click.echo(f"Total parameters: {net.count_params():,}")
+
+
+def main(args=None):
+    """Entry point of the ``dr-saliency`` console script."""
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args or bool(os.environ.get("DR_SALIENCY_DEBUG"))
+    previous = os.environ.get("DR_SALIENCY_DEBUG")
+    if debug:
+        # Read by dr_saliency.core._tf: show TensorFlow's start-up notices too.
+        os.environ["DR_SALIENCY_DEBUG"] = "1"
+    try:
+        cli.main(args=args, prog_name="dr-saliency", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except (ValueError, TypeError, OSError, KeyError) as exc:
+        if debug:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        click.echo(f"Error: {message}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    finally:
+        # main() may run inside a longer-lived process (tests, notebooks): leave no trace.
+        if previous is None:
+            os.environ.pop("DR_SALIENCY_DEBUG", None)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

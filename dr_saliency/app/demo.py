@@ -1,0 +1,203 @@
+"""The end-to-end demonstration: synth -> train -> evaluate -> refine -> froc -> figures -> report.
+
+Every step writes into one folder and is skipped when its output is already complete, so a rerun
+(or a run after an interruption) continues where the previous one stopped. Each step calls the same
+library functions as its own ``dr-saliency`` command.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+#: Profiles of the demo. "quick": a narrow VGG-16 at 256 px trained from scratch on a synthetic
+#: set; about 8 minutes on a 2-core CPU (docs/performance.md).
+#: "smoke": the same steps in seconds (tiny data and network, one epoch) for tests; its numbers
+#: mean nothing.
+PROFILES = {
+    "quick": dict(n_images=2000, size=256, seed=2026, train={}, refine_batch=8, figure_rows=4),
+    "smoke": dict(n_images=40, size=128, seed=0, refine_batch=4, figure_rows=2,
+                  train=dict(input_size=128, width=1 / 16, epochs=1, batch_size=4)),
+}
+
+
+@dataclasses.dataclass
+class Step:
+    """One demo step: its name, the file that proves it complete, and the function to run."""
+
+    name: str
+    done_file: str
+    run: object
+
+
+def run_demo(out, *, profile="quick", on_step=None, on_progress=None):
+    """Run (or continue) the whole method on synthetic data into ``out``.
+
+    Args:
+        out: str, the demo folder.
+        profile: key of :data:`PROFILES`.
+        on_step: optional callable(name, status, seconds, message) for progress lines.
+        on_progress: optional callable(label, length) -> update callable, for progress bars.
+
+    Returns:
+        str, the path of ``REPORT.md``.
+
+    Raises:
+        ValueError: for an unknown profile, or from any step.
+    """
+    timings = run_steps(out, demo_steps(out, profile=profile, on_step=on_step,
+                                        on_progress=on_progress), on_step=on_step)
+    from dr_saliency.figures import reports
+    return reports.write_demo_report(out, profile=profile, timings=timings)
+
+
+def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=None):
+    """The demo's steps (synth, train, evaluate, refine, froc, figures) into folder ``out``.
+
+    Args:
+        out: str, the folder.
+        profile: key of :data:`PROFILES`.
+        seed: int, the data seed and the training seed together; None: the profile's data seed
+            and TrainConfig's default training seed.
+        on_step, on_progress: as :func:`run_demo`.
+
+    Returns:
+        list of :class:`Step`, in order.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"Expected profile in {sorted(PROFILES)}. Received: profile={profile!r}")
+    p = dict(PROFILES[profile])
+    if seed is not None:  # without one, training keeps TrainConfig's seed (the demo's as before)
+        p["seed"] = int(seed)
+        p["train"] = dict(p["train"], seed=int(seed))
+    paths = {
+        "data": os.path.join(out, "data"), "run": os.path.join(out, "run"),
+        "eval": os.path.join(out, "evaluation"), "results": os.path.join(out, "refine.h5"),
+        "froc": os.path.join(out, "froc"), "figures": os.path.join(out, "figures"),
+    }
+    state = {}
+    progress = on_progress or (lambda label, length: (lambda k=1: None))
+
+    def synth_step():
+        from dr_saliency.fundus import synth
+        synth.write_dataset(paths["data"], p["n_images"], size=p["size"], seed=p["seed"],
+                            on_progress=progress("synth", p["n_images"]))
+        return f"{p['n_images']} images of {p['size']} px in {paths['data']}"
+
+    def train_step():
+        from dr_saliency.grader import train as train_lib
+        from dr_saliency.fundus.datasets import open_dataset
+
+        config = train_lib.TrainConfig(**dict(train_lib.QUICK_PROFILE, **p["train"]))
+        resume = train_lib.is_run_dir(paths["run"])
+        summary = train_lib.train(open_dataset(paths["data"]), paths["run"], config,
+                                  resume=resume, data_path=paths["data"], verbose=0,
+                                  on_epoch=lambda e, m: on_step and on_step(
+                                      "train", "epoch", None,
+                                      f"epoch {e}/{config.epochs}: loss {m['loss']:.3f}, "
+                                      f"val kappa {m['val_kappa']:.3f}, val AUC {m['val_auc']:.3f}"))
+        return (f"best validation kappa {summary['best_kappa']:.3f} at epoch "
+                f"{summary['best_epoch']}")
+
+    def model():
+        if "model" not in state:
+            from dr_saliency.grader.model import load_model
+
+            state["model"] = load_model(os.path.join(paths["run"], "model.h5"))
+        return state["model"]
+
+    def evaluate_step():
+        from dr_saliency.grader import evaluate as evaluate_lib
+        from dr_saliency.fundus.datasets import open_dataset
+
+        report = evaluate_lib.evaluate(model(), open_dataset(paths["data"]), paths["eval"])
+        m = report["metrics"]
+        return f"test kappa {m['kappa']:.3f}, referable AUC {m['auc']:.3f}"
+
+    def refine_step():
+        from dr_saliency.refinement import run as pipeline
+        from dr_saliency.explain import saliency
+        from dr_saliency.fundus.datasets import open_dataset
+
+        net = model()
+        records = pipeline.select_records(open_dataset(paths["data"]), split="test")
+        update = progress("refine", len(records))
+        summary = pipeline.refine_dataset(
+            records, paths["results"],
+            explain=saliency.make_explainer(net, batch_size=p["refine_batch"]),
+            predict=saliency.make_predictor(net, batch_size=p["refine_batch"]),
+            size=int(net.input_shape[1]), params={"model": "run/model.h5", "method": "guided"},
+            batch_size=p["refine_batch"], only_referable=True,
+            on_image=lambda rec, res, msg: update(1))
+        _write_json(os.path.join(out, "refine.done.json"), summary)
+        return (f"{summary['written'] + summary['already_done']} referable test images refined "
+                f"({summary['not_referable']} not referable); stop reasons {summary['stop_reasons']}")
+
+    def froc_step():
+        from dr_saliency.lesions import localize
+        from dr_saliency.figures import reports
+        from dr_saliency.fundus.datasets import open_dataset
+
+        records, _ = localize.records_for(paths["results"], open_dataset(paths["data"]))
+        items = localize.collect(paths["results"], records,
+                                 on_image=progress("candidates", len(records)))
+        report = localize.evaluate(items, curve_rates=reports.CURVE_RATES)
+        reports.write_froc(report, paths["froc"], params={"results": paths["results"]})
+        entry = report["all"]["paired"].average_sensitivity
+        return f"AS10 s_0 {entry.a:.3f} -> S {entry.b:.3f} ({entry.relative:+.1%})"
+
+    def figures_step():
+        from dr_saliency.figures import panels as figures
+        from dr_saliency.fundus.datasets import open_dataset
+
+        written = figures.write_figures(paths["results"], open_dataset(paths["data"]),
+                                        paths["figures"], n_rows=p["figure_rows"])
+        return f"{len(written)} files in {paths['figures']}"
+
+    steps = [
+        Step("synth", os.path.join(paths["data"], "labels.csv"), synth_step),
+        Step("train", os.path.join(paths["run"], "model.h5"), train_step),
+        Step("evaluate", os.path.join(paths["eval"], "evaluation.json"), evaluate_step),
+        Step("refine", os.path.join(out, "refine.done.json"), refine_step),
+        Step("froc", os.path.join(paths["froc"], "metrics.json"), froc_step),
+        Step("figures", os.path.join(paths["figures"], "done.json"), figures_step),
+    ]
+    return steps
+
+
+def run_steps(out, steps, *, on_step=None):
+    """Run each step whose ``done_file`` is missing; time them into ``out/timings.json``.
+
+    Returns:
+        dict step name -> seconds (of this run and earlier ones).
+    """
+    os.makedirs(out, exist_ok=True)
+    timings = _read_json(os.path.join(out, "timings.json")) or {}
+    for step in steps:
+        if os.path.isfile(step.done_file):
+            if on_step:
+                on_step(step.name, "skip", None, f"already done ({step.done_file})")
+            continue
+        if on_step:
+            on_step(step.name, "start", None, "")
+        start = time.time()
+        message = step.run()
+        timings[step.name] = time.time() - start
+        _write_json(os.path.join(out, "timings.json"), timings)
+        if on_step:
+            on_step(step.name, "done", timings[step.name], message)
+    return timings
+
+
+def _write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

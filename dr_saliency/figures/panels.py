@@ -1,0 +1,148 @@
+"""Paper figures from a result file and its dataset: Figure-1 panels and per-iteration strips.
+
+The inpainted images I_1..I_n are not stored by default; they are replayed here from I_0 and the
+stored masks with the run's own inpainting settings (``cv2.inpaint`` is deterministic), so a strip
+shows exactly what the network saw. No TensorFlow.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from dr_saliency.lesions import candidates as cand_lib
+from dr_saliency.refinement import erase as inpaint_lib
+from dr_saliency.figures import plots
+from dr_saliency.lesions.localize import lesion_union
+from dr_saliency.refinement.store import ResultStore
+
+
+def replay_images(image, result, fov=None):
+    """I_0..I_n of a result: ``image`` inpainted with its stored masks, as the run did.
+
+    Args:
+        image: (H, W, 3) uint8 RGB, I_0.
+        result: RefineResult (masks, iterations, params with inpaint_method/inpaint_radius and,
+            for runs since the fill stays inside the FOV, inpaint_inside_fov).
+        fov: (H, W) bool field of view of the image (used when the run filled inside it).
+
+    Returns:
+        (n + 1, H, W, 3) uint8.
+    """
+    images = [image]
+    # Runs stored before the option existed filled from the whole image.
+    inside = result.params.get("inpaint_inside_fov", False)
+    for i in range(result.iterations):
+        images.append(inpaint_lib.inpaint(images[-1], result.masks[i],
+                                          method=result.params["inpaint_method"],
+                                          radius=result.params["inpaint_radius"],
+                                          fov_mask=fov if inside else None))
+    return np.stack(images)
+
+
+def lesions_found(saliency_map, lesions, fov, exclude=None, top=10):
+    """How many distinct lesions the ``top`` candidates of a map hit (for picking examples)."""
+    from dr_saliency.lesions.froc import label_lesions
+
+    labels = label_lesions(lesions)
+    found = cand_lib.detect_candidates(saliency_map, fov, max_candidates=top, exclude=exclude)
+    hits = labels[found[:, 0].astype(int), found[:, 1].astype(int)]
+    return len(set(hits[hits > 0].tolist()))
+
+
+def pick_examples(store, records, n_rows, stages=(3, 4)):
+    """Automatic choice: the images of ``stages`` whose S finds most more lesions than s_0.
+
+    Args:
+        store: open ResultStore.
+        records: dataset records (annotated) present in the store.
+        n_rows: number of images.
+        stages: DR stages to pick from (all when none of them is present).
+
+    Returns:
+        list of records.
+    """
+    pool = [r for r in records if r.grade in stages] or list(records)
+    scored = []
+    for rec in pool:
+        result = store.read(rec.id)
+        lesions = lesion_union(rec.load_lesions())
+        if lesions is None or result.iterations == 0:
+            continue
+        fov = np.asarray(rec.load_fov(), bool)
+        gain = (lesions_found(result.final_map, lesions, fov)
+                - lesions_found(result.maps[0], lesions, fov))
+        scored.append((gain, result.iterations, rec.id, rec))
+    scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
+    return [t[3] for t in scored[:n_rows]]
+
+
+def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("png", "pdf")):
+    """Write Figure-1 style panels and one iteration strip per chosen image.
+
+    Args:
+        results: str, result file.
+        dataset: the dataset the results were made from.
+        out_dir: str.
+        ids: optional list of ids; default: :func:`pick_examples`.
+        n_rows: images in the panel figure when picking automatically.
+        formats: figure formats.
+
+    Returns:
+        list of str paths written (the last is ``done.json`` listing the chosen ids).
+
+    Raises:
+        ValueError: for ids not complete in the results or not in the dataset.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    by_id = {r.id: r for r in dataset}
+    written = []
+    with ResultStore(results) as store:
+        complete = set(store.complete_ids())
+        if ids:
+            missing = [i for i in ids if i not in complete or i not in by_id]
+            if missing:
+                raise ValueError(f"Expected ids complete in the results and present in the "
+                                 f"dataset. Received: {', '.join(missing)}")
+            chosen = [by_id[i] for i in ids]
+        else:
+            annotated = [by_id[i] for i in sorted(complete) if i in by_id and by_id[i].lesion_types]
+            chosen = (pick_examples(store, annotated, n_rows) if annotated
+                      else [by_id[i] for i in sorted(complete) if i in by_id][:n_rows])
+        if not chosen:
+            raise ValueError("Expected complete results for images of the dataset. Received: none")
+        rows = []
+        for rec in chosen:
+            result = store.read(rec.id)
+            image = rec.load_image()
+            fov = np.asarray(rec.load_fov(image), bool)
+            lesions = lesion_union(rec.load_lesions())
+            stage = "" if rec.grade is None else f", stage {rec.grade}"
+            rows.append({"image": image, "fov": fov, "lesions": lesions, "s0": result.maps[0],
+                         "S": result.final_map,
+                         "label": f"{rec.id}{stage}\np {result.predictions[0]:.2f} -> "
+                                  f"{result.predictions[-1]:.2f}, {result.iterations} it."})
+            strip = plots.iteration_strip(
+                _with_images(result, replay_images(image, result, fov)), fov=fov, lesions=lesions)
+            written += _save(strip, os.path.join(out_dir, f"iterations_{rec.id}"), formats)
+        written += _save(plots.heatmap_panels(rows), os.path.join(out_dir, "figure1_panels"),
+                         formats)
+    done = os.path.join(out_dir, "done.json")
+    with open(done, "w", encoding="utf-8") as f:
+        json.dump({"ids": [r.id for r in chosen], "files": written}, f, indent=2)
+    return written + [done]
+
+
+def _with_images(result, images):
+    import dataclasses
+
+    return dataclasses.replace(result, images=images)
+
+
+def _save(fig, stem, formats):
+    paths = []
+    for fmt in formats:
+        path = f"{stem}.{fmt}"
+        fig.savefig(path, dpi=200)
+        paths.append(path)
+    return paths

@@ -1,0 +1,738 @@
+"""Figures. Each function takes data and returns a matplotlib Figure; none calls plt.show().
+
+Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state), so they work on
+headless servers and never accumulate open windows; save them with ``fig.savefig(path)`` (PNG, PDF,
+SVG: text stays text, only images are rasters).
+Colours: the Okabe-Ito colour-blind-safe palette for lines, perceptually uniform maps
+(viridis, inferno) for saliency.
+
+The figures of González-Gonzalo et al. (MIDL 2018, "Improving weakly-supervised lesion
+localization with iterative saliency map refinement"):
+
+- :func:`froc_figure`: lesion-level FROC curves of ``s_0`` and ``S``, one panel per group (the
+  paper's Figure 2: DR stage 2, 3, 4), with bootstrap bands and the summary scores in the legend.
+- :func:`heatmap_panels`: image / ``s_0`` / ``S`` rows (the paper's Figure 1).
+- :func:`iteration_strip`: the refinement loop of one image, iteration by iteration.
+- :func:`overlay_panel`: a saliency map over its image as an RGB array, for the two above.
+
+Public API::
+
+    froc_figure(panels, *, max_fp=10, title=None) -> Figure
+    overlay_panel(image, saliency_map, *, fov=None, lesions=None, alpha=0.9, ...) -> (H, W, 3) uint8
+    heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), ...) -> Figure
+    iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8) -> Figure
+    training_curves(log) -> Figure; roc_figure(fpr, tpr, auc, ...) -> Figure;
+    confusion_figure(confusion) -> Figure
+"""
+
+import collections.abc
+import math
+import numbers
+
+import numpy as np
+from matplotlib.figure import Figure
+
+#: Okabe & Ito (2008) colour-blind-safe palette.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+         # TrueType fonts in PDF/PS: text stays editable and searchable (journals ask for it).
+         "pdf.fonttype": 42, "ps.fonttype": 42}
+
+#: Colour map of saliency overlays: perceptually uniform and readable in greyscale and by
+#: colour-blind readers.
+SALIENCY_CMAP = "inferno"
+
+#: Lesion outline colour: Okabe-Ito sky blue, far from the fundus's reds and oranges and from
+#: inferno's black-red-yellow.
+LESION_COLOUR = "#56B4E9"
+
+#: Colour of the binarised masks in :func:`iteration_strip`: Okabe-Ito bluish green.
+MASK_COLOUR = "#009E73"
+
+#: FP/image rates of the 7-point FROC score, marked on the curves (CAMELYON16, LUNA16); equal to
+#: ``dr_saliency.lesions.froc.DEFAULT_RATES`` (repeated so that importing this module stays light).
+FROC_RATES = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8)
+
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+# Points of the log-spaced grid the FROC curves are drawn on (plus the curve's own knots).
+_FROC_GRID_POINTS = 240
+
+
+def _figure(width, height):
+    import matplotlib
+
+    matplotlib.rcParams.update(STYLE)
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def training_curves(log):
+    """Loss, validation kappa/AUC and learning rate per epoch.
+
+    Args:
+        log: dict column -> list of float per epoch, as ``train.read_log`` returns (columns
+            ``epoch``, ``loss``, ``val_mse``, ``val_kappa``, ``val_auc``, ``val_accuracy``,
+            ``lr``; missing ones are left out).
+
+    Returns:
+        matplotlib Figure with three panels.
+    """
+    epochs = np.asarray(log.get("epoch", range(len(log.get("loss", [])))), float) + 1
+    fig = _figure(9, 2.8)
+    ax_loss, ax_score, ax_lr = fig.subplots(1, 3)
+    for key, label, colour in (("loss", "train loss (MSE)", OKABE_ITO[0]),
+                               ("val_mse", "validation MSE", OKABE_ITO[1])):
+        if key in log:
+            ax_loss.plot(epochs, log[key], label=label, color=colour)
+    ax_loss.set(xlabel="epoch", ylabel="mean squared error", title="Loss")
+    ax_loss.legend()
+    lowest = 0.0
+    for key, label, colour in (("val_kappa", "quadratic kappa", OKABE_ITO[2]),
+                               ("val_auc", "referable AUC", OKABE_ITO[3]),
+                               ("val_accuracy", "accuracy", OKABE_ITO[4])):
+        if key in log:
+            ax_score.plot(epochs, log[key], label=label, color=colour)
+            values = np.asarray(log[key], float)
+            if np.isfinite(values).any():
+                lowest = min(lowest, float(np.nanmin(values)))
+    # Kappa is negative for a grader worse than chance: extend the axis below 0 rather than hide it.
+    bottom = 0.0 if lowest >= 0 else max(-1.0, lowest - 0.05)
+    ax_score.set(xlabel="epoch", ylabel="validation score", ylim=(bottom, 1), title="Validation")
+    if bottom < 0:
+        ax_score.axhline(0, color="0.6", lw=0.8, ls="--")
+    ax_score.legend(loc="lower right")
+    if "lr" in log:
+        ax_lr.plot(epochs, log["lr"], color=OKABE_ITO[7])
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="Schedule")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    return fig
+
+
+def roc_figure(fpr, tpr, auc, auc_ci=None, title="Referable DR (stage >= 2)"):
+    """ROC curve of a referable-DR score.
+
+    Args:
+        fpr, tpr: 1-D sequences of the curve.
+        auc: float; auc_ci: optional (low, high) 95% interval.
+        title: str.
+
+    Returns:
+        matplotlib Figure.
+    """
+    fig = _figure(3.4, 3.2)
+    ax = fig.subplots()
+    label = f"AUC {auc:.3f}"
+    if auc_ci is not None and np.all(np.isfinite(auc_ci)):
+        label += f" (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})"
+    ax.plot(fpr, tpr, color=OKABE_ITO[0], label=label)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def confusion_figure(confusion, title="Grades"):
+    """Confusion matrix of true stage (rows) against predicted grade (columns), with counts.
+
+    Args:
+        confusion: (5, 5) array-like of counts.
+        title: str.
+
+    Returns:
+        matplotlib Figure.
+    """
+    confusion = np.asarray(confusion)
+    fig = _figure(3.6, 3.2)
+    ax = fig.subplots()
+    rows = confusion.sum(axis=1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros(confusion.shape, float), where=rows > 0)
+    im = ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(confusion):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="black" if share[i, j] > 0.6 else "white")
+    ticks = range(confusion.shape[0])
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted grade", ylabel="true stage", title=title)
+    fig.colorbar(im, ax=ax, label="share of true stage", shrink=0.8)
+    return fig
+
+
+# ----------------------------------------------------------------------------- FROC
+
+
+def _rate_label(rate):
+    """'1/8', '1/2', '1', '10' for a tick at ``rate`` FP/image."""
+    if rate < 1 and math.isclose(1 / rate, round(1 / rate)):
+        return f"1/{round(1 / rate)}"
+    return f"{rate:g}"
+
+
+def _grid_shape(n):
+    """(rows, cols) of a panel grid: 1-3 in one row, 4 as 2x2, 5-6 as 2x3."""
+    return {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2), 5: (2, 3), 6: (2, 3)}[n]
+
+
+def _check_froc_panels(panels):
+    """``panels`` as a list of (title, [(label, FROCResult, BootstrapResult or None), ...])."""
+    from dr_saliency.lesions.froc import BootstrapResult, FROCResult
+
+    if not isinstance(panels, collections.abc.Mapping):
+        raise TypeError("Expected panels as a dict {panel title: {curve label: (FROCResult, "
+                        f"BootstrapResult or None)}}. Received: panels of type {type(panels).__name__}")
+    if not 1 <= len(panels) <= 6:
+        raise ValueError(f"Expected 1 to 6 panels. Received: len(panels)={len(panels)}")
+    checked = []
+    for title, curves in panels.items():
+        if not isinstance(curves, collections.abc.Mapping) or not curves:
+            raise ValueError(f"Expected panels[{title!r}] to be a non-empty dict {{curve label: "
+                             f"(FROCResult, BootstrapResult or None)}}. Received: {curves!r}")
+        entries = []
+        for label, value in curves.items():
+            name = f"panels[{title!r}][{label!r}]"
+            if isinstance(value, FROCResult):  # a bare curve: no band
+                value = (value, None)
+            if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], FROCResult)
+                    and (value[1] is None or isinstance(value[1], BootstrapResult))):
+                raise TypeError(f"Expected {name} to be a (FROCResult, BootstrapResult or None) "
+                                f"pair. Received: {value!r}")
+            entries.append((str(label), value[0], value[1]))
+        checked.append((str(title), entries))
+    return checked
+
+
+def _froc_label(label, result, max_fp):
+    """Legend text: the label, the 7-point score and the average sensitivity up to ``max_fp``."""
+    if result.n_lesions == 0:
+        return f"{label}  no lesions"
+    return f"{label}  score {result.score():.2f}, AS{max_fp:g} {result.average_sensitivity(max_fp):.2f}"
+
+
+def froc_figure(panels, *, max_fp=10, title=None):
+    """Lesion-level FROC curves, one panel per group (González-Gonzalo et al. 2018, Figure 2).
+
+    In each panel, one curve per named map (``s_0`` and ``S``, or more): sensitivity (pooled over
+    lesions) against mean false positives per image on a log axis from 1/8 (a little less) to
+    ``max_fp``. A curve is :meth:`FROCResult.sensitivity_at` evaluated on a fine log-spaced grid
+    joined with the curve's own operating points, so the line passes exactly through the values
+    the summaries are computed from; the 7 rates of the score (1/8 .. 8) are marked. With a
+    :class:`~dr_saliency.lesions.froc.BootstrapResult` computed with ``curve_rates``, its pointwise
+    percentile band (``curve_low`` .. ``curve_high``) is shaded. The legend gives each curve's
+    7-point score (:meth:`FROCResult.score`) and average sensitivity up to ``max_fp``
+    (:meth:`FROCResult.average_sensitivity`). Curves are told apart by Okabe-Ito colour, line style
+    and marker. A curve without lesions (NaN) is left out and said so in the legend; a panel
+    whose curves all have none says "no lesions".
+
+    Args:
+        panels: ordered dict ``{panel title: {curve label: (FROCResult, BootstrapResult or None)}}``
+            with 1 to 6 panels (laid out 1x1, 1x2, 1x3, 2x2, 2x3, 2x3); a bare ``FROCResult`` is
+            taken as ``(result, None)``. Curve labels may use mathtext, e.g. ``"$s_0$"``.
+        max_fp: float > 1/8, right end of the x axis (FP/image) and of the average sensitivity.
+        title: optional figure title.
+
+    Returns:
+        matplotlib Figure with one axes per panel; the curve of panel ``p``, label ``j`` is the
+        ``Line2D`` labelled with the legend text, its x data the FP rates and y data the
+        sensitivities.
+
+    Raises:
+        TypeError: ``panels`` not a dict of dicts of (FROCResult, BootstrapResult or None).
+        ValueError: no or more than 6 panels, an empty panel, ``max_fp`` not > 1/8.
+    """
+    from matplotlib.ticker import NullLocator
+
+    checked = _check_froc_panels(panels)
+    if not _is_real(max_fp) or not FROC_RATES[0] < max_fp < np.inf:
+        raise ValueError(f"Expected a finite max_fp > 1/8 (FP per image). Received: max_fp={max_fp!r}")
+    max_fp = float(max_fp)
+    x_low = FROC_RATES[0] / 1.25
+    rates = np.array([r for r in FROC_RATES if r <= max_fp])
+    grid = np.geomspace(x_low, max_fp, _FROC_GRID_POINTS)
+    # The right end gets a tick label of its own unless it would crowd the last rate's (8 and 10).
+    ticks = list(rates) + ([max_fp] if max_fp >= 1.6 * rates[-1] else [])
+
+    n_rows, n_cols = _grid_shape(len(checked))
+    fig = _figure(2.65 * n_cols + 0.3, 2.55 * n_rows + (0.25 if title else 0))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True, sharey=True)
+    for extra in axes.ravel()[len(checked):]:
+        extra.remove()
+    for p, (panel_title, entries) in enumerate(checked):
+        row, col = divmod(p, n_cols)
+        ax = axes[row, col]
+        drawn = 0
+        for j, (label, result, boot) in enumerate(entries):
+            colour = OKABE_ITO[j % len(OKABE_ITO)]
+            text = _froc_label(label, result, max_fp)
+            if result.n_lesions == 0:
+                # An empty line keeps the curve's legend entry ("no lesions") in its style.
+                ax.plot([], [], color=colour, ls=_LINESTYLES[j % 4], label=text)
+                continue
+            drawn += 1
+            knots = np.asarray(result.fps_per_image, float)
+            x = np.union1d(grid, knots[(knots > x_low) & (knots < max_fp)])
+            x = np.union1d(x, rates)
+            ax.plot(x, result.sensitivity_at(x), color=colour, ls=_LINESTYLES[j % 4], lw=1.4,
+                    label=text, zorder=3 + j)
+            ax.plot(rates, result.sensitivity_at(rates), ls="none", marker=_MARKERS[j % 6], ms=3.8,
+                    color=colour, markeredgecolor="white", markeredgewidth=0.5, zorder=3.5 + j)
+            if boot is not None and boot.curve_rates is not None:
+                band_x = np.asarray(boot.curve_rates, float)
+                keep = (band_x >= x_low) & (band_x <= max_fp) & np.isfinite(boot.curve_low) \
+                    & np.isfinite(boot.curve_high)
+                if keep.any():
+                    ax.fill_between(band_x[keep], np.asarray(boot.curve_low)[keep],
+                                    np.asarray(boot.curve_high)[keep], color=colour, alpha=0.18,
+                                    lw=0, zorder=1 + j)
+        counts = {(r.n_images, r.n_lesions) for _, r, _ in entries}
+        subtitle = ""
+        if len(counts) == 1:
+            n_images, n_lesions = counts.pop()
+            subtitle = (f"\n{n_images} image{'s' * (n_images != 1)}, "
+                        f"{n_lesions} lesion{'s' * (n_lesions != 1)}")
+        ax.set_title(panel_title + subtitle)
+        if drawn == 0:
+            ax.text(0.5, 0.5, "no lesions", transform=ax.transAxes, ha="center", va="center",
+                    color="0.35")
+        else:
+            ax.legend(loc="best", handlelength=2.6, borderaxespad=0.4, framealpha=0.9)
+        ax.grid(True, which="major", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+        # Tick labels and axis labels on the outer panels; a panel with no panel below it (the
+        # 2x3 grid of five) gets its own x tick labels.
+        below_missing = (row + 1) * n_cols + col >= len(checked)
+        ax.tick_params(labelbottom=below_missing, labelleft=col == 0)
+        if below_missing:
+            ax.set_xlabel("mean false positives per image")
+        if col == 0:
+            ax.set_ylabel("sensitivity")
+    ax0 = axes[0, 0]
+    ax0.set_xscale("log")
+    ax0.set_xlim(x_low, max_fp * 1.04)
+    ax0.set_ylim(0, 1.02)  # a curve at sensitivity 1 stays off the frame
+    ax0.set_xticks(ticks, [_rate_label(t) for t in ticks])
+    ax0.xaxis.set_minor_locator(NullLocator())
+    ax0.set_yticks(np.linspace(0, 1, 6))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------- saliency overlays
+
+
+def _check_image(image, name="image"):
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"Expected a uint8 RGB image of shape (H, W, 3). "
+                         f"Received: {name}.shape={array.shape}, {name}.dtype={array.dtype}")
+    return array
+
+
+def _check_lesions(lesions, shape, name="lesions"):
+    """A bool (H, W) union of lesion masks from a mask or a dict of masks; None stays None."""
+    if lesions is None:
+        return None
+    if isinstance(lesions, collections.abc.Mapping):
+        union = np.zeros(shape, dtype=bool)
+        for kind, mask in lesions.items():
+            union |= _check_lesions(mask, shape, f"{name}[{kind!r}]")
+        return union
+    array = np.asarray(lesions)
+    if array.dtype != bool or array.shape != tuple(shape):
+        raise ValueError(f"Expected a bool lesion mask of shape {tuple(shape)} (or a dict of them). "
+                         f"Received: {name}.shape={array.shape}, {name}.dtype={array.dtype}")
+    return array
+
+
+def _rgb(colour):
+    from matplotlib.colors import to_rgb
+
+    return np.array(to_rgb(colour), dtype=np.float32)
+
+
+def _outline(mask, width):
+    """Pixels just outside ``mask`` (within ``width`` px, 8-connected): the lesion stays visible."""
+    from scipy import ndimage
+
+    grown = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=width)
+    return grown & ~mask
+
+
+def _auto_width(shape):
+    """Outline width (px) that stays visible when an image is shown at a few hundred pixels."""
+    return max(1, round(max(shape) / 320))
+
+
+def _draw_outline(rgb, lesions, colour, width):
+    if lesions is not None and lesions.any():
+        rgb[_outline(lesions, width)] = _rgb(colour)
+    return rgb
+
+
+def _to_uint8(rgb):
+    return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def _normalized(saliency_map, fov, shape, name):
+    from dr_saliency.refinement.erase import check_fov, check_saliency_map
+    from dr_saliency.refinement.loop import normalize_map
+
+    smap = check_saliency_map(saliency_map, name)
+    fov = check_fov(fov, shape, "fov")
+    if smap.shape != tuple(shape):
+        raise ValueError(f"Expected a saliency map of the image's shape {tuple(shape)}. "
+                         f"Received: {name}.shape={smap.shape}")
+    return normalize_map(smap, fov), fov
+
+
+def overlay_panel(image, saliency_map, *, fov=None, lesions=None, alpha=0.9, gamma=0.75,
+                  cmap=SALIENCY_CMAP, desaturate=0.85, brightness=0.8,
+                  outline_colour=LESION_COLOUR, outline_width=None):
+    """A saliency map drawn over its image, as an RGB array ready for ``imshow`` or saving.
+
+    The map is scaled to [0, 1] by its robust maximum inside the FOV
+    (:func:`dr_saliency.refinement.loop.normalize_map`), coloured with ``cmap`` and blended over the image
+    with a per-pixel opacity ``alpha * n ** gamma``: salient pixels show the colour map, the rest
+    the image. The image is first partly desaturated so that the fundus's own reds and oranges do
+    not read as saliency, and dimmed so that bright exudates stay darker than the colour map's
+    top. Lesion outlines are drawn just outside each lesion, so the lesion and the
+    saliency on it stay visible.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        saliency_map: (H, W) real, finite, larger = more salient.
+        fov: (H, W) bool field of view, or None (whole image). The map is 0 outside it.
+        lesions: (H, W) bool union of lesion masks, a dict of such masks, or None.
+        alpha: float in [0, 1], opacity of the colour map where the map is 1.
+        gamma: float > 0, opacity exponent (< 1 makes moderately salient pixels more visible).
+        cmap: matplotlib colour map name.
+        desaturate: float in [0, 1], how far the image is moved toward its grey level.
+        brightness: float in [0, 1], factor on the image under the map.
+        outline_colour: matplotlib colour of the lesion outlines.
+        outline_width: int >= 1, outline width in pixels; None: 1 px per 320 px of image side
+            (at least 1), so that outlines stay visible when a large image is shown small.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        TypeError: a map that is not real-valued, a FOV that is not bool.
+        ValueError: bad shapes or dtypes, NaN in the map, options out of range.
+    """
+    import matplotlib
+
+    image = _check_image(image)
+    shape = image.shape[:2]
+    for name, value, low, high in (("alpha", alpha, 0, 1), ("desaturate", desaturate, 0, 1),
+                                   ("brightness", brightness, 0, 1)):
+        if not _is_real(value) or not low <= value <= high:
+            raise ValueError(f"Expected {name} in [{low}, {high}]. Received: {name}={value!r}")
+    if not _is_real(gamma) or not 0 < gamma < np.inf:
+        raise ValueError(f"Expected a finite gamma > 0. Received: gamma={gamma!r}")
+    if outline_width is None:
+        outline_width = _auto_width(shape)
+    if not isinstance(outline_width, numbers.Integral) or isinstance(outline_width, bool) \
+            or outline_width < 1:
+        raise ValueError(f"Expected an integer outline_width >= 1. Received: outline_width={outline_width!r}")
+    n, _ = _normalized(saliency_map, fov, shape, "saliency_map")
+    lesions = _check_lesions(lesions, shape)
+    colours = matplotlib.colormaps[cmap](n)[..., :3].astype(np.float32)
+    base = image.astype(np.float32) / 255
+    grey = base @ np.array([0.299, 0.587, 0.114], np.float32)
+    base = brightness * ((1 - desaturate) * base + desaturate * grey[..., None])
+    weight = (alpha * n ** gamma)[..., None]
+    out = (1 - weight) * base + weight * colours
+    return _to_uint8(_draw_outline(out, lesions, outline_colour, outline_width))
+
+
+def _heat(saliency_map, fov, shape, name, cmap=SALIENCY_CMAP):
+    """A plain colour-mapped map (no image under it), black outside the FOV."""
+    import matplotlib
+
+    n, fov = _normalized(saliency_map, fov, shape, name)
+    rgb = matplotlib.colormaps[cmap](n)[..., :3].astype(np.float32)
+    rgb[~fov] = 0
+    return rgb
+
+
+def _mask_over(image, mask, colour=MASK_COLOUR, opacity=0.6):
+    """Float RGB: ``mask`` filled in ``colour`` over an image (None: a dark background)."""
+    if image is None:
+        base = np.full((*mask.shape, 3), 0.12, np.float32)
+    else:
+        base = image.astype(np.float32) / 255
+    out = base.copy()
+    out[mask] = (1 - opacity) * base[mask] + opacity * _rgb(colour)
+    return _draw_outline(out, mask, colour, 1)
+
+
+def _bare(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _saliency_colorbar(fig, axes, cmap=SALIENCY_CMAP, **kwargs):
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(0, 1), cmap=matplotlib.colormaps[cmap])
+    bar = fig.colorbar(mappable, ax=axes, label="saliency (scaled)", **kwargs)
+    bar.set_ticks([0, 0.5, 1])
+    return bar
+
+
+_ROW_KEYS = ("image", "s0", "S")
+
+
+def heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), outline_maps=False, panel_size=1.9):
+    """Image / ``s_0`` / ``S`` rows, as in González-Gonzalo et al. (2018), Figure 1.
+
+    Each row is one image: (a) the image, with its lesions outlined when given; (b) ``s_0`` and (c)
+    ``S`` over the image (:func:`overlay_panel`). The row label (id, stage, predictions) is written
+    to the left of the row. One colour bar for the figure; no ticks.
+
+    Args:
+        rows: list of dicts, one per image, with keys ``image`` ((H, W, 3) uint8 RGB), ``s0`` and
+            ``S`` ((H, W) float maps), and optionally ``fov`` ((H, W) bool), ``lesions`` ((H, W)
+            bool union of lesion masks, a dict of masks, or None) and ``label`` (str, e.g.
+            ``"synth_00012, stage 3, 3.1 -> 0.9"``; a newline is allowed).
+        titles: three column titles (mathtext allowed).
+        outline_maps: also outline the lesions on the two maps.
+        panel_size: float, side of one panel in inches.
+
+    Returns:
+        matplotlib Figure with ``3 * len(rows)`` image axes and a colour bar axes.
+
+    Raises:
+        ValueError: no rows, a row without a required key, bad arrays, not three titles.
+    """
+    if isinstance(rows, collections.abc.Mapping) or not isinstance(rows, collections.abc.Sequence) \
+            or len(rows) == 0:
+        raise ValueError(f"Expected a non-empty list of row dicts. Received: rows={rows!r:.80}")
+    if len(titles) != 3:
+        raise ValueError(f"Expected three titles. Received: titles={titles!r}")
+    if not _is_real(panel_size) or not panel_size > 0:
+        raise ValueError(f"Expected panel_size > 0. Received: panel_size={panel_size!r}")
+    panels = []
+    for r, row in enumerate(rows):
+        if not isinstance(row, collections.abc.Mapping) or any(k not in row for k in _ROW_KEYS):
+            keys = sorted(row) if isinstance(row, collections.abc.Mapping) else type(row).__name__
+            raise ValueError(f"Expected rows[{r}] to be a dict with keys {_ROW_KEYS} (and optionally "
+                             f"fov, lesions, label). Received: rows[{r}] keys={keys}")
+        image = _check_image(row["image"], f"rows[{r}]['image']")
+        lesions = _check_lesions(row.get("lesions"), image.shape[:2], f"rows[{r}]['lesions']")
+        shown = _to_uint8(_draw_outline(image.astype(np.float32) / 255, lesions, LESION_COLOUR,
+                                        _auto_width(image.shape[:2])))
+        maps = [overlay_panel(image, row[key], fov=row.get("fov"),
+                              lesions=lesions if outline_maps else None) for key in ("s0", "S")]
+        panels.append(([shown, *maps], row.get("label")))
+
+    fig = _figure(3 * panel_size + 0.9, panel_size * len(rows) + 0.3)
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.01, hspace=0.01)
+    for r, (images, label) in enumerate(panels):
+        for c, shown in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(shown, interpolation="antialiased")
+            _bare(ax)
+            if r == 0:
+                ax.set_title(titles[c])
+        if label:
+            axes[r, 0].set_ylabel(str(label), fontsize=8)
+    _saliency_colorbar(fig, axes, shrink=min(0.9, 0.9 / len(rows) ** 0.5), aspect=15, pad=0.02)
+    return fig
+
+
+def _strip_columns(k, max_columns):
+    """Map indices shown: all when k <= max_columns, else the first max_columns - 1 and the last."""
+    if k <= max_columns:
+        return list(range(k))
+    return list(range(max_columns - 1)) + [k - 1]
+
+
+def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8, show_final=True):
+    """The refinement loop of one image, iteration by iteration.
+
+    Column ``i`` shows iteration ``i``: the image ``I_i`` (with the lesion outlines), its map
+    ``s_i`` over it (:func:`overlay_panel`) and the mask ``mask_i`` (the pixels inpainted to make
+    ``I_{i+1}``) filled over ``I_i``; the column title gives the prediction ``p_i`` on ``I_i``.
+    A final column shows, when ``show_final``: the last image ``I_n``, the final map ``S`` over
+    ``I_0`` and the union of the inpainted masks over ``I_0``; its title gives ``n``, ``p_n`` and
+    the stop reason. With more than ``max_columns`` maps, the first ``max_columns - 1`` and the
+    last are shown (the last title starts with "...").
+
+    Without ``result.images`` (``refine(..., keep_images=False)``), ``image`` stands for ``I_0``
+    and is shown alone in the image row; the maps are then drawn as plain heat maps (the images
+    they were computed on are unknown) and the masks over ``I_0``. Without either, the image row
+    is left out and the masks are drawn on a dark background.
+
+    Args:
+        result: :class:`dr_saliency.refinement.loop.RefineResult`: ``maps`` (k, H, W), ``masks`` (k, H, W)
+            bool, ``predictions`` (n + 1,), ``images`` (n + 1, H, W, 3) uint8 or None,
+            ``final_map`` (H, W), ``stop_reason``, ``iterations`` (n).
+        image: (H, W, 3) uint8 RGB ``I_0``, used when ``result.images`` is None.
+        fov: (H, W) bool field of view, or None.
+        lesions: (H, W) bool union of lesion masks, a dict of masks, or None.
+        max_columns: int >= 2, most map columns shown.
+        show_final: add the final column.
+
+    Returns:
+        matplotlib Figure with ``n_rows * n_columns`` image axes (3 rows when an image is known,
+        else 2; columns: the maps shown plus the final one) and one colour bar axes.
+
+    Raises:
+        ValueError: a result without maps, shapes or dtypes that do not match, bad
+            ``max_columns``.
+    """
+    maps = np.asarray(getattr(result, "maps", None))
+    if maps.ndim != 3 or maps.shape[0] < 1:
+        raise ValueError(f"Expected a RefineResult with maps of shape (k, H, W), k >= 1. "
+                         f"Received: result.maps.shape={maps.shape}")
+    k, shape = maps.shape[0], maps.shape[1:]
+    masks = np.asarray(getattr(result, "masks", None))
+    if masks.shape != maps.shape or masks.dtype != bool:
+        raise ValueError(f"Expected bool result.masks of shape {maps.shape}. "
+                         f"Received: result.masks.shape={masks.shape}, dtype={masks.dtype}")
+    predictions = np.asarray(getattr(result, "predictions", None), dtype=np.float64).reshape(-1)
+    if predictions.size < max(k - 1, 1):
+        raise ValueError(f"Expected at least {max(k - 1, 1)} predictions for {k} maps. "
+                         f"Received: result.predictions.shape={predictions.shape}")
+    if not isinstance(max_columns, numbers.Integral) or isinstance(max_columns, bool) or max_columns < 2:
+        raise ValueError(f"Expected an integer max_columns >= 2. Received: max_columns={max_columns!r}")
+    images = getattr(result, "images", None)
+    if images is not None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (*shape, 3):
+            raise ValueError(f"Expected result.images of shape (n + 1, {shape[0]}, {shape[1]}, 3) "
+                             f"uint8. Received: shape={images.shape}, dtype={images.dtype}")
+        first = images[0]
+    elif image is not None:
+        first = _check_image(image)
+        if first.shape[:2] != shape:
+            raise ValueError(f"Expected an image of the maps' shape {shape}. "
+                             f"Received: image.shape={first.shape}")
+    else:
+        first = None
+    lesions = _check_lesions(lesions, shape)
+    n_done = int(getattr(result, "iterations", predictions.size - 1))
+
+    def image_at(i):
+        return images[i] if images is not None and i < len(images) else None
+
+    def with_outlines(im):
+        return _to_uint8(_draw_outline(im.astype(np.float32) / 255, lesions, LESION_COLOUR,
+                                       _auto_width(shape)))
+
+    columns = _strip_columns(k, max_columns)
+    n_columns = len(columns) + bool(show_final)
+    has_images = first is not None
+    n_rows = 3 if has_images else 2
+    side = min(1.5, 10.5 / n_columns)
+    fig = _figure(side * n_columns + 1.1, side * n_rows + 0.55)
+    axes = fig.subplots(n_rows, n_columns, squeeze=False)
+    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.01, hspace=0.01)
+    row_s, row_mask = n_rows - 2, n_rows - 1
+    for c, i in enumerate(columns):
+        under = image_at(i)
+        if has_images:
+            shown = under if under is not None else (first if i == 0 else None)
+            if shown is not None:
+                axes[0, c].imshow(with_outlines(shown))
+            elif c == 1:
+                axes[0, c].text(0.5, 0.5, "images not kept", transform=axes[0, c].transAxes,
+                                ha="center", va="center", color="0.4", fontsize=8)
+        # Overlays only when the map's own image is known; else plain heat maps (then for every
+        # column, since result.images is all or nothing), so the row reads the same throughout.
+        if under is not None:
+            cell = overlay_panel(under, maps[i], fov=fov)
+        else:
+            cell = _to_uint8(_heat(maps[i], fov, shape, f"result.maps[{i}]"))
+        axes[row_s, c].imshow(cell)
+        axes[row_mask, c].imshow(_to_uint8(_mask_over(under if under is not None else first,
+                                                       masks[i])))
+        p = f"  p={predictions[i]:.2f}" if i < predictions.size else ""
+        gap = "... " if c > 0 and i != columns[c - 1] + 1 else ""
+        axes[0, c].set_title(f"{gap}i={i}{p}", fontsize=8)
+    if show_final:
+        c = n_columns - 1
+        final_map = np.asarray(getattr(result, "final_map", maps[0]))
+        inpainted = masks[:n_done].any(axis=0) if n_done > 0 else np.zeros(shape, bool)
+        labels = ["$S$", "masks$_{<n}$"]
+        if has_images:
+            last = image_at(n_done)
+            labels.insert(0, "$I_n$" if last is not None else "")
+            if last is not None:
+                axes[0, c].imshow(with_outlines(last))
+        if images is not None:
+            axes[row_s, c].imshow(overlay_panel(first, final_map, fov=fov))
+        else:
+            axes[row_s, c].imshow(_to_uint8(_heat(final_map, fov, shape, "result.final_map")))
+        axes[row_mask, c].imshow(_to_uint8(_mask_over(first, inpainted)))
+        for r, text in enumerate(labels):
+            axes[r, c].set_ylabel(text, fontsize=8, labelpad=2)
+        reason = getattr(result, "stop_reason", "")
+        axes[0, c].set_title(f"end: n={n_done}  p={predictions[-1]:.2f}\n{reason}", fontsize=8)
+    for ax in axes.ravel():
+        _bare(ax)
+    row_names = (["$I_i$"] if has_images else []) + ["$s_i$", "mask$_i$"]
+    for r, name in enumerate(row_names):
+        axes[r, 0].set_ylabel(name)
+    # On the whole grid (a colour bar on one row would narrow that row's panels), about one row
+    # high: with three rows it sits beside the map row.
+    _saliency_colorbar(fig, axes, shrink=0.9 / n_rows, aspect=12, pad=0.01)
+    return fig
+
+
+#: The journal version of the paper's relative AS10 gain of S over s_0 (+11.2% +- 2.0%).
+PAPER_GAIN = 0.112
+
+
+def seed_gains_figure(panels, *, reference=PAPER_GAIN):
+    """Per-seed relative gains of S over s_0, one panel per combination rule.
+
+    Args:
+        panels: dict title -> {"groups": list of G group names, "seeds": list of N seeds,
+            "gain", "low", "high": (N, G) float arrays (NaN where a seed has no such group)}:
+            the relative AS10 gain and its 95% interval per seed and group.
+        reference: float or None, a dashed line at this gain (the paper's).
+
+    Returns:
+        Figure: per group, one marker per seed with its interval, and the seeds' mean as a bar.
+    """
+    if not isinstance(panels, dict) or not panels:
+        raise ValueError(f"Expected a non-empty dict of panels. Received: panels={panels!r}")
+    fig = _figure(3.2 * len(panels) + 0.6, 3.2)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, p) in zip(axes, panels.items()):
+        gain, low, high = (np.asarray(p[k], float) * 100 for k in ("gain", "low", "high"))
+        n_seeds, n_groups = gain.shape
+        x = np.arange(n_groups)
+        counts = np.isfinite(gain).sum(axis=0)
+        mean = np.where(counts > 0, np.nansum(gain, axis=0) / np.maximum(counts, 1), np.nan)
+        ax.bar(x, mean, width=0.7, color="#D0D0D0", label="mean over seeds", zorder=1)
+        offsets = (np.arange(n_seeds) - (n_seeds - 1) / 2) * (0.6 / max(n_seeds, 1))
+        for i, seed in enumerate(p["seeds"]):
+            ok = np.isfinite(gain[i])
+            err = np.vstack([gain[i] - low[i], high[i] - gain[i]])[:, ok]
+            ax.errorbar(x[ok] + offsets[i], gain[i][ok], yerr=np.abs(err), fmt=_MARKERS[i % 6],
+                        color=OKABE_ITO[i % len(OKABE_ITO)], ms=4, lw=0.9, capsize=1.5,
+                        label=f"seed {seed}", zorder=3)
+        ax.axhline(0, color="black", lw=0.8, zorder=2)
+        if reference is not None:
+            ax.axhline(reference * 100, color="black", lw=0.8, ls="--", zorder=2,
+                       label=f"paper +{reference:.1%}")
+        ax.set_xticks(x)
+        ax.set_xticklabels([g.replace("type ", "") for g in p["groups"]], rotation=45, ha="right")
+        ax.set_title(title)
+        ax.grid(axis="y", color="#E0E0E0", lw=0.6)
+    axes[0].set_ylabel("relative AS10 gain of S over $s_0$ (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    return fig

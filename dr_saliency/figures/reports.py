@@ -1,0 +1,175 @@
+"""Files made from evaluation results: metrics JSON, curve CSV, FROC figures, summary tables.
+
+Kept apart from the computations (:mod:`dr_saliency.lesions.localize`, :mod:`dr_saliency.lesions.froc`) so that
+those return data and this module decides how it is written. No TensorFlow.
+"""
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+
+from dr_saliency.figures import plots
+from dr_saliency.lesions.localize import MAP_NAMES, report_to_dict, summary_rows
+
+#: FP/image rates at which the figures draw curves and their bootstrap bands (log-spaced).
+CURVE_RATES = np.geomspace(1 / 16, 10, 49)
+
+MAP_LABELS = {"s0": "s_0 (one map)", "S": "S (iterative)"}
+
+
+def _panels(report, prefix):
+    return {name: {MAP_LABELS[m]: (entry[m]["froc"], entry[m]["bootstrap"]) for m in MAP_NAMES}
+            for name, entry in report.items() if name.startswith(prefix)}
+
+
+def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
+    """Write a FROC evaluation: metrics.json, curves.csv and figures per stage and per type.
+
+    Args:
+        report: :func:`dr_saliency.lesions.localize.evaluate` output.
+        out_dir: str, created if missing.
+        params: dict stored in metrics.json under "params".
+        formats: figure formats.
+
+    Returns:
+        list of str paths written.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    metrics = {"params": params or {}, "groups": report_to_dict(report),
+               "summary": summary_rows(report)}
+    path = os.path.join(out_dir, "metrics.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2, default=_json_default)
+    paths.append(path)
+    path = os.path.join(out_dir, "curves.csv")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "map", "threshold", "fps_per_image", "sensitivity"])
+        for name, entry in report.items():
+            for m in MAP_NAMES:
+                r = entry[m]["froc"]
+                for t, fp, se in zip(r.thresholds, r.fps_per_image, r.sensitivity):
+                    writer.writerow([name, m, f"{t:.6g}", f"{fp:.6g}", f"{se:.6g}"])
+    paths.append(path)
+    for prefix, stem, title in (("stage", "froc_stages", "FROC per DR stage"),
+                                ("type", "froc_types", "FROC per lesion type"),
+                                ("all", "froc_all", "FROC, all lesions")):
+        panels = _panels(report, prefix)
+        if not panels:
+            continue
+        fig = plots.froc_figure(panels, title=title)
+        for fmt in formats:
+            path = os.path.join(out_dir, f"{stem}.{fmt}")
+            fig.savefig(path, dpi=200)
+            paths.append(path)
+    return paths
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _fmt(value, ci=None, percent=False):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    text = f"{value * scale:+.1f}{unit}" if percent else f"{value:.3f}"
+    if ci is not None and all(c is not None and not math.isnan(c) for c in ci):
+        low, high = (c * scale for c in ci)
+        text += f" [{low:+.1f}, {high:+.1f}]" if percent else f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def summary_table(report):
+    """A Markdown table: per group, score and AS10 of s_0 and S with 95% CIs, relative gains."""
+    return _table_from_rows(summary_rows(report))
+
+
+def write_demo_report(out, *, profile, timings):
+    """Write ``REPORT.md`` of a demo folder from the files its steps wrote.
+
+    Args:
+        out: str, the demo folder (see :func:`dr_saliency.app.demo.run_demo`).
+        profile: str, the demo profile.
+        timings: dict step -> seconds (steps run in this or an earlier invocation).
+
+    Returns:
+        str, the path of REPORT.md.
+    """
+    def load(*parts):
+        path = os.path.join(out, *parts)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    evaluation = load("evaluation", "evaluation.json")
+    metrics = load("froc", "metrics.json")
+    refine = load("refine.done.json")
+    figures = load("figures", "done.json")
+    config = load("run", "config.json")
+    lines = [f"# dr-saliency demo ({profile} profile)", "",
+             "Synthetic fundus images -> VGG-16 grader -> guided back-propagation saliency with "
+             "iterative inpainting refinement -> lesion-level FROC of s_0 (one map) against S "
+             "(the refined map), on the test split.", ""]
+    if config:
+        c = config["config"]
+        lines += [f"- Training: {config['n_train']} images, validation {config['n_val']}; "
+                  f"input {c['input_size']} px, width {c['width']}, {c['epochs']} epochs, "
+                  f"{c['optimizer']} lr {c['learning_rate']} ({c['schedule']}, warm-up "
+                  f"{c['warmup_epochs']} epoch)."]
+    if evaluation:
+        m = evaluation["metrics"]
+        lines += [f"- Grading, test split ({evaluation['n_images']} images): quadratic kappa "
+                  f"{m['kappa']:.3f} (95% CI {evaluation['kappa_ci'][0]:.3f}-"
+                  f"{evaluation['kappa_ci'][1]:.3f}), referable AUC {m['auc']:.3f} (95% CI "
+                  f"{evaluation['auc_ci'][0]:.3f}-{evaluation['auc_ci'][1]:.3f}); "
+                  "[ROC](evaluation/roc.png), [confusion matrix](evaluation/confusion.png)."]
+    if refine:
+        lines += [f"- Refinement: {refine['written'] + refine['already_done']} referable test "
+                  f"images, stop reasons {refine['stop_reasons']}; "
+                  f"{refine['not_referable']} test images graded non-referable were not refined."]
+    lines += [f"- Time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+              + f"; total {sum(timings.values()):.0f} s.", ""]
+    if metrics:
+        lines += ["## Lesion-level FROC, s_0 against S", "",
+                  "Score: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 false positives per image; "
+                  "AS10: average sensitivity from 0 to 10 FP/image; gain: (S - s_0) / s_0; "
+                  "[brackets]: 95% bootstrap intervals over images (paired for the gain).", "",
+                  _table_from_rows(metrics["summary"]), "",
+                  "![FROC per stage](froc/froc_stages.png)", "",
+                  "![FROC per lesion type](froc/froc_types.png)", ""]
+    if figures:
+        lines += ["## Examples", "", "![Image, s_0 and S](figures/figure1_panels.png)", ""]
+        lines += [f"![Iterations of {i}](figures/iterations_{i}.png)" for i in figures["ids"][:2]]
+        lines += [""]
+    path = os.path.join(out, "REPORT.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def _table_from_rows(rows):
+    """The Markdown table of :func:`summary_table`, from its rows (also as read from JSON)."""
+    lines = ["| group | images | lesions | score s_0 | score S | gain | AS10 s_0 | AS10 S | gain |",
+             "|---|---:|---:|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['group']} | {r['images']} | {r['lesions']} | "
+            f"{_fmt(r['s0_score'], r['s0_score_ci'])} | {_fmt(r['S_score'], r['S_score_ci'])} | "
+            f"{_fmt(r['gain_score'], r['gain_score_ci'], True)} | "
+            f"{_fmt(r['s0_as10'], r['s0_as10_ci'])} | {_fmt(r['S_as10'], r['S_as10_ci'])} | "
+            f"{_fmt(r['gain_as10'], r['gain_as10_ci'], True)} |")
+    return "\n".join(lines)

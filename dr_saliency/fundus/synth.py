@@ -1,0 +1,1248 @@
+"""Synthetic colour fundus photographs with exact lesion masks, and the dataset writer.
+
+The synthetic set stands in for Kaggle/EyePACS grades and for pixel-level lesion annotations, so
+that the whole method of González-Gonzalo et al. (MIDL 2018) can be trained and evaluated without
+either. An image is drawn in layers: background (pigment, texture, macula), optic disc, vessel
+tree, neovascularisation, lesions; then illumination, camera blur and sensor noise. Everything
+after the lesion layer is affine in the scene and then a linear blur, so the change each lesion
+makes to the final image is computed exactly, and its mask is its visible footprint: the pixels
+whose colour it changed by at least ``VISIBLE_CHANGE`` grey levels and ``MASK_LEVEL`` of its own
+largest change, not a loose disc around it.
+
+Conventions: lengths in the parameter tables are pixels of a 512-pixel image and scale with
+``size / 512`` (floored at 1 px for lesions, so that every lesion stays visible at 128 px); the
+anatomy is drawn for a right eye (optic disc on the image's right) and mirrored for a left eye.
+One lesion is one 8-connected component of its type's mask: lesions of any type never touch (each
+exudate of a cluster or ring is a lesion of its own). ``docs/synthetic.md`` shows the result
+beside real photographs and tabulates the lesion statistics.
+"""
+
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import re
+
+import cv2
+import numpy as np
+
+from dr_saliency.fundus.datasets.folder import LABELS_FILE, LESION_TYPES, write_labels, write_sample
+from dr_saliency.fundus.imio import read_image, read_mask
+
+__all__ = [
+    "STAGE_RULES", "StageRule", "Lesion", "SynthResult", "synthesize", "write_dataset",
+    "measure_lesions", "lesion_statistics", "overlay_masks", "crop_to_fov", "example_grid",
+    "comparison_figure",
+]
+
+GENERATOR_VERSION = 2
+MIN_SIZE = 128
+REFERENCE_SIZE = 512
+# A lesion's mask holds the pixels it changed by at least this many grey levels (any channel),
+# well above the sensor noise (at most 2 levels) and the 8-bit rounding.
+VISIBLE_CHANGE = 6.0
+# ... and at least this fraction of its own largest change: a lesion's visible footprint, not the
+# faint skirt that the camera blur spreads around it.
+MASK_LEVEL = 0.25
+PARAMS_FILE = "synth.json"
+# Kaggle/EyePACS trainLabels.csv: images per grade 0-4 (35,126 in all).
+KAGGLE_COUNTS = (25810, 2443, 5292, 873, 708)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRule:
+    """What one DR stage draws: lesion counts per image as inclusive ``(low, high)`` ranges.
+
+    Attributes:
+        ma, he, ex, se: microaneurysms, haemorrhages, hard exudates, cotton-wool spots.
+        nv: neovascularisation patches (drawn, recorded in the lesion list, not masked).
+        he_quadrants: ``(low, high)`` number of image quadrants (about the FOV centre) that hold
+            haemorrhages.
+        spread: standard deviation, in FOV radii, of microaneurysm (and, when fewer than four
+            quadrants are required, haemorrhage) positions around the fovea.
+    """
+
+    ma: tuple = (0, 0)
+    he: tuple = (0, 0)
+    ex: tuple = (0, 0)
+    se: tuple = (0, 0)
+    nv: tuple = (0, 0)
+    he_quadrants: tuple = (0, 0)
+    spread: float = 0.4
+
+
+# International Clinical DR scale in spirit: 1 = microaneurysms only; 2 = more than that, short of
+# severe (haemorrhages in at most three quadrants); 3 = haemorrhages in all four quadrants plus
+# cotton-wool spots; 4 = neovascularisation on top of the rest. Counts overlap between stages.
+STAGE_RULES = {
+    0: StageRule(),
+    1: StageRule(ma=(2, 8)),
+    2: StageRule(ma=(2, 15), he=(1, 10), ex=(0, 14), se=(0, 2), he_quadrants=(1, 3)),
+    3: StageRule(ma=(6, 25), he=(12, 30), ex=(0, 24), se=(1, 6), he_quadrants=(4, 4), spread=0.5),
+    4: StageRule(ma=(4, 25), he=(6, 30), ex=(0, 24), se=(0, 6), nv=(1, 3), he_quadrants=(2, 4),
+                 spread=0.5),
+}
+
+# Lesion radius (long semi-axis for elongated shapes) in pixels at 512, uniform in the range.
+LESION_RADIUS = {
+    "MA": (2.0, 3.0),
+    "HE_dot": (4.0, 6.5),
+    "HE_blot": (6.0, 13.0),
+    "HE_flame": (7.0, 15.0),
+    "EX": (2.5, 8.0),
+    "SE": (8.0, 18.0),
+    "NVE": (14.0, 30.0),
+}
+# Haemorrhage shapes and how often each is drawn; a share of haemorrhages sits against a vessel.
+HE_SHAPES = {"dot": 0.35, "blot": 0.4, "flame": 0.25}
+HE_NEAR_VESSEL = 0.3
+# Hard exudates come as clusters, circinate rings (arcs around a centre) or single plaques.
+EX_GROUPS = {"cluster": 0.55, "ring": 0.25, "single": 0.2}
+# Lesion opacity at its centre, uniform in the range: the low end gives weakly discriminative
+# lesions, the high end strongly discriminative ones.
+LESION_CONTRAST = {
+    "MA": (0.45, 0.9),
+    "HE": (0.3, 0.9),
+    "EX": (0.35, 0.9),
+    "SE": (0.35, 0.7),
+    "NV": (0.5, 0.8),
+}
+# Per-channel (R, G, B) absorption of red lesions and vessels: green most, red least, so that
+# they stay red on an orange background as in real photographs.
+RED_LESION_ABSORB = (0.28, 0.72, 0.66)
+VEIN_ABSORB = (0.25, 0.62, 0.52)
+ARTERY_ABSORB = (0.12, 0.45, 0.38)
+EX_COLOUR = (1.2, 1.05, 0.35)
+SE_COLOUR = (0.98, 0.9, 0.8)
+
+# Anatomy, as fractions of the FOV radius R unless stated.
+FOV_RADIUS = (0.455, 0.485)       # of the image side
+DISC_RADIUS = (0.13, 0.16)        # disc diameter 1/7.7 to 1/6.25 of the FOV diameter
+DISC_OFFSET = (0.55, 0.68)        # disc centre, nasal of the FOV centre
+FOVEA_DISTANCE = (2.3, 2.7)       # disc-fovea distance, in disc diameters
+# Lesions lie where real ones do: right beside the disc (peripapillary haemorrhages, exudates) but
+# not on it, and out to the FOV rim. Earlier versions kept them 1.5 disc radii from the disc centre
+# and inside 0.9 R, which made candidate exclusions of the disc and the rim look free of cost.
+DISC_EXCLUSION = 1.1              # no lesion pixel within this many disc radii of the disc centre
+LESION_ZONE = 0.98                # lesion pixels lie within this fraction of R
+VEIN_WIDTH = (5.0, 6.5)           # px at 512, where the arcades leave the disc
+ARTERY_WIDTH = (3.5, 5.0)
+BLUR_SIGMA = (0.35, 1.3)          # camera blur, px at 512
+NOISE_SIGMA = (0.5, 2.0)          # grey levels
+
+_TYPES_AND_NV = LESION_TYPES + ("NV",)
+_ID_PATTERN = re.compile(r"^synth_\d+\.png$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesion:
+    """One drawn lesion.
+
+    Attributes:
+        type: ``"MA"``, ``"HE"``, ``"EX"``, ``"SE"``, or ``"NV"`` (neovascularisation: drawn,
+            not part of any mask).
+        center: ``(row, col)`` float, pixels.
+        radius: float, pixels: radius, long semi-axis of an elongated shape, or patch radius (NV).
+        contrast: float in (0, 1], the lesion's opacity at its centre (generator parameter).
+        shape: ``"dot"``, ``"blot"``, ``"flame"`` (HE), ``"cluster"``, ``"ring"``, ``"single"``
+            (EX: the group it belongs to), ``"round"`` (MA), ``"fuzzy"`` (SE), ``"disc"`` or
+            ``"elsewhere"`` (NV: NVD or NVE).
+        area: int, pixels of its mask component (0 for NV).
+        peak_change: float, largest change it made to any channel of the image, in grey levels
+            (NaN for NV).
+    """
+
+    type: str
+    center: tuple
+    radius: float
+    contrast: float
+    shape: str
+    area: int = 0
+    peak_change: float = float("nan")
+
+
+@dataclasses.dataclass
+class SynthResult:
+    """A synthetic fundus image with its ground truth.
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB.
+        fov: ``(H, W)`` bool field of view.
+        masks: ``{"MA", "HE", "EX", "SE": (H, W) bool}``, all four keys always present.
+        lesions: list of ``Lesion``; the ones of a mask type match that mask's 8-connected
+            components one to one.
+        stage: int 0-4.
+        eye: ``"left"`` or ``"right"``.
+        fov_center: ``(row, col)``; fov_radius: float, pixels.
+        disc_center: ``(row, col)``; disc_radius: float, pixels.
+        fovea: ``(row, col)``.
+    """
+
+    image: np.ndarray
+    fov: np.ndarray
+    masks: dict
+    lesions: list
+    stage: int
+    eye: str
+    fov_center: tuple
+    fov_radius: float
+    disc_center: tuple
+    disc_radius: float
+    fovea: tuple
+
+
+def synthesize(stage, *, size=512, rng=None):
+    """Draw one synthetic colour fundus photograph of a given DR stage with its lesion masks.
+
+    Args:
+        stage: int 0-4, the DR stage; ``STAGE_RULES[stage]`` says what is drawn.
+        size: int >= 128, side of the square image in pixels.
+        rng: None (fresh entropy), an int seed >= 0, or a ``numpy.random.Generator`` (consumed).
+            The same seed gives the same image, bit for bit.
+
+    Returns:
+        ``SynthResult``: image ``(size, size, 3)`` uint8 RGB, fov and the four masks
+        ``(size, size)`` bool, the lesion list, stage, eye and landmark positions.
+
+    Raises:
+        TypeError: for a non-integer stage or size, or an rng of another type.
+        ValueError: for a stage outside 0-4, or a size below 128.
+    """
+    stage = _check_int(stage, "stage", "a DR stage 0-4", low=0, high=4)
+    size = _check_int(size, "size", f"an image side of at least {MIN_SIZE} pixels", low=MIN_SIZE)
+    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng >= 0):
+        rng = np.random.default_rng(rng)
+    elif not isinstance(rng, np.random.Generator):
+        raise TypeError(f"Expected rng to be None, an int seed >= 0 or a numpy Generator. Received: rng={rng!r}")
+    return _Fundus(stage, size, rng).render()
+
+
+def _check_int(value, name, what, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"Expected {what}. Received: {name}={value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"Expected {what}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _uniform(rng, bounds):
+    return float(rng.uniform(*bounds))
+
+
+def _smooth_noise(rng, size, cells):
+    """Zero-mean, unit-ish smooth random field: a coarse normal grid upsampled bicubically."""
+    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _blur(image, sigma):
+    return cv2.GaussianBlur(image, (0, 0), sigma) if sigma >= 0.3 else image
+
+
+def _walk(rng, start, heading, length, step, curl):
+    """A random-walk path from ``start`` (x, y): the heading turns by smoothed normal steps.
+
+    Smoothing the turns makes paths bend gradually, as vessels do, instead of jittering.
+    """
+    n = max(int(length / step), 2)
+    turn = np.convolve(rng.normal(0.0, curl, n), np.full(5, 0.2), mode="same")
+    angle = heading + np.cumsum(turn)
+    steps = np.stack([np.cos(angle), np.sin(angle)], axis=1) * step
+    return np.vstack([start, start + np.cumsum(steps, axis=0)])
+
+
+def _draw_path(canvas, pts, widths, scale, strength):
+    """Draw a tapering vessel into a uint8 darkness canvas (255 = fully absorbing).
+
+    Darkness follows Beer-Lambert through the vessel's diameter, so thin vessels are paler, as
+    in real photographs; a vessel thinner than a pixel is drawn 1 px wide with its darkness
+    scaled by its width (partial coverage). Consecutive segments that share thickness and
+    darkness go to OpenCV in one polyline, which keeps the call count low.
+    """
+    if len(pts) < 2:
+        return
+    dark = strength * (1.0 - np.exp(-(widths / scale) / 3.0)) * np.minimum(widths, 1.0)
+    value = np.rint(dark * 24.0) * (255.0 / 24.0)   # coarse levels: long runs, few calls
+    thick = np.maximum(np.rint(widths), 1).astype(np.int64)
+    key = thick[:-1] * 1000 + value[:-1]
+    breaks = np.flatnonzero(np.diff(key)) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(pts) - 1]])
+    fixed = np.rint(pts * 16.0).astype(np.int32)
+    for a, b in zip(starts, ends):
+        if value[a] > 0:
+            cv2.polylines(canvas, [fixed[a:b + 1]], False, float(min(value[a], 255.0)),
+                          int(thick[a]), cv2.LINE_AA, shift=4)
+
+
+def _ellipse(img, center_rc, axes, angle, value=255):
+    """Filled anti-aliased ellipse at a sub-pixel (row, col) centre (OpenCV's 4-bit shift)."""
+    c = (int(round(center_rc[1] * 16)), int(round(center_rc[0] * 16)))
+    ax = (max(int(round(axes[0] * 16)), 8), max(int(round(axes[1] * 16)), 8))
+    cv2.ellipse(img, c, ax, float(angle), 0.0, 360.0, int(value), -1, cv2.LINE_AA, shift=4)
+
+
+def _blob(rng, reach, parts, spread, axes):
+    """An irregular shape: ``parts`` overlapping ellipses, scaled to lie within ``reach``.
+
+    Returns:
+        callable(patch uint8, local centre (row, col)) that draws it; the first ellipse at 255,
+        the others at 190-255, so that a blot is slightly mottled.
+    """
+    offs = rng.uniform(-spread, spread, (parts, 2))
+    offs[0] = 0.0
+    ax = rng.uniform(*axes, (parts, 2))
+    ang = rng.uniform(0, 180, parts)
+    vals = rng.uniform(190, 255, parts).astype(int)
+    vals[0] = 255
+    k = reach / float(np.max(np.hypot(offs[:, 0], offs[:, 1]) + ax.max(axis=1)))
+
+    def draw(patch, lc):
+        for i in range(parts):
+            _ellipse(patch, lc + offs[i] * k, ax[i] * k, ang[i], vals[i])
+    return draw
+
+
+class _Fundus:
+    """Draws one image. Works in a right-eye frame (disc on the right); ``render`` mirrors."""
+
+    def __init__(self, stage, size, rng):
+        self.stage, self.size, self.rng = stage, size, rng
+        self.scale = size / REFERENCE_SIZE
+        self.rows = np.arange(size, dtype=np.float32)[:, None]
+        self.cols = np.arange(size, dtype=np.float32)[None, :]
+        self.vessels = []      # (points (n, 2) x/y, widths (n,), kind, is_main)
+        self.lesions = []      # dicts; "patch": (row, col, alpha) of its drawn opacity
+
+    # ----- geometry -----------------------------------------------------------------------
+    def _layout(self):
+        rng, size = self.rng, self.size
+        self.R = _uniform(rng, FOV_RADIUS) * size
+        self.fov_c = np.array([size / 2 + rng.uniform(-0.01, 0.01) * size,
+                               size / 2 + rng.uniform(-0.01, 0.01) * size])   # (row, col)
+        self.rd = _uniform(rng, DISC_RADIUS) * self.R
+        self.disc = self.fov_c + [rng.uniform(-0.08, 0.05) * self.R, _uniform(rng, DISC_OFFSET) * self.R]
+        fd = _uniform(rng, FOVEA_DISTANCE) * 2 * self.rd
+        drop = rng.uniform(0.0, 0.12) * self.R    # the fovea lies a little below the disc
+        self.fovea = self.disc + [drop, -math.sqrt(max(fd ** 2 - drop ** 2, 1.0))]
+        self.faz = 0.07 * self.R                  # foveal avascular zone: vessels stop here
+
+    def _dist(self, center_rc):
+        return np.sqrt((self.rows - float(center_rc[0])) ** 2 + (self.cols - float(center_rc[1])) ** 2)
+
+    def _smooth_fields(self):
+        """Fields that vary slowly across the image, computed at 1/4 (1/2) resolution and
+        upsampled: the background's coarse texture, macula and disc glow (multiplicative, per
+        channel) and the illumination gain and haze of the camera.
+
+        Returns:
+            shade ``(H, W, 3)``, gain ``(H, W, 1)``, haze offset ``(H, W, 3)`` or None; float32.
+        """
+        rng, size, R = self.rng, self.size, self.R
+        f = 4 if size >= 384 else 2
+        n = size // f
+        rows = (np.arange(n, dtype=np.float32)[:, None] + 0.5) * (size / n) - 0.5
+        cols = (np.arange(n, dtype=np.float32)[None, :] + 0.5) * (size / n) - 0.5
+
+        def d2(c):
+            return (rows - float(c[0])) ** 2 + (cols - float(c[1])) ** 2
+
+        up = lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR)
+        texture = (1.0 + rng.uniform(0.01, 0.04) * _smooth_noise(rng, n, 5)
+                   + rng.uniform(0.008, 0.02) * _smooth_noise(rng, n, 48))
+        # Macula and fovea: darker, more so in green and blue (macular pigment).
+        macula = (rng.uniform(0.1, 0.28) * np.exp(-d2(self.fovea) / (2 * (0.2 * R) ** 2))
+                  + rng.uniform(0.08, 0.25) * np.exp(-d2(self.fovea) / (2 * (0.05 * R) ** 2)))
+        glow = rng.uniform(0.1, 0.25) * np.exp(-d2(self.disc) / (2 * (1.3 * self.rd) ** 2))
+        shade = texture[:, :, None] * (1.0 - macula[:, :, None] * np.array([0.6, 1.0, 1.0], np.float32))
+        shade *= 1.0 + glow[:, :, None] * np.array([0.4, 0.5, 0.3], np.float32)
+
+        r_norm = np.sqrt(d2(self.fov_c)) / R
+        a = rng.uniform(0, 2 * np.pi)
+        ramp = ((rows - float(self.fov_c[0])) * math.sin(a) + (cols - float(self.fov_c[1])) * math.cos(a)) / R
+        gain = (rng.uniform(0.72, 1.12)
+                * (1.0 - rng.uniform(0.15, 0.45) * np.minimum(r_norm, 1.0) ** rng.uniform(2.0, 4.0))
+                * (1.0 + rng.uniform(0.03, 0.18) * ramp)
+                * (1.0 + rng.uniform(0.04, 0.1) * _smooth_noise(rng, n, 3)))
+        offset = None
+        if rng.uniform() < 0.3:   # peripheral bluish haze, as in many EyePACS photographs
+            haze = rng.uniform(0.2, 0.6) * np.clip((r_norm - 0.55) / 0.45, 0.0, 1.0) ** 2
+            gain = gain * (1.0 - haze)
+            offset = up(haze[:, :, None] * (np.array([0.55, 0.62, 0.68], np.float32) * rng.uniform(0.6, 1.0)))
+        return up(shade), up(gain.astype(np.float32))[:, :, None], offset
+
+    def _background(self, shade):
+        """The fundus before vessels and lesions: pigment, texture, macula, optic disc.
+
+        Returns:
+            ``(H, W, 3)`` float32 reflectance (about 0-1).
+        """
+        rng, size, s = self.rng, self.size, self.scale
+        # Pigment: orange-red to brown. Blue rises with green (brown, greyish fundi), which keeps
+        # clear of the olive that a high green alone would give.
+        red = rng.uniform(0.62, 0.95)
+        g = rng.uniform(0.36, 0.66)
+        base = np.array([red, red * g, red * ((g - 0.3) * rng.uniform(0.5, 1.3) + rng.uniform(0.0, 0.08))], np.float32)
+        # Fine choroidal texture: blurred white noise (uniform, variance 1/12), rescaled to unit
+        # deviation.
+        sigma = 1.2 * s + 0.3
+        fine = _blur(rng.random((size, size), dtype=np.float32) - 0.5, sigma)
+        fine *= rng.uniform(0.01, 0.025) * math.sqrt(12.0) * 2 * math.sqrt(math.pi) * sigma
+        fine += 1.0
+        scene = shade * base
+        scene *= fine[:, :, None]
+        # Optic disc, in its window: a bright, slightly tall oval with a soft rim and a whiter
+        # cup. Yellow-orange on an orange fundus, paler on a brown one, as in the real sets.
+        ry = self.rd * rng.uniform(1.0, 1.12)
+        r = int(math.ceil(1.2 * ry))
+        y0, x0 = int(self.disc[0]) - r, int(self.disc[1]) - r
+        win = scene[y0:y0 + 2 * r + 1, x0:x0 + 2 * r + 1]
+        rows = self.rows[y0:y0 + 2 * r + 1]
+        cols = self.cols[:, x0:x0 + 2 * r + 1]
+        dn = np.sqrt(((rows - float(self.disc[0])) / ry) ** 2 + ((cols - float(self.disc[1])) / self.rd) ** 2)
+        rim = np.clip((1.0 - dn) / 0.3 + 0.5, 0.0, 1.0)[:, :, None]
+        colour = np.minimum(base * [1.3, 1.7, 2.1] + [0.15, 0.14, 0.1], 1.05)
+        white = rng.uniform(0.1, 0.4)
+        colour = ((1 - white) * colour + white * np.array([0.95, 0.85, 0.75])).astype(np.float32)
+        win += rim * (colour - win)
+        cup_r = self.rd * rng.uniform(0.3, 0.55)
+        self.cup = self.disc + [0.0, -rng.uniform(0.05, 0.25) * self.rd]
+        dc = np.sqrt((rows - float(self.cup[0])) ** 2 + (cols - float(self.cup[1])) ** 2) / cup_r
+        cup = (np.clip((1.0 - dc) / 0.5 + 0.5, 0.0, 1.0) * rng.uniform(0.5, 0.9))[:, :, None]
+        win += cup * (np.array([1.05, 0.95, 0.85], np.float32) - win)
+        return scene
+
+    # ----- vessels --------------------------------------------------------------------------
+    def _clip(self, pts, widths, leave_disc):
+        """Cut a path where it leaves the FOV, enters the foveal avascular zone or the disc."""
+        x, y = pts[:, 0], pts[:, 1]
+        ok = np.hypot(y - self.fov_c[0], x - self.fov_c[1]) < 0.985 * self.R
+        ok &= np.hypot(y - self.fovea[0], x - self.fovea[1]) > self.faz
+        if leave_disc:
+            ok &= np.hypot(y - self.disc[0], x - self.disc[1]) > self.rd
+        ok[0] = True
+        cut = len(ok) if ok.all() else int(np.argmin(ok))
+        return pts[:cut], widths[:cut]
+
+    def _arcade(self, up, kind):
+        """A temporal arcade: leaves the cup vertically, curves over the macula toward temporal."""
+        rng, R = self.rng, self.R
+        h = rng.uniform(0.42, 0.58) * R * (1.0 if kind == "vein" else rng.uniform(0.88, 1.0))
+        bend = rng.uniform(0.16, 0.28) * R
+        rise = rng.uniform(0.0, 0.3)
+        u = np.linspace(0.0, 1.0, 600) ** 2 * 2.2 * R
+        # Straight up (down) out of the cup, then steep (slope h/bend, about 60-70 degrees),
+        # level over the macula, and slowly diverging toward the temporal periphery.
+        v = self.rd * rng.uniform(0.5, 0.9) + h * (1.0 - np.exp(-u / bend)) * (1.0 + rise * u / R)
+        x = np.concatenate([[self.cup[1]], self.cup[1] - u])
+        y = self.cup[0] + np.concatenate([[0.0], -v if up else v])
+        pts = np.stack([x, y], axis=1)
+        seg = np.hypot(*np.diff(pts, axis=0).T)
+        arc = np.concatenate([[0.0], np.cumsum(seg)])
+        step = max(3.0 * self.scale, 1.5)
+        t = np.arange(0.0, arc[-1], step)
+        pts = np.stack([np.interp(t, arc, x), np.interp(t, arc, y)], axis=1)
+        # Round off the corner where the straight start meets the curve.
+        k = max(int(0.3 * self.rd / step), 1)
+        pts[k:-k] = cv2.blur(pts, (1, 2 * k + 1), borderType=cv2.BORDER_REPLICATE)[k:-k]
+        # A gentle sideways wiggle so that no two arcades are the same smooth curve.
+        normal = np.gradient(pts, axis=0)[:, ::-1] * [1.0, -1.0] / step
+        wiggle = sum(rng.uniform(0.005, 0.02) * R * np.sin(t / (rng.uniform(0.15, 0.5) * R) + rng.uniform(0, 2 * np.pi))
+                     for _ in range(3))
+        pts = pts + normal * (wiggle - wiggle[0])[:, None]
+        w0 = _uniform(rng, VEIN_WIDTH if kind == "vein" else ARTERY_WIDTH) * self.scale
+        widths = w0 * (1.0 - 0.55 * t / max(t[-1], 1.0))
+        return self._clip(pts, widths, leave_disc=False)
+
+    def _grow(self, pts, widths, kind, depth, main=False):
+        """Record a vessel and sprout tapering side branches from it, recursively."""
+        rng, R, s = self.rng, self.R, self.scale
+        self.vessels.append((pts, widths, kind, main))
+        if depth >= 3 or len(pts) < 6:
+            return
+        arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
+        pos = rng.uniform(0.1, 0.25) * R
+        while pos < 0.9 * arc[-1]:
+            k = min(int(np.searchsorted(arc, pos)), len(pts) - 2)
+            w = widths[k] * rng.uniform(0.45, 0.8)
+            if w >= 0.6 * s:
+                d = pts[k + 1] - pts[k]
+                heading = math.atan2(d[1], d[0])
+                # Prefer the side that points away from the disc: vessels fan out to the periphery.
+                out = math.atan2(pts[k][1] - self.disc[0], pts[k][0] - self.disc[1])
+                sides = np.array([-1.0, 1.0])
+                cands = heading + sides * rng.uniform(0.3, 0.8)
+                outward = np.cos(cands - out)
+                side = rng.choice(2, p=np.exp(outward) / np.exp(outward).sum())
+                length = R * rng.uniform(0.35, 0.8) * math.sqrt(w / (4.0 * s))
+                child = _walk(rng, pts[k], cands[side], length, max(3.0 * s, 1.5), 0.1)
+                cw = np.linspace(w, max(0.5 * s, 0.45 * w), len(child))
+                child, cw = self._clip(child, cw, leave_disc=True)
+                if len(child) > 3:
+                    self._grow(child, cw, kind, depth + 1)
+            pos += rng.uniform(0.1, 0.28) * R * (1.0 + 0.5 * depth)
+
+    def _vessel_tree(self):
+        rng, s = self.rng, self.scale
+        for up in (True, False):
+            for kind in ("vein", "artery"):
+                pts, w = self._arcade(up, kind)
+                self._grow(pts, w, kind, 0, main=True)
+                # Thin twigs from the arcade's inner side toward the fovea: the macula is ringed
+                # by small vessels that stop short of the avascular zone.
+                starts = np.arange(len(pts) // 6, len(pts) - 2)
+                for k in rng.choice(starts, min(int(rng.integers(3, 8)), len(starts)), replace=False):
+                    to_fovea = math.atan2(self.fovea[0] - pts[k][1], self.fovea[1] - pts[k][0])
+                    tw = rng.uniform(0.9, 2.0) * s
+                    twig = _walk(rng, pts[k], to_fovea + rng.normal(0, 0.35), self.R * rng.uniform(0.15, 0.45),
+                                 max(3.0 * s, 1.5), 0.15)
+                    self._grow(*self._clip(twig, np.linspace(tw, 0.5 * tw, len(twig)), True), kind, 3)
+                # Nasal vessels: shorter, thinner, heading up- or down-nasal.
+                base = -1.0 if up else 1.0
+                w0 = _uniform(rng, VEIN_WIDTH if kind == "vein" else ARTERY_WIDTH) * s * rng.uniform(0.6, 0.8)
+                pts = _walk(rng, self.cup[::-1], base * rng.uniform(0.5, 1.2), 0.9 * self.R, max(3.0 * s, 1.5), 0.04)
+                self._grow(*self._clip(pts, np.linspace(w0, 0.5 * w0, len(pts)), False), kind, 1)
+        # Small macular vessels straight from the disc toward the fovea.
+        for _ in range(rng.integers(1, 4)):
+            w0 = rng.uniform(1.5, 2.8) * s
+            pts = _walk(rng, self.cup[::-1], math.pi + rng.uniform(-0.35, 0.35), 0.7 * self.R, max(3.0 * s, 1.5), 0.05)
+            self._grow(*self._clip(pts, np.linspace(w0, 0.5 * w0, len(pts)), False), "artery", 2)
+
+    def _nv_patch(self, canvas, center_rc, radius, contrast):
+        """Neovascularisation: a dense tangle of fine, tortuous loops kept within ``radius``."""
+        rng, s = self.rng, self.scale
+        for _ in range(rng.integers(12, 23)):
+            start = np.array(center_rc[::-1]) + rng.normal(0.0, 0.35 * radius, 2)
+            pts = _walk(rng, start, rng.uniform(0, 2 * np.pi), rng.uniform(1.5, 3.0) * radius,
+                        max(1.5 * s, 1.0), 0.5)
+            inside = np.hypot(pts[:, 0] - center_rc[1], pts[:, 1] - center_rc[0]) < 1.1 * radius
+            cut = len(inside) if inside.all() else int(np.argmin(inside))
+            width = rng.uniform(1.5, 2.5) * s
+            # As dark as ``contrast`` despite being thin: new vessels are conspicuous.
+            _draw_path(canvas, pts[:cut], np.full(cut, width), s, contrast / (1.0 - math.exp(-width / s / 3.0)))
+
+    # ----- lesions --------------------------------------------------------------------------
+    def _free(self, occ, center_rc, radius):
+        r = int(math.ceil(radius))
+        y, x = int(round(center_rc[0])), int(round(center_rc[1]))
+        if y - r < 0 or x - r < 0 or y + r >= self.size or x + r >= self.size:
+            return False
+        win = occ[y - r:y + r + 1, x - r:x + r + 1]
+        yy, xx = np.ogrid[-r:r + 1, -r:r + 1]
+        return not win[(yy + y - center_rc[0]) ** 2 + (xx + x - center_rc[1]) ** 2 <= radius ** 2].any()
+
+    def _place(self, kind, shape, center_rc, radius, contrast, draw, soft):
+        """Accept a lesion if its visible extent keeps clear of the others; draw its alpha patch.
+
+        Args:
+            draw: callable(patch uint8, local centre (row, col)) drawing the shape at 255.
+            radius: float, px, the shape's reach from its centre.
+            soft: float, the shape's own edge blur (sigma, px).
+
+        Returns:
+            bool, whether it was placed.
+        """
+        # The footprint (MASK_LEVEL of the peak change) ends about 0.7 blur sigmas beyond the
+        # drawn edge; spacing footprints by ``extent`` plus a gap keeps every two of them apart
+        # (8-connectivity needs a clear pixel between them). Fainter skirts may overlap.
+        sigma = math.hypot(soft, self.blur)
+        extent = radius + sigma + 1.0
+        if not self._free(self.occ, center_rc, extent + 1.5 + 0.5 * self.scale):
+            return False
+        # A microaneurysm against a vessel would read as a kink of that vessel: keep it clear.
+        if kind == "MA" and not self._free(self.vessel_occ, center_rc, extent + sigma):
+            return False
+        r = int(math.ceil(radius + 3.0 * sigma)) + 1   # the patch holds the blurred skirt too
+        y0, x0 = int(math.floor(center_rc[0])) - r, int(math.floor(center_rc[1])) - r
+        # Near the FOV rim the skirt, and the camera blur's window around it (``render``'s
+        # margin), can reach past the image edge where the FOV nearly touches it: keep both
+        # whole inside the image.
+        m = int(math.ceil(4 * self.blur)) + 1
+        if min(y0, x0) - m < 0 or max(y0, x0) + 2 * r + 1 + m > self.size:
+            return False
+        patch = np.zeros((2 * r + 1, 2 * r + 1), np.uint8)
+        draw(patch, (center_rc[0] - y0, center_rc[1] - x0))
+        # A red lesion over a dark vessel would barely change it, splitting its mask: keep the
+        # drawn shape off the vessels (it may touch one, as haemorrhages often do).
+        under = self.vessel_occ[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]]
+        if kind in ("MA", "HE") and (under & (patch > 0)).any():
+            return False
+        alpha = _blur(patch.astype(np.float32) * (contrast / 255.0), soft)
+        cv2.circle(self.occ, (int(round(center_rc[1])), int(round(center_rc[0]))), int(math.ceil(extent)), 1, -1)
+        self.lesions.append(dict(type=kind, center=tuple(map(float, center_rc)), radius=float(radius),
+                                 contrast=float(contrast), shape=shape, patch=(y0, x0, alpha)))
+        return True
+
+    def _radius(self, key):
+        return max(_uniform(self.rng, LESION_RADIUS[key]) * self.scale, 1.0)
+
+    def _contrast(self, kind):
+        return _uniform(self.rng, LESION_CONTRAST[kind])
+
+    def _near_fovea(self, spread, quadrant=None):
+        """Normal around the fovea; with ``quadrant``, folded into it (mirrored about the FOV
+        centre's row and column, which keeps the distance from the centre)."""
+        p = self.fovea + self.rng.normal(0.0, spread * self.R, 2)
+        if quadrant is not None:
+            want = np.array([1.0 if quadrant & 2 else -1.0, 1.0 if quadrant & 1 else -1.0])
+            p = self.fov_c + np.abs(p - self.fov_c) * want
+        return p
+
+    def _in_quadrant(self, q):
+        """Uniform over the lesion zone of quadrant ``q`` (bit 0: right half, bit 1: lower)."""
+        r = LESION_ZONE * self.R * math.sqrt(self.rng.uniform(0.02, 1.0))
+        a = self.rng.uniform(0.0, math.pi / 2)
+        return self.fov_c + [r * math.sin(a) * (1 if q & 2 else -1), r * math.cos(a) * (1 if q & 1 else -1)]
+
+    def _quadrant(self, p):
+        return int(p[1] >= self.fov_c[1]) + 2 * int(p[0] >= self.fov_c[0])
+
+    def _index_vessels(self):
+        """A table of all vessel points, so that lesions can be put against a vessel cheaply."""
+        pts = np.concatenate([v[0] for v in self.vessels])
+        last = np.cumsum([len(v[0]) for v in self.vessels]) - 1
+        step = np.diff(pts, axis=0, append=pts[-1:])
+        step[last] = step[np.maximum(last - 1, 0)]   # a path's last point keeps its own heading
+        rc = pts[:, ::-1]
+        self.vp = {"rc": rc, "heading": np.arctan2(step[:, 1], step[:, 0]),
+                   "width": np.concatenate([v[1] for v in self.vessels]),
+                   "main": np.concatenate([np.full(len(v[0]), v[3]) for v in self.vessels]),
+                   "quadrant": (rc[:, 1] >= self.fov_c[1]) + 2 * (rc[:, 0] >= self.fov_c[0]),
+                   "usable": ((np.hypot(*(rc - self.disc).T) > DISC_EXCLUSION * self.rd)
+                              & (np.hypot(*(rc - self.fov_c).T) < LESION_ZONE * self.R))}
+
+    def _vessel_point(self, min_width, main_only=False, quadrant=None):
+        """A random point on a vessel at least ``min_width`` wide, away from the disc and the
+        FOV rim: ((row, col), heading, width), or None where there is none."""
+        vp = self.vp
+        ok = vp["usable"] & (vp["width"] >= min_width)
+        if main_only:
+            ok &= vp["main"]
+        if quadrant is not None:
+            ok &= vp["quadrant"] == quadrant
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            return None
+        k = idx[self.rng.integers(len(idx))]
+        return vp["rc"][k], float(vp["heading"][k]), float(vp["width"][k])
+
+    def _add_he(self, quadrant, spread, anchor=None):
+        """Try one haemorrhage in ``quadrant``; ``anchor`` (point, heading, width) puts it
+        against that vessel, a flame along it most of the time."""
+        rng = self.rng
+        shape = str(rng.choice(list(HE_SHAPES), p=list(HE_SHAPES.values())))
+        if anchor is not None and rng.uniform() < 0.6:
+            shape = "flame"
+        if shape == "flame":
+            reach = self._radius("HE_flame")
+            half = max(reach * rng.uniform(0.25, 0.45), 1.0)
+        else:
+            reach = self._radius("HE_dot" if shape == "dot" else "HE_blot")
+            half = reach
+        if anchor is not None:
+            point, heading, width = anchor
+            normal = np.array([math.cos(heading), -math.sin(heading)]) * rng.choice([-1.0, 1.0])
+            center = point + normal * (width / 2 + half + 1.0 + self.scale)
+        elif spread is None:
+            center = self._in_quadrant(quadrant)
+        else:
+            center = self._near_fovea(spread, quadrant)
+        if self._quadrant(center) != quadrant:
+            return False
+        c = self._contrast("HE")
+        if shape == "flame":
+            if anchor is None:   # along the nerve fibres: roughly radial from the disc
+                heading = math.atan2(center[0] - self.disc[0], center[1] - self.disc[1])
+            ang = math.degrees(heading) + rng.normal(0.0, 8.0)
+            return self._place("HE", "flame", center, reach, c,
+                               lambda p, lc: _ellipse(p, lc, (reach, half), ang), 0.3 * half)
+        if shape == "dot":
+            axes, ang = (reach, reach * rng.uniform(0.8, 1.0)), rng.uniform(0, 180)
+            return self._place("HE", "dot", center, reach, c, lambda p, lc: _ellipse(p, lc, axes, ang), 0.25 * reach)
+        # A blot: overlapping ellipses of slightly different density, irregular and mottled.
+        blot = _blob(rng, reach, int(rng.integers(3, 8)), 0.5, (0.25, 0.55))
+        return self._place("HE", "blot", center, reach, c, blot, 0.18 * reach)
+
+    def _lesions(self):
+        rng, rule, R, s = self.rng, STAGE_RULES[self.stage], self.R, self.scale
+        count = {k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in
+                 (("MA", rule.ma), ("HE", rule.he), ("EX", rule.ex), ("SE", rule.se), ("NV", rule.nv))}
+        tries = 30
+        # Cotton-wool spots: along the arcades, often over a vessel.
+        placed = 0
+        for _ in range(count["SE"] * tries):
+            if placed == count["SE"]:
+                break
+            p, heading, w = self._vessel_point(2.0 * s, main_only=True) or (self._near_fovea(0.5), 0.0, 0.0)
+            r = self._radius("SE")
+            normal = np.array([math.cos(heading), -math.sin(heading)])
+            center = p + normal * rng.uniform(-1.0, 1.0) * (w / 2 + 0.8 * r)
+            b = r * rng.uniform(0.55, 0.9)
+            ang = math.degrees(heading) + rng.normal(0, 20)
+            placed += self._place("SE", "fuzzy", center, r, self._contrast("SE"),
+                                  lambda pt, lc: _ellipse(pt, lc, (r, b), ang), 0.35 * r)
+        # Hard exudates: groups around the macula until the count is reached.
+        placed = 0
+        for _ in range(count["EX"] * 4):
+            if placed >= count["EX"]:
+                break
+            group = rng.choice(list(EX_GROUPS), p=list(EX_GROUPS.values()))
+            ang0 = rng.uniform(0, 2 * np.pi)
+            centre = self.fovea + rng.uniform(0.12, 0.55) * R * np.array([math.sin(ang0), math.cos(ang0)])
+            k = 1 if group == "single" else int(rng.integers(3, 13 if group == "cluster" else 15))
+            k = min(count["EX"] - placed, k)
+            if group == "ring":
+                rr = rng.uniform(16, 40) * s
+                span = rng.uniform(np.pi, 2 * np.pi)
+                angles = rng.uniform(0, 2 * np.pi) + np.linspace(0, span, k, endpoint=False)
+                spots = [centre + rr * np.array([math.sin(a), math.cos(a)]) + rng.normal(0, 1.5 * s, 2) for a in angles]
+            else:
+                spread = rng.uniform(6, 22) * s if group == "cluster" else 0.0
+                spots = [centre + rng.normal(0, spread, 2) for _ in range(k)]
+            for spot in spots:
+                r = self._radius("EX") * (0.8 if group != "single" else 1.0)
+                shape = _blob(rng, r, int(rng.integers(1, 6)), 0.5, (0.3, 0.7))
+                placed += self._place("EX", group, spot, r, self._contrast("EX"), shape, 0.3 * s)
+        # Haemorrhages: in the required number of quadrants, some against a vessel.
+        if count["HE"]:
+            lo, hi = rule.he_quadrants
+            nq = int(rng.integers(lo, min(hi, count["HE"]) + 1))
+            quads = list(rng.permutation(4)[:nq])
+            wanted = [quads[i % nq] for i in range(count["HE"])]
+            for q in wanted:
+                for _ in range(3 * tries):   # large blots need room between the vessels
+                    anchor = self._vessel_point(2.0 * s, quadrant=q) if rng.uniform() < HE_NEAR_VESSEL else None
+                    if self._add_he(q, None if nq == 4 else rule.spread, anchor):
+                        break
+        for _ in range(count["MA"]):
+            for _ in range(tries):
+                r = self._radius("MA")
+                if self._place("MA", "round", self._near_fovea(rule.spread), r, self._contrast("MA"),
+                               lambda p, lc, r=r: _ellipse(p, lc, (r, r), 0), 0.3 * r):
+                    break
+
+    # ----- compositing ----------------------------------------------------------------------
+    def render(self):
+        """Draw everything; returns the ``SynthResult``."""
+        rng, size, s = self.rng, self.size, self.scale
+        self._layout()
+        self.blur = _uniform(rng, BLUR_SIGMA) * s
+        shade, gain, offset = self._smooth_fields()
+        scene = self._background(shade)
+        self._vessel_tree()
+        self._index_vessels()
+        veins = np.zeros((size, size), np.uint8)
+        arteries = np.zeros((size, size), np.uint8)
+        strength = rng.uniform(0.75, 1.0)
+        for pts, widths, kind, _ in self.vessels:
+            _draw_path(veins if kind == "vein" else arteries, pts, widths, s, strength)
+
+        # Lesion exclusion: FOV rim and the disc neighbourhood; red lesions also avoid vessels.
+        d_fov = self._dist(self.fov_c)
+        self.occ = np.zeros((size, size), np.uint8)
+        cv2.circle(self.occ, (int(self.fov_c[1]), int(self.fov_c[0])), int(LESION_ZONE * self.R), 1, -1)
+        self.occ ^= 1
+        cv2.circle(self.occ, (int(self.disc[1]), int(self.disc[0])), int(math.ceil(DISC_EXCLUSION * self.rd)), 1, -1)
+        self.vessel_occ = cv2.bitwise_or(veins, arteries) > 25
+
+        # Neovascularisation is drawn with the arteries: fine, tortuous new vessels.
+        rule = STAGE_RULES[self.stage]
+        for i in range(int(rng.integers(rule.nv[0], rule.nv[1] + 1))):
+            c = self._contrast("NV")
+            if i == 0 or rng.uniform() < 0.4:
+                a = rng.uniform(0, 2 * np.pi)
+                center = self.disc + 0.9 * self.rd * np.array([math.sin(a), math.cos(a)])
+                radius, where = self.rd * rng.uniform(0.7, 1.1), "disc"
+            else:
+                anchor = self._vessel_point(2.5 * s, main_only=True)
+                center = anchor[0] if anchor else self._near_fovea(0.5)
+                radius, where = self._radius("NVE"), "elsewhere"
+            self._nv_patch(arteries, center, radius, c)
+            cv2.circle(self.occ, (int(center[1]), int(center[0])), int(radius * 1.2), 1, -1)
+            self.lesions.append(dict(type="NV", center=tuple(map(float, center)), radius=float(radius),
+                                     contrast=float(c), shape=where))
+        self._lesions()
+
+        sigma = max(0.6 * s, 0.35)
+        v = _blur(veins.astype(np.float32) * (1 / 255), sigma)
+        a = _blur(arteries.astype(np.float32) * (1 / 255), sigma)
+        transmission = 1.0 - v[:, :, None] * np.array(VEIN_ABSORB, np.float32)
+        transmission -= a[:, :, None] * np.array(ARTERY_ABSORB, np.float32)
+        scene *= transmission
+
+        # Everything after the lesions is affine per pixel, then a linear blur:
+        # final = blur(scene * gain + offset). So a lesion's change to the final image is
+        # blur(delta * gain), exactly; it is computed in a window around the lesion.
+        final = scene * gain
+        if offset is not None:
+            final += offset
+        final = _blur(final, self.blur)
+        fov = d_fov < self.R + 0.5   # every pixel the anti-aliased border lights
+        masks = {kind: np.zeros((size, size), bool) for kind in LESION_TYPES}
+        clean = final.copy()
+        margin = int(math.ceil(4 * self.blur)) + 1   # GaussianBlur's kernel radius (as _place)
+        for lesion in self.lesions:
+            if lesion["type"] != "NV":
+                self._composite(lesion, scene, gain, clean, final, masks[lesion["type"]], margin)
+        # Sensor noise, uniform (four times cheaper to draw than normal; a few grey levels).
+        noise = rng.random(final.shape, dtype=np.float32)
+        noise -= 0.5
+        noise *= _uniform(rng, NOISE_SIGMA) * math.sqrt(12.0) / 255.0
+        final += noise
+        edge = np.clip(self.R + 0.5 - d_fov, 0.0, 1.0)   # anti-aliased FOV border
+        final *= edge[:, :, None] * 255.0
+        np.maximum(final, 0.0, out=final)
+        image = cv2.convertScaleAbs(final)   # rounds and saturates at 255
+
+        eye = "right" if rng.uniform() < 0.5 else "left"
+        lesions = [Lesion(**d) for d in self.lesions if d["type"] == "NV" or d.get("area", 0) > 0]
+        if eye == "left":
+            flip = lambda p: (float(p[0]), float(size - 1 - p[1]))
+            image, fov = image[:, ::-1], fov[:, ::-1]
+            masks = {k: np.ascontiguousarray(m[:, ::-1]) for k, m in masks.items()}
+            lesions = [dataclasses.replace(l, center=flip(l.center)) for l in lesions]
+        else:
+            flip = lambda p: (float(p[0]), float(p[1]))
+        return SynthResult(image=np.ascontiguousarray(image), fov=np.ascontiguousarray(fov), masks=masks,
+                           lesions=lesions, stage=self.stage, eye=eye, fov_center=flip(self.fov_c),
+                           fov_radius=float(self.R), disc_center=flip(self.disc), disc_radius=float(self.rd),
+                           fovea=flip(self.fovea))
+
+    def _composite(self, lesion, scene, gain, clean, final, mask, margin):
+        """Add one lesion's change to ``final`` and its footprint to ``mask``, in its window.
+
+        The change is exact: ``blur(delta * gain)`` with the camera blur, clipped as the image
+        is, against the image without lesions (``clean``). The footprint is where it reaches
+        ``VISIBLE_CHANGE`` and ``MASK_LEVEL`` of the lesion's peak, kept to the component that
+        holds the peak; its area and peak are recorded on the lesion. A lesion whose peak stays
+        below ``VISIBLE_CHANGE`` gets no footprint and is left out of the lesion list.
+        """
+        y0, x0, alpha = lesion.pop("patch")
+        y0, x0 = y0 - margin, x0 - margin
+        win = (slice(y0, y0 + alpha.shape[0] + 2 * margin), slice(x0, x0 + alpha.shape[1] + 2 * margin))
+        alpha = np.pad(alpha, margin)[:, :, None]
+        if lesion["type"] in ("MA", "HE"):
+            delta = scene[win] * alpha * -np.array(RED_LESION_ABSORB, np.float32)
+        else:
+            colour = np.array(EX_COLOUR if lesion["type"] == "EX" else SE_COLOUR, np.float32)
+            delta = alpha * (colour - scene[win])
+        delta = _blur(delta * gain[win], self.blur)
+        before = np.clip(clean[win], 0.0, 1.0)
+        change = np.abs(np.clip(clean[win] + delta, 0.0, 1.0) - before).max(axis=2) * 255.0
+        final[win] += delta
+        peak = float(change.max())
+        if peak < VISIBLE_CHANGE:
+            return
+        _, labels = cv2.connectedComponents((change >= max(VISIBLE_CHANGE, MASK_LEVEL * peak)).astype(np.uint8),
+                                            connectivity=8)
+        footprint = labels == labels.flat[int(np.argmax(change))]
+        mask[win] |= footprint
+        lesion["area"], lesion["peak_change"] = int(footprint.sum()), peak
+
+
+# ----- dataset folder ---------------------------------------------------------------------------
+def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.15, 0.15), workers=None,
+                  on_progress=None, overwrite=False):
+    """Write a synthetic dataset folder (DESIGN.md §4) with ``n`` images and their lesion masks.
+
+    The layout is ``labels.csv`` (``image,level,split``), ``images/<id>.png``,
+    ``masks/{MA,HE,EX,SE}/<id>.png`` (all four, empty where the image has no lesion of that type),
+    ``fov/<id>.png``, and ``synth.json``, the generation parameters. Ids are ``synth_00001`` ...
+    Image ``i`` is ``synthesize(stage_i, size=size, rng=numpy.random.default_rng([seed, i]))``:
+    its bytes depend only on the parameters and ``i``, never on ``workers``.
+
+    Resuming: a folder whose ``synth.json`` holds the same parameters is completed, skipping
+    every image whose PNG exists (the PNG is written after its masks, so it marks a complete
+    sample); ``labels.csv`` is written last, atomically.
+
+    With ``workers`` > 1 the images are drawn in a process pool started with "forkserver"
+    (or "spawn"), not "fork": a process forked after OpenCV has started its threads can hang.
+    So, as with any such pool, a script that calls this must do it under
+    ``if __name__ == "__main__":``.
+
+    Args:
+        out: str or path, the dataset folder; created if missing.
+        n: int >= 1, number of images.
+        size: int >= 128, image side in pixels.
+        seed: int >= 0.
+        stages: ``"balanced"`` (equal counts per stage 0-4) or ``"kaggle"`` (the stage
+            frequencies of Kaggle's trainLabels.csv, ``KAGGLE_COUNTS``).
+        split: three non-negative fractions (train, val, test) summing to 1, applied within each
+            stage (stratified).
+        workers: int >= 1 or None (one process per available CPU core). 1 runs in this process.
+        on_progress: optional callable(k), called in this process with the number of images
+            finished since the previous call (images already present: one first call), e.g.
+            a click progress bar's ``update``.
+        overwrite: bool; True regenerates everything, deleting this generator's earlier files
+            (``synth_*.png``, ``labels.csv``, ``synth.json``) and leaving other files alone.
+
+    Returns:
+        str, the path of ``labels.csv``.
+
+    Raises:
+        TypeError, ValueError: for bad arguments, or (ValueError) a non-empty folder that is not a
+            synthetic dataset written with the same parameters, unless ``overwrite``.
+    """
+    n = _check_int(n, "n", "a number of images n >= 1", low=1)
+    size = _check_int(size, "size", f"an image side of at least {MIN_SIZE} pixels", low=MIN_SIZE)
+    seed = _check_int(seed, "seed", "an integer seed >= 0", low=0)
+    if stages not in ("balanced", "kaggle"):
+        raise ValueError(f'Expected stages "balanced" or "kaggle". Received: stages={stages!r}')
+    try:
+        fractions = [float(f) for f in split]
+    except (TypeError, ValueError):
+        fractions = []
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"Expected split as three non-negative fractions (train, val, test) summing to 1. "
+                         f"Received: split={split!r}")
+    if workers is not None:
+        workers = _check_int(workers, "workers", "a number of worker processes >= 1 or None", low=1)
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(f"Expected on_progress to be callable or None. Received: on_progress={on_progress!r}")
+    out = os.fspath(out)
+    params = {"generator": "dr_saliency.synth", "version": GENERATOR_VERSION, "n": n, "size": size,
+              "seed": seed, "stages": stages, "split": fractions}
+    _claim_folder(out, params, overwrite)
+
+    plan = _plan(n, seed, stages, fractions)
+    todo = [job for job in plan if not os.path.exists(os.path.join(out, "images", job[0] + ".png"))]
+    if on_progress is not None and len(todo) < n:
+        on_progress(n - len(todo))
+    jobs = [(out, image_id, index, stage, size, seed) for image_id, index, stage, _ in todo]
+    workers = min(workers or len(os.sched_getaffinity(0)), max(len(jobs), 1))
+    if workers == 1:
+        for job in jobs:
+            _write_one(job)
+            if on_progress is not None:
+                on_progress(1)
+    else:
+        # Not "fork": a child forked after OpenCV started its thread pool in this process can
+        # hang in its first OpenCV call.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        with concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context(method),
+                                                    initializer=_init_worker) as pool:
+            futures = [pool.submit(_write_one, job) for job in jobs]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    future.result()
+                    if on_progress is not None:
+                        on_progress(1)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    return write_labels(out, [{"image": image_id, "level": stage, "split": part}
+                              for image_id, _, stage, part in plan])
+
+
+def _init_worker():
+    # The pool already uses every core; OpenCV's own threads would only contend with it.
+    cv2.setNumThreads(1)
+
+
+def _write_one(job):
+    out, image_id, index, stage, size, seed = job
+    result = synthesize(stage, size=size, rng=np.random.default_rng([seed, index]))
+    write_sample(out, image_id, result.image, result.masks, result.fov)
+    return index
+
+
+def _claim_folder(out, params, overwrite):
+    """Make ``out`` ready for this generation run, or refuse with the reason."""
+    path = os.path.join(out, PARAMS_FILE)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"Expected a folder. Received: out={out!r}, an existing file")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        try:
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            raise ValueError(
+                f"Expected an empty folder or a synthetic dataset to resume (pass overwrite=True to write "
+                f"into it anyway). Received: out={out!r}, a non-empty folder without a readable {PARAMS_FILE}"
+            ) from None
+        if previous == params:
+            return
+        diff = ", ".join(f"{k}={previous.get(k)!r} (now {v!r})" for k, v in params.items() if previous.get(k) != v)
+        raise ValueError(
+            f"Expected a synthetic dataset written with the same parameters to resume (pass overwrite=True "
+            f"to replace it). Received: out={out!r}, written with {diff}"
+        )
+    if overwrite and os.path.isdir(out):
+        for sub in ["images", "fov"] + [os.path.join("masks", t) for t in LESION_TYPES]:
+            folder = os.path.join(out, sub)
+            for name in os.listdir(folder) if os.path.isdir(folder) else ():
+                if _ID_PATTERN.match(name):
+                    os.remove(os.path.join(folder, name))
+        for name in (LABELS_FILE, PARAMS_FILE):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    os.makedirs(out, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(params, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _apportion(total, weights):
+    """Split ``total`` into integers proportional to ``weights`` (largest remainder)."""
+    w = np.asarray(weights, float) / np.sum(weights)
+    exact = total * w
+    counts = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[:total - counts.sum()]] += 1
+    return counts
+
+
+def _split_counts(sizes, split):
+    """Images per (stage, split): each stage split in the given proportions, and the totals too.
+
+    Stage by stage rounding alone would put every image of a small set in ``train`` (two images
+    at 0.7/0.15/0.15 round to 2/0/0); so the split totals are fixed first (largest remainder) and
+    the leftover images go to the (stage, split) cells with the largest remainders that still
+    have room in both.
+    """
+    exact = np.outer(sizes, split)
+    counts = np.floor(exact).astype(int)
+    totals = _apportion(int(np.sum(sizes)), split)
+    for cell in np.argsort(-(exact - counts), axis=None, kind="stable"):
+        stage, part = np.unravel_index(cell, counts.shape)
+        if counts[stage].sum() < sizes[stage] and counts[:, part].sum() < totals[part]:
+            counts[stage, part] += 1
+    for stage in range(len(sizes)):   # should the greedy pass leave a stage short
+        while counts[stage].sum() < sizes[stage]:
+            counts[stage, int(np.argmax(totals - counts.sum(axis=0)))] += 1
+    return counts
+
+
+def _plan(n, seed, stages, split):
+    """Ids, generator indices, stages and splits of a dataset: ``[(id, index, stage, split)]``.
+
+    The stage sequence is shuffled, and each stage's images are split train/val/test in the
+    given proportions (stratified), by a generator of its own (index 0; images use 1..n).
+    """
+    rng = np.random.default_rng([seed, 0])
+    sizes = _apportion(n, [1] * 5 if stages == "balanced" else KAGGLE_COUNTS)
+    stage_of = rng.permutation(np.repeat(np.arange(5), sizes))
+    part_of = np.empty(n, object)
+    for stage, counts in enumerate(_split_counts(sizes, split)):
+        members = rng.permutation(np.flatnonzero(stage_of == stage))
+        part_of[members] = np.repeat(["train", "val", "test"], counts)
+    width = max(5, len(str(n)))
+    return [(f"synth_{i + 1:0{width}d}", i + 1, int(stage_of[i]), str(part_of[i])) for i in range(n)]
+
+
+# ----- statistics -------------------------------------------------------------------------------
+def measure_lesions(image, masks, ring=3):
+    """Size and contrast of every lesion (8-connected mask component) of an image.
+
+    Contrast is the largest, over R, G and B, absolute difference between the component's mean
+    colour and the mean colour of a ring around it (``ring`` px wide, lesions excluded).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        masks: dict ``{type: (H, W) bool}``.
+        ring: int, ring width in pixels.
+
+    Returns:
+        dict ``{type: {"area": (K,) int64 pixels, "contrast": (K,) float64 grey levels}}``.
+    """
+    image = np.asarray(image, np.float64)
+    lesion_any = np.zeros(image.shape[:2], bool)
+    for mask in masks.values():
+        lesion_any |= np.asarray(mask, bool)
+    outside = cv2.dilate(lesion_any.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring + 1, 2 * ring + 1))
+    result = {}
+    for kind, mask in masks.items():
+        n, labels = cv2.connectedComponents(np.asarray(mask, np.uint8), connectivity=8)
+        # Grey dilation of the label image gives each ring pixel the label of a lesion next to it.
+        around = cv2.dilate(labels.astype(np.float32), disc).astype(np.int64)
+        around[~outside] = 0
+        area = np.bincount(labels.ravel(), minlength=n)[1:]
+        ring_px = np.bincount(around.ravel(), minlength=n)[1:]
+        contrast = np.zeros(n - 1)
+        for c in range(3):
+            inside = np.bincount(labels.ravel(), image[:, :, c].ravel(), minlength=n)[1:] / np.maximum(area, 1)
+            near = np.bincount(around.ravel(), image[:, :, c].ravel(), minlength=n)[1:] / np.maximum(ring_px, 1)
+            contrast = np.maximum(contrast, np.abs(inside - near))
+        result[kind] = {"area": area, "contrast": contrast}
+    return result
+
+
+def lesion_statistics(source):
+    """Lesion counts, sizes and contrasts per DR stage and lesion type.
+
+    Measured from the pixels (``measure_lesions``), so the same numbers come from a generated
+    folder and from ``SynthResult`` objects in memory.
+
+    Args:
+        source: a dataset folder (str or path; ``labels.csv``, ``images/``, ``masks/<TYPE>/``),
+            or an iterable of ``SynthResult``.
+
+    Returns:
+        list of dicts, one per (stage, type) for the stages present, with keys ``stage``,
+        ``type``, ``images`` (images of that stage), ``with_lesion`` (how many have at least one),
+        ``count_mean``, ``count_min``, ``count_max`` (lesions per image), ``area_p10``,
+        ``area_median``, ``area_p90`` (pixels per lesion) and ``contrast_p10``,
+        ``contrast_median``, ``contrast_p90`` (grey levels); NaN where there is no lesion.
+    """
+    counts, areas, contrasts = {}, {}, {}
+    for stage, image, masks in _samples(source):
+        for kind, m in measure_lesions(image, masks).items():
+            counts.setdefault((stage, kind), []).append(len(m["area"]))
+            areas.setdefault((stage, kind), []).extend(m["area"])
+            contrasts.setdefault((stage, kind), []).extend(m["contrast"])
+
+    def pct(values, q):
+        return float(np.percentile(values, q)) if len(values) else float("nan")
+
+    rows = []
+    for stage, kind in sorted(counts, key=lambda k: (k[0], LESION_TYPES.index(k[1]))):
+        c = np.array(counts[stage, kind])
+        a, k = areas[stage, kind], contrasts[stage, kind]
+        rows.append({"stage": stage, "type": kind, "images": len(c), "with_lesion": int((c > 0).sum()),
+                     "count_mean": float(c.mean()), "count_min": int(c.min()), "count_max": int(c.max()),
+                     "area_p10": pct(a, 10), "area_median": pct(a, 50), "area_p90": pct(a, 90),
+                     "contrast_p10": pct(k, 10), "contrast_median": pct(k, 50), "contrast_p90": pct(k, 90)})
+    return rows
+
+
+def _samples(source):
+    """Yield (stage, image, masks) from a folder or from ``SynthResult`` objects."""
+    if isinstance(source, (str, os.PathLike)):
+        root = os.fspath(source)
+        with open(os.path.join(root, LABELS_FILE), newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            image = read_image(os.path.join(root, "images", row["image"] + ".png"))
+            paths = {t: os.path.join(root, "masks", t, row["image"] + ".png") for t in LESION_TYPES}
+            masks = {t: read_mask(p, image.shape) for t, p in paths.items() if os.path.exists(p)}
+            yield int(row["level"]), image, masks
+    else:
+        for result in source:
+            yield result.stage, result.image, result.masks
+
+
+# ----- figures ----------------------------------------------------------------------------------
+MASK_COLOURS = {"MA": (0, 255, 255), "HE": (0, 255, 0), "EX": (40, 80, 255), "SE": (255, 0, 255)}
+
+
+def overlay_masks(image, masks, thickness=1):
+    """Outline lesion masks on an image, one colour per type (``MASK_COLOURS``).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        masks: dict ``{type: (H, W) bool}``.
+        thickness: int, outline width in pixels (drawn just outside the mask).
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB copy with the outlines.
+    """
+    out = np.array(image, np.uint8, copy=True)
+    for kind, mask in masks.items():
+        m = np.asarray(mask, np.uint8)
+        grown = cv2.dilate(m, np.ones((2 * thickness + 1,) * 2, np.uint8))
+        out[(grown > 0) & (m == 0)] = MASK_COLOURS.get(kind, (255, 255, 255))
+    return out
+
+
+def crop_to_fov(image, size=512, threshold=20):
+    """Crop a photograph to its field of view and resize it, for comparisons at one scale.
+
+    The FOV is where the red channel exceeds ``threshold``; its bounding box is padded with
+    black to a square (photographs such as IDRiD's cut the FOV at the top and bottom) so that
+    the FOV diameter maps to ``size``, as in a synthetic image.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        size: int, output side.
+        threshold: int, red-channel level of the FOV.
+
+    Returns:
+        ``(size, size, 3)`` uint8 RGB.
+
+    Raises:
+        ValueError: when no pixel exceeds the threshold.
+    """
+    image = np.asarray(image, np.uint8)
+    rows, cols = np.nonzero(image[:, :, 0] > threshold)
+    if not len(rows):
+        raise ValueError(f"Expected an image with a field of view brighter than the threshold. "
+                         f"Received: threshold={threshold}")
+    crop = image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    side = max(crop.shape[:2])
+    square = np.zeros((side, side, 3), np.uint8)
+    y, x = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    square[y:y + crop.shape[0], x:x + crop.shape[1]] = crop
+    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def example_grid(n_per_stage=4, *, size=512, seed=0, outline=False):
+    """A figure of synthetic examples: one row per DR stage 0-4.
+
+    Args:
+        n_per_stage: int, images per row.
+        size: int, image side.
+        seed: int; example ``j`` of stage ``k`` uses ``default_rng([seed, k, j])``.
+        outline: bool, outline the lesion masks (``overlay_masks``).
+
+    Returns:
+        ``matplotlib.figure.Figure`` (no pyplot: nothing is shown, no global state).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2.4 * n_per_stage, 2.5 * 5), layout="constrained")
+    axes = fig.subplots(5, n_per_stage, squeeze=False)
+    for stage in range(5):
+        for j in range(n_per_stage):
+            r = synthesize(stage, size=size, rng=np.random.default_rng([seed, stage, j]))
+            ax = axes[stage, j]
+            ax.imshow(overlay_masks(r.image, r.masks) if outline else r.image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            n = {t: sum(1 for l in r.lesions if l.type == t) for t in _TYPES_AND_NV}
+            ax.set_title(" ".join(f"{t} {c}" for t, c in n.items() if c) or "no lesion", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"stage {stage}")
+    return fig
+
+
+def comparison_figure(synthetic, real, *, titles=None, size=512, zoom=(0.25, 0.25, 0.5)):
+    """Synthetic and real photographs side by side at one scale, with a zoomed detail of each.
+
+    Real photographs are cropped to their field of view and resized (``crop_to_fov``), so that
+    the FOV spans ``size`` pixels in every panel; the second row magnifies the same relative
+    region of each panel (nearest neighbour, so that pixels stay pixels).
+
+    Args:
+        synthetic: list of ``(size, size, 3)`` uint8 RGB synthetic images.
+        real: list of ``(H, W, 3)`` uint8 RGB photographs, any size.
+        titles: optional list of panel titles, synthetic first.
+        size: int, the common scale (FOV diameter in pixels).
+        zoom: ``(top, left, side)`` of the detail, as fractions of ``size``.
+
+    Returns:
+        ``matplotlib.figure.Figure``.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    panels = [np.asarray(im, np.uint8) for im in synthetic] + [crop_to_fov(im, size) for im in real]
+    titles = list(titles) if titles is not None else ["synthetic"] * len(synthetic) + ["real"] * len(real)
+    fig = Figure(figsize=(3.0 * len(panels), 6.2), layout="constrained")
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    top, left, side = (int(round(v * size)) for v in zoom)
+    for j, (im, title) in enumerate(zip(panels, titles)):
+        axes[0, j].imshow(im)
+        axes[0, j].add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="white",
+                                       linewidth=0.8))
+        axes[0, j].set_title(title, fontsize=9)
+        axes[1, j].imshow(im[top:top + side, left:left + side], interpolation="nearest")
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig

@@ -1,0 +1,508 @@
+"""Training of the VGG-16 grader: tf.data pipeline, augmentation, balancing, fit loop, resume.
+
+As González-Gonzalo et al. (2018): mean squared error on the DR stage, SGD with Nesterov momentum
+0.9, augmentation and class balancing. The paper gives neither learning rate nor schedule; the
+defaults here and the quick CPU profile are documented in ``docs/training.md``.
+
+A run folder holds everything needed to continue or use the run:
+
+```
+config.json            the TrainConfig and the data it was trained on
+split.json             ids of the training and validation images
+last.weights.h5(.json) weights + optimizer state after the last finished epoch (resume point)
+best.weights.h5(.json) weights of the epoch with the best validation kappa
+log.csv                one row per epoch: loss, learning rate, validation metrics
+curves.png             training curves
+model.h5               the best model, full legacy HDF5 (keras.models.load_model, compile=False)
+```
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from dr_saliency.grader import metrics as metrics_lib
+from dr_saliency.grader import model as model_lib
+from dr_saliency.core._tf import keras, tf
+from dr_saliency.grader.augment import augment_batch
+from dr_saliency.fundus.imio import read_image
+from dr_saliency.grader.config import QUICK_PROFILE, STRATEGIES, TrainConfig  # noqa: F401
+
+#: Files that make a folder a run that --resume can continue.
+RUN_FILES = ("config.json", "last.weights.h5")
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+def split_records(records, *, val_fraction=0.15, seed=0):
+    """Training and validation records: the dataset's split column, or a stratified fraction.
+
+    Records with ``split == "train"`` train and ``"val"`` validate; ``"test"`` records are never
+    used. Without any split, a stratified (by grade) random ``val_fraction`` validates.
+
+    Args:
+        records: sequence of dataset records with ``id``, ``grade`` and ``split``.
+        val_fraction: float, used only when no record has a split.
+        seed: int.
+
+    Returns:
+        (train_records, val_records) lists.
+
+    Raises:
+        ValueError: when records lack grades, training data is empty or has a single stage.
+    """
+    graded = [r for r in records if r.grade is not None]
+    if not graded:
+        raise ValueError("Expected graded images to train on. Received: a dataset with no grades")
+    if any(r.split for r in graded):
+        train = [r for r in graded if r.split == "train"]
+        val = [r for r in graded if r.split == "val"]
+    else:
+        from sklearn.model_selection import train_test_split
+
+        grades = [r.grade for r in graded]
+        stratify = grades if min(np.bincount(grades)[np.unique(grades)]) >= 2 else None
+        train, val = train_test_split(graded, test_size=val_fraction, random_state=seed,
+                                      stratify=stratify)
+    if not train:
+        raise ValueError("Expected training images (split 'train'). Received: none")
+    stages = sorted({r.grade for r in train})
+    if len(stages) < 2:
+        raise ValueError(f"Expected training images of at least two stages. Received: only stage {stages}")
+    if not val:
+        raise ValueError("Expected validation images (split 'val' or --val-fraction). Received: none")
+    return train, val
+
+
+def check_files(records, *, skip_bad=False, on_progress=None):
+    """Decode every image once before training, so a bad file fails now and by name.
+
+    Args:
+        records: sequence of records with ``image_path``.
+        skip_bad: bool, drop unreadable images instead of failing.
+        on_progress: optional callable(k) called as images are checked.
+
+    Returns:
+        (good_records, bad) where bad is a list of (path, message).
+
+    Raises:
+        ValueError: for the first bad file when ``skip_bad`` is False.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(rec):
+        try:
+            read_image(rec.image_path)
+            return None
+        except ValueError as exc:
+            return str(exc)
+
+    good, bad = [], []
+    # OpenCV releases the GIL while decoding, so threads decode in parallel.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for rec, error in zip(records, pool.map(check, records)):
+            if on_progress:
+                on_progress(1)
+            if error is None:
+                good.append(rec)
+            elif skip_bad:
+                bad.append((rec.image_path, error))
+            else:
+                raise ValueError(f"{error} (use --skip-bad to skip unreadable images)")
+    return good, bad
+
+
+#: Suffixes TensorFlow decodes natively in the pipeline; other formats (e.g. TIFF) go through
+#: OpenCV (``imio.read_image``), which is ~3x slower there because it holds the GIL in between.
+TF_DECODABLE = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+#: Decoded training images are kept in memory (uint8) when they fit this budget: decoding then
+#: happens once per image instead of once per epoch. Above it (Kaggle-scale data) they are
+#: decoded every epoch, in parallel.
+CACHE_BYTES = 4 * 2 ** 30
+
+
+def _decoder(paths, size):
+    """A function path -> (size, size, 3) uint8 RGB, resizing where an image has another size."""
+    native = all(str(p).lower().endswith(TF_DECODABLE) for p in paths)
+
+    def decode(path):
+        if native:
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        else:
+            image = tf.numpy_function(lambda p: read_image(p.decode()), [path], tf.uint8,
+                                      stateful=False)
+        image = tf.ensure_shape(image, [None, None, 3])
+        return tf.cond(
+            tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size])),
+            lambda: image,
+            lambda: tf.cast(tf.round(tf.clip_by_value(
+                tf.image.resize(image, [size, size], antialias=True), 0, 255)), tf.uint8),
+        )
+
+    return decode
+
+
+def make_dataset(records, config, *, training, seed=0):
+    """The tf.data input pipeline.
+
+    Training: an infinite stream, balanced when ``config.balance``: each stage present is drawn
+    with equal probability (rare stages oversampled with replacement), so every stage is seen
+    equally often per epoch. Images are decoded in parallel (and kept in memory when they fit
+    ``CACHE_BYTES``), batched, augmented (:mod:`dr_saliency.grader.augment`), preprocessed for the
+    VGG-16 and prefetched. Evaluation: each record once, in order, unaugmented.
+
+    Args:
+        records: sequence of records (``image_path``, ``grade``; grade may be None when not
+            training).
+        config: TrainConfig (input_size, batch_size, augment, balance).
+        training: bool.
+        seed: int.
+
+    Returns:
+        ``tf.data.Dataset`` of (images (B, S, S, 3) float32 preprocessed, labels (B, 1) float32).
+    """
+    size = config.input_size
+    paths = np.array([r.image_path for r in records])
+    labels = np.array([-1 if r.grade is None else r.grade for r in records], np.float32)
+    decode = _decoder(paths, size)
+    auto = tf.data.AUTOTUNE
+
+    def to_model(x, y):
+        return model_lib.preprocess_input(x), y[:, None]
+
+    def images_of(sel):
+        ds = tf.data.Dataset.from_tensor_slices((paths[sel], labels[sel]))
+        return ds.map(lambda p, y: (decode(p), y), num_parallel_calls=auto)
+
+    if not training:
+        return images_of(slice(None)).batch(config.batch_size).map(to_model).prefetch(auto)
+
+    cache = len(paths) * size * size * 3 <= CACHE_BYTES
+    groups = ([labels == stage for stage in sorted(set(labels.tolist()))] if config.balance
+              else [np.ones(len(paths), bool)])
+    streams = []
+    for k, sel in enumerate(groups):
+        ds = images_of(sel)
+        if cache:
+            ds = ds.cache()
+        streams.append(ds.shuffle(int(sel.sum()), seed=seed + k).repeat())
+    ds = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(streams, seed=seed)
+    ds = ds.batch(config.batch_size, drop_remainder=True)
+    if config.augment:
+        # Per-batch seeds (run seed, batch counter): reproducible whatever the parallelism.
+        def augment(xy, i):
+            out = tf.numpy_function(augment_batch, [xy[0], tf.stack([seed, i])], tf.uint8,
+                                    stateful=False)
+            return tf.ensure_shape(out, xy[0].shape), xy[1]
+
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
+            augment, num_parallel_calls=auto)
+    return ds.map(to_model, num_parallel_calls=auto).prefetch(auto)
+
+
+def predict_records(model, records, *, batch_size=16):
+    """Predicted stage of every record (in order), decoding and resizing as training does.
+
+    Args:
+        model: keras.Model from :func:`dr_saliency.grader.model.build_model` (or a loaded ``model.h5``).
+        records: sequence of records with ``image_path``.
+        batch_size: int.
+
+    Returns:
+        (N,) float32 predictions.
+    """
+    size = int(model.input_shape[1])
+    config = TrainConfig(input_size=size, batch_size=batch_size)
+    ds = make_dataset(records, config, training=False).map(lambda x, y: x)
+    return model.predict(ds, verbose=0).reshape(-1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Model, optimizer, schedule
+# --------------------------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="dr_saliency")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then constant or cosine decay to 0."""
+
+    def __init__(self, peak, warmup_steps, total_steps, kind="constant"):
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.kind = kind
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = float(max(self.warmup_steps, 1))
+        warmup = self.peak * tf.minimum((step + 1.0) / warm, 1.0)
+        if self.kind == "constant":
+            return warmup
+        progress = tf.clip_by_value((step - self.warmup_steps)
+                                    / float(max(self.total_steps - self.warmup_steps, 1)), 0.0, 1.0)
+        cosine = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup_steps, warmup, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "kind": self.kind}
+
+
+def make_optimizer(config, steps_per_epoch):
+    """The optimizer of ``config`` with its learning-rate schedule."""
+    schedule = WarmupSchedule(config.learning_rate, round(config.warmup_epochs * steps_per_epoch),
+                              config.epochs * steps_per_epoch, config.schedule)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, clipnorm=config.clipnorm)
+    return keras.optimizers.Adam(schedule, clipnorm=config.clipnorm)
+
+
+def get_strategy(name):
+    """TensorFlow's distribution strategy for ``name`` (no home-made distribution layer).
+
+    ``mirrored``: synchronous data parallelism over the local GPUs (or logical CPUs).
+    ``multiworker``: the same across machines, configured by the ``TF_CONFIG`` variable.
+    """
+    if name == "mirrored":
+        # All local GPUs; on a machine without GPUs, all logical CPU devices (one unless the
+        # process configured several, as the tests do), so the strategy runs anywhere.
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    raise ValueError(f"Expected strategy in {STRATEGIES}. Received: strategy={name!r}")
+
+
+def build_compiled(config, steps_per_epoch, strategy):
+    """Build and compile the grader under ``strategy`` (MSE loss, the configured optimizer)."""
+    with strategy.scope():
+        keras.utils.set_random_seed(config.seed)
+        net = model_lib.build_model((config.input_size, config.input_size, 3),
+                                    weights=config.weights, dropout=config.dropout,
+                                    width=config.width)
+        # "mean_squared_error", not "mse": Keras 3 cannot reload an .h5 compiled with the alias.
+        net.compile(optimizer=make_optimizer(config, steps_per_epoch), loss="mean_squared_error")
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# Callbacks
+# --------------------------------------------------------------------------------------------
+
+class EpochEnd(keras.callbacks.Callback):
+    """Validation metrics, checkpoints and the curves figure at the end of every epoch.
+
+    Adds ``val_kappa``, ``val_auc``, ``val_mse``, ``val_accuracy`` and ``lr`` to the epoch logs,
+    appends them to ``log.csv``, keeps ``best.weights.h5`` by validation kappa and writes
+    ``last.weights.h5`` last, so an interruption loses at most the epoch in progress.
+    """
+
+    def __init__(self, run_dir, val_ds, val_labels, best_kappa, on_epoch=None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.val_ds = val_ds
+        self.val_labels = np.asarray(val_labels)
+        self.best_kappa = best_kappa
+        self.on_epoch = on_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        predictions = self.model.predict(self.val_ds, verbose=0).reshape(-1)
+        scores = metrics_lib.grading_metrics(self.val_labels, predictions)
+        logs.update({f"val_{k}": v for k, v in scores.items() if k != "n"})
+        opt = self.model.optimizer
+        logs["lr"] = float(opt.learning_rate.numpy() if hasattr(opt.learning_rate, "numpy")
+                           else opt.learning_rate)
+        record = {k: float(v) for k, v in logs.items()}
+        # The log row goes first, the resume point last: a run killed in between redoes this
+        # epoch, and resuming drops log rows past the resume point (see trim_log).
+        append_log(self.run_dir, dict(epoch=epoch, **record))
+        kappa = scores["kappa"]
+        if np.isfinite(kappa) and (self.best_kappa is None or kappa > self.best_kappa):
+            self.best_kappa = float(kappa)
+            model_lib.save_checkpoint(self.model, os.path.join(self.run_dir, "best.weights.h5"),
+                                      epoch=epoch + 1, metrics=record)
+        model_lib.save_checkpoint(self.model, os.path.join(self.run_dir, "last.weights.h5"),
+                                  epoch=epoch + 1, metrics=dict(record, best_kappa=self.best_kappa))
+        if self.on_epoch:
+            self.on_epoch(epoch + 1, record)
+
+
+LOG_FILE = "log.csv"
+
+
+def append_log(run_dir, row):
+    """Append one epoch's row to ``log.csv`` (header written with the first row)."""
+    path = os.path.join(run_dir, LOG_FILE)
+    new = not os.path.isfile(path)
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def trim_log(run_dir, epochs):
+    """Keep only the rows of the first ``epochs`` epochs in ``log.csv`` (before a resume)."""
+    path = os.path.join(run_dir, LOG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if int(float(r["epoch"])) < epochs]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(kept)
+    os.replace(tmp, path)
+
+
+def read_log(run_dir):
+    """The per-epoch log of a run as a dict of column -> list of floats."""
+    path = os.path.join(run_dir, LOG_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) if r[k] not in ("", "nan") else float("nan") for r in rows]
+            for k in (rows[0].keys() if rows else [])}
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+def is_run_dir(path):
+    """True when ``path`` holds a training run that ``--resume`` can continue."""
+    return all(os.path.isfile(os.path.join(path, f)) for f in RUN_FILES)
+
+
+def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, check=True,
+          data_path=None, on_epoch=None, on_check=None, verbose=None):
+    """Train (or resume training of) the grader on a dataset; write the run folder.
+
+    Args:
+        dataset: a dataset from :func:`dr_saliency.fundus.datasets.open_dataset` (records with
+            ``image_path``, ``grade``, ``split``).
+        run_dir: str, the run folder (created; must not already hold a run unless resuming).
+        config: TrainConfig (ignored when resuming: the run's own config.json is used).
+        resume: bool, continue the run in ``run_dir`` from its last finished epoch.
+        skip_bad: bool, skip unreadable images (reported) instead of failing.
+        check: bool, decode every image once before training (a bad file then fails at once,
+            by name, instead of mid-epoch).
+        data_path: optional str recorded in config.json (the CLI passes the DATA argument).
+        on_epoch: optional callable(epoch, metrics dict) after each epoch.
+        on_check: optional callable(k) while image files are checked.
+        verbose: Keras fit verbosity (None: progress bar on a terminal, one line per epoch
+            otherwise).
+
+    Returns:
+        dict summary: ``epochs`` done, ``best_kappa``, ``best_epoch``, ``skipped`` files,
+        ``seconds``, ``model_path``, ``n_train``, ``n_val``.
+
+    Raises:
+        ValueError: for a bad config, a folder that already holds a run (without ``resume``) or
+            is not a run (with ``resume``), unusable data, or an out-of-memory batch size.
+    """
+    run_dir = os.fspath(run_dir)
+    if resume:
+        if not is_run_dir(run_dir):
+            raise ValueError("Expected a training run folder (with config.json and "
+                             f"last.weights.h5) to resume. Received: run_dir={run_dir!r}")
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+        config = TrainConfig(**saved["config"])
+    else:
+        config = config or TrainConfig()
+        if os.path.exists(os.path.join(run_dir, "config.json")):
+            raise ValueError("The output folder already holds a training run; continue it with "
+                             f"--resume or choose another --out. Received: run_dir={run_dir!r}")
+    config.validate()
+
+    graded = [r for r in dataset if r.grade is not None]
+    bad = []
+    if check:
+        graded, bad = check_files(graded, skip_bad=skip_bad, on_progress=on_check)
+    train_recs, val_recs = split_records(graded, val_fraction=config.val_fraction, seed=config.seed)
+    val_labels = [r.grade for r in val_recs]
+    if not any(g >= metrics_lib.REFERABLE_STAGE for g in val_labels):
+        print("Note: the validation split has no referable image (stage >= 2): its AUC is "
+              "undefined and logged as NaN.", file=sys.stderr)
+
+    strategy = get_strategy(config.strategy)
+    steps = config.steps_per_epoch or max(1, len(train_recs) // config.batch_size)
+    os.makedirs(run_dir, exist_ok=True)
+    if not resume:
+        _write_json(os.path.join(run_dir, "config.json"),
+                    {"config": dataclasses.asdict(config), "data": data_path,
+                     "n_train": len(train_recs), "n_val": len(val_recs)})
+        _write_json(os.path.join(run_dir, "split.json"),
+                    {"train": [r.id for r in train_recs], "val": [r.id for r in val_recs]})
+
+    net = build_compiled(config, steps, strategy)
+    initial_epoch, best_kappa = 0, None
+    if resume:
+        meta = model_lib.load_checkpoint(net, os.path.join(run_dir, "last.weights.h5"))
+        initial_epoch = int(meta.get("epoch") or 0)
+        best_kappa = meta.get("metrics", {}).get("best_kappa")
+
+    train_ds = make_dataset(train_recs, config, training=True, seed=config.seed + initial_epoch)
+    val_ds = make_dataset(val_recs, config, training=False)
+    trim_log(run_dir, initial_epoch)
+    callbacks = [keras.callbacks.TerminateOnNaN(),
+                 EpochEnd(run_dir, val_ds, val_labels, best_kappa, on_epoch)]
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    start = time.time()
+    if initial_epoch < config.epochs:
+        try:
+            net.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                    steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+                    shuffle=False)
+        except tf.errors.ResourceExhaustedError as exc:
+            raise ValueError(f"Out of memory at batch size {config.batch_size}: try a smaller "
+                             f"--batch-size (e.g. {max(1, config.batch_size // 2)}). "
+                             f"Received: batch_size={config.batch_size}") from exc
+    seconds = time.time() - start
+
+    best_path = os.path.join(run_dir, "best.weights.h5")
+    if os.path.isfile(best_path):
+        best_meta = model_lib.load_checkpoint(net, best_path)
+    else:  # every epoch's kappa was undefined: keep the last weights
+        best_meta = {"epoch": None, "metrics": {}}
+    model_path = os.path.join(run_dir, "model.h5")
+    model_lib.export_model(net, model_path)
+    write_curves(run_dir)
+    return {"epochs": config.epochs, "best_kappa": best_meta["metrics"].get("val_kappa"),
+            "best_epoch": best_meta["epoch"], "skipped": bad, "seconds": seconds,
+            "model_path": model_path, "n_train": len(train_recs), "n_val": len(val_recs)}
+
+
+def write_curves(run_dir):
+    """Write ``curves.png`` of the run's log (nothing when the log is empty)."""
+    log = read_log(run_dir)
+    if not log:
+        return None
+    from dr_saliency.figures import plots
+    fig = plots.training_curves(log)
+    path = os.path.join(run_dir, "curves.png")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,3 @@
+"""Lesion evaluation: saliency map -> scored candidates -> lesion-level FROC per stage and
+lesion type, with bootstrap intervals. No TensorFlow.
+"""

@@ -1,0 +1,267 @@
+"""Lesion-level evaluation of refined saliency maps: results + annotations -> FROC of s_0 and S.
+
+For every image complete in a result store and annotated in the dataset, the lesion candidates of
+its first map s_0 and of its final map S (:mod:`dr_saliency.lesions.candidates`) are matched against its
+lesions (:mod:`dr_saliency.lesions.froc`): all lesion types together, per DR stage, and per lesion type.
+Both maps are recomputed from the stored per-iteration maps by ``refine.scored_maps``, so they
+pass through the same normalisation and the same candidate settings (docs/choices.md); with
+decay 0 (combine "mean" or "max") S is s_0 and their FROCs are identical.
+The paper compares s_0 and S per stage (its Figure 2); the per-type curves measure which lesions
+the iterations add. No TensorFlow.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from dr_saliency.lesions import candidates as cand_lib
+from dr_saliency.lesions import froc as froc_lib
+from dr_saliency.fundus.datasets.base import LESION_TYPES
+from dr_saliency.refinement.loop import scored_maps
+from dr_saliency.refinement.store import ResultStore
+
+MAP_NAMES = ("s0", "S")
+
+
+@dataclasses.dataclass
+class CandidateOptions:
+    """How a saliency map becomes lesion candidates (see ``candidates.detect_candidates``).
+
+    Attributes:
+        sigma, min_distance, max_candidates, border: as ``detect_candidates`` (border in px).
+        exclude_disc: bool, no candidates on the optic disc (the dataset's disc mask where it
+            has one, else ``candidates.estimate_optic_disc``).
+        disc_radius_fraction: float, radius of the estimated disc, fraction of the FOV radius.
+    """
+
+    # 2 px, chosen on the synthetic validation split (docs/choices.md): guided-backprop maps are
+    # edge-like, and peaks of a map smoothed at 1 px often sit beside a lesion.
+    sigma: float = 2.0
+    min_distance: int = cand_lib.DEFAULT_MIN_DISTANCE
+    max_candidates: int = cand_lib.DEFAULT_MAX_CANDIDATES
+    # Chosen on the synthetic validation split at 256 px (docs/choices.md). Since lesions reach
+    # the rim (generator v2) it is worth only +0.001 AS10 there: kept for real photographs, whose
+    # rim carries halo and reflections the synthetic images lack.
+    border: int = 6
+    exclude_disc: bool = True
+    disc_radius_fraction: float = cand_lib.DEFAULT_DISC_RADIUS_FRACTION
+
+
+@dataclasses.dataclass
+class ImageCandidates:
+    """What the FROC needs of one image: its grade, lesion label maps and candidates per map."""
+
+    id: str
+    grade: object
+    lesions: dict           # type -> (H, W) bool
+    candidates: dict        # map name -> (K, 3) float64
+    stop_reason: str
+    iterations: int
+
+
+def match_ids(store_ids, dataset, *, allow_partial=False):
+    """Pair the result store's images with annotated dataset records.
+
+    Args:
+        store_ids: iterable of complete image ids in the result store.
+        dataset: dataset (records with ``id`` and ``lesion_types``).
+        allow_partial: evaluate on the intersection when ids are missing on either side.
+
+    Returns:
+        (records, notes): the annotated records to evaluate (dataset order) and a list of
+        notes about what was left out.
+
+    Raises:
+        ValueError: when ids are missing on either side (listing them) without
+            ``allow_partial``, or when nothing is left to evaluate.
+    """
+    store_ids = set(store_ids)
+    by_id = {r.id: r for r in dataset}
+    not_in_data = sorted(store_ids - set(by_id))
+    annotated = {i for i in store_ids & set(by_id) if by_id[i].lesion_types}
+    unannotated = sorted((store_ids & set(by_id)) - annotated)
+    notes = []
+    if not_in_data:
+        message = (f"{len(not_in_data)} result(s) have no image in the dataset: "
+                   f"{_shown(not_in_data)}")
+        if not allow_partial:
+            raise ValueError(f"Expected every result to have an image in the dataset (use "
+                             f"--allow-partial to evaluate the intersection). Received: {message}")
+        notes.append(message)
+    if unannotated:
+        notes.append(f"{len(unannotated)} image(s) have no lesion annotation and are left out: "
+                     f"{_shown(unannotated)}")
+    records = [r for r in dataset if r.id in annotated]
+    if not records:
+        raise ValueError("Expected results for annotated images. Received: no image in both the "
+                         "result file and the dataset has lesion annotations")
+    return records, notes
+
+
+def records_for(results, dataset, *, allow_partial=False):
+    """The annotated records to evaluate for a result file, and notes on what is left out.
+
+    :func:`match_ids` on the file's complete images; images of an interrupted run that are not
+    complete are left out and counted in the first note.
+
+    Args:
+        results: str, result file.
+        dataset: the dataset the results were made from.
+        allow_partial: as :func:`match_ids`.
+
+    Returns:
+        (records, notes) as :func:`match_ids`.
+    """
+    with ResultStore(results) as store:
+        ids, incomplete = store.complete_ids(), store.n_incomplete
+    records, notes = match_ids(ids, dataset, allow_partial=allow_partial)
+    if incomplete:
+        notes.insert(0, f"{incomplete} image(s) of an interrupted run are incomplete and left "
+                        f"out; {len(ids)} complete.")
+    return records, notes
+
+
+def _shown(ids, limit=8):
+    return ", ".join(ids[:limit]) + (" ..." if len(ids) > limit else "")
+
+
+def collect(store_path, records, options=None, *, decay=None, combine=None, normalize=None,
+            on_image=None):
+    """Candidates of s_0 and S and the lesion masks of each record.
+
+    Args:
+        store_path: str, result file.
+        records: the annotated records to evaluate (:func:`match_ids`).
+        options: CandidateOptions.
+        decay, combine, normalize: how S is combined and both maps are scaled
+            (``refine.scored_maps``); None takes the run's own setting (files written before
+            ``normalize`` existed used "map"). Cheap: no network, so combination rules can be
+            compared on the same stored maps.
+        on_image: optional callable(k) per image done.
+
+    Returns:
+        list of ImageCandidates.
+    """
+    options = options or CandidateOptions()
+    out = []
+    with ResultStore(store_path) as store:
+        for rec in records:
+            result = store.read(rec.id)
+            image = rec.load_image()
+            fov = np.asarray(rec.load_fov(image), bool)
+            exclude = _disc(rec, image, fov, options) if options.exclude_disc else None
+            params = result.params
+            first, final = scored_maps(
+                result.maps, result.masks, fov,
+                decay=params["decay"] if decay is None else decay,
+                combine=params["combine"] if combine is None else combine,
+                normalize=params.get("normalize", "map") if normalize is None else normalize)
+            found = {}
+            for name, smap in (("s0", first), ("S", final)):
+                found[name] = cand_lib.detect_candidates(
+                    smap.astype(np.float32), fov, sigma=options.sigma,
+                    min_distance=options.min_distance, max_candidates=options.max_candidates,
+                    exclude=exclude, border=options.border)
+            out.append(ImageCandidates(rec.id, rec.grade, rec.load_lesions(), found,
+                                       result.stop_reason, result.iterations))
+            if on_image:
+                on_image(1)
+    return out
+
+
+def _disc(rec, image, fov, options):
+    disc = rec.load_optic_disc() if hasattr(rec, "load_optic_disc") else None
+    if disc is not None and disc.any():
+        return disc
+    return cand_lib.estimate_optic_disc(image, fov,
+                                        radius_fraction=options.disc_radius_fraction).mask
+
+
+def lesion_union(lesions, types=LESION_TYPES):
+    """Union of an image's lesion masks of ``types`` ((H, W) bool), or None when it has none
+    of them annotated (``lesions`` as ``Record.load_lesions()`` returns, None allowed)."""
+    masks = [lesions[t] for t in types if t in (lesions or {})]
+    return np.logical_or.reduce(masks) if masks else None
+
+
+def evaluate(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot=1000, seed=0,
+             curve_rates=None):
+    """FROC of s_0 and S: all images, per DR stage and per lesion type, with bootstraps.
+
+    Groups: ``"all"`` (every image, every lesion type), ``"stage N"`` for each stage in
+    ``stages`` that has images, ``"type T"`` for each lesion type present in the annotations
+    (a candidate that hits no lesion of that type is a false positive for that type's curve).
+
+    Args:
+        items: list of ImageCandidates (:func:`collect`).
+        stages: DR stages to report separately (the paper: referable stages 2-4); "all" and
+            the stage groups count every lesion type.
+        types: lesion types reported separately (empty: none).
+        tolerance: float, FROC hit tolerance in px (DESIGN.md §3).
+        n_boot: int, bootstrap replicates (over images) for the 95% intervals.
+        seed: int.
+        curve_rates: optional 1-D FP/image rates for pointwise curve bands (figures).
+
+    Returns:
+        dict group -> {"n_images", "n_lesions", "s0": {"froc", "bootstrap"}, "S": {...},
+        "paired": PairedBootstrapResult (S against s_0)}; ``froc`` are FROCResult objects.
+    """
+    groups = {"all": (items, LESION_TYPES)}
+    for stage in stages:
+        chosen = [i for i in items if i.grade == stage]
+        if chosen:
+            groups[f"stage {stage}"] = (chosen, LESION_TYPES)
+    for t in types:
+        if any(t in i.lesions for i in items):
+            groups[f"type {t}"] = ([i for i in items if t in i.lesions], (t,))
+    report = {}
+    for name, (chosen, kinds) in groups.items():
+        lesions = [lesion_union(i.lesions, kinds) for i in chosen]
+        keep = [k for k, m in enumerate(lesions) if m is not None]
+        chosen = [chosen[k] for k in keep]
+        lesions = [lesions[k] for k in keep]
+        entry = {"n_images": len(chosen)}
+        for map_name in MAP_NAMES:
+            cands = [i.candidates[map_name] for i in chosen]
+            result = froc_lib.froc(cands, lesions, tolerance=tolerance)
+            boot = froc_lib.bootstrap(cands, lesions, tolerance=tolerance, n_boot=n_boot,
+                                      seed=seed, curve_rates=curve_rates)
+            entry[map_name] = {"froc": result, "bootstrap": boot}
+        entry["n_lesions"] = entry["s0"]["froc"].n_lesions
+        entry["paired"] = froc_lib.paired_bootstrap(
+            [i.candidates["s0"] for i in chosen], [i.candidates["S"] for i in chosen], lesions,
+            tolerance=tolerance, n_boot=n_boot, seed=seed)
+        report[name] = entry
+    return report
+
+
+def report_to_dict(report):
+    """JSON-ready form of :func:`evaluate`'s report (curves, summaries, intervals, gains)."""
+    out = {}
+    for name, entry in report.items():
+        out[name] = {"n_images": entry["n_images"], "n_lesions": int(entry["n_lesions"]),
+                     "paired_S_minus_s0": entry["paired"].to_dict()}
+        for map_name in MAP_NAMES:
+            out[name][map_name] = {"froc": entry[map_name]["froc"].to_dict(),
+                                   "bootstrap": entry[map_name]["bootstrap"].to_dict()}
+    return out
+
+
+def summary_rows(report):
+    """One row per group: score and average sensitivity of s_0 and S, relative gains, CIs."""
+    rows = []
+    for name, entry in report.items():
+        p = entry["paired"]
+        row = {"group": name, "images": entry["n_images"], "lesions": int(entry["n_lesions"])}
+        for map_name in MAP_NAMES:
+            b = entry[map_name]["bootstrap"]
+            row[f"{map_name}_score"] = b.score
+            row[f"{map_name}_score_ci"] = tuple(b.score_interval)
+            row[f"{map_name}_as10"] = b.average_sensitivity
+            row[f"{map_name}_as10_ci"] = tuple(b.average_sensitivity_interval)
+        row["gain_score"] = p.score.relative
+        row["gain_score_ci"] = tuple(p.score.relative_interval)
+        row["gain_as10"] = p.average_sensitivity.relative
+        row["gain_as10_ci"] = tuple(p.average_sensitivity.relative_interval)
+        rows.append(row)
+    return rows
