@@ -28,7 +28,7 @@ import scipy
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dr_saliency import froc as froc_lib  # noqa: E402
+from dr_saliency.lesions import froc as froc_lib  # noqa: E402
 from dr_saliency.lesions.candidates import detect_candidates  # noqa: E402
 
 

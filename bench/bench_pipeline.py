@@ -19,8 +19,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from dr_saliency import synth  # noqa: E402
-from dr_saliency import train as train_lib  # noqa: E402
+from dr_saliency.fundus import synth  # noqa: E402
+from dr_saliency.grader import train as train_lib  # noqa: E402
+from dr_saliency.grader.config import QUICK_PROFILE, TrainConfig  # noqa: E402
 from dr_saliency.fundus.datasets import open_dataset  # noqa: E402
 
 
@@ -35,9 +36,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="dataset folder (default: generate a synthetic one)")
     parser.add_argument("--n", type=int, default=400, help="images to generate without --data")
-    parser.add_argument("--size", type=int, default=train_lib.QUICK_PROFILE["input_size"])
-    parser.add_argument("--width", type=float, default=train_lib.QUICK_PROFILE["width"])
-    parser.add_argument("--batch-size", type=int, default=train_lib.QUICK_PROFILE["batch_size"])
+    parser.add_argument("--size", type=int, default=QUICK_PROFILE["input_size"])
+    parser.add_argument("--width", type=float, default=QUICK_PROFILE["width"])
+    parser.add_argument("--batch-size", type=int, default=QUICK_PROFILE["batch_size"])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -48,7 +49,7 @@ def main():
         tmp = tempfile.TemporaryDirectory()
         data = tmp.name
         synth.write_dataset(data, args.n, size=args.size, seed=0)
-    config = train_lib.TrainConfig(**dict(train_lib.QUICK_PROFILE, input_size=args.size,
+    config = TrainConfig(**dict(QUICK_PROFILE, input_size=args.size,
                                           width=args.width, batch_size=args.batch_size))
     records = [r for r in open_dataset(data) if r.grade is not None]
     net = train_lib.build_compiled(config, 100, train_lib.get_strategy("default"))

@@ -19,7 +19,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from dr_saliency import refine, saliency, synth  # noqa: E402
+from dr_saliency.explain.explainer import make_explainer, make_predictor  # noqa: E402
+from dr_saliency.fundus import synth  # noqa: E402
+from dr_saliency.refinement.loop import RefineConfig, refine_batch  # noqa: E402
 from dr_saliency.grader.model import build_model  # noqa: E402
 
 
@@ -49,16 +51,16 @@ def main():
     samples = [synth.synthesize(3, size=args.size, rng=i) for i in range(args.batch_size)]
     images = np.stack([s.image for s in samples])
     fovs = np.stack([s.fov for s in samples])
-    explain = saliency.make_explainer(net, batch_size=args.batch_size)
-    predict = saliency.make_predictor(net, batch_size=args.batch_size)
+    explain = make_explainer(net, batch_size=args.batch_size)
+    predict = make_predictor(net, batch_size=args.batch_size)
 
     def network_only():
         explain(images, fovs)
         predict(images)
 
     def one_iteration():
-        results = refine.refine_batch(images, fovs, explain=explain, predict=predict,
-                                      max_iterations=1, stop_at=-1e9)
+        results = refine_batch(images, fovs, explain=explain, predict=predict,
+                               config=RefineConfig(max_iterations=1, stop_at=-1e9))
         assert all(r.iterations == 1 for r in results)
 
     t_net, m_net = median_time(network_only, args.repeats)

@@ -1,4 +1,4 @@
-"""Benchmark of dr_saliency.explain.saliency (DESIGN.md section 5): prints times and ratios from one run.
+"""Benchmark of dr_saliency.explain (docs/performance.md): prints times and ratios from one run.
 
 1. Guided back-propagation vs a plain input gradient (``tape.gradient`` in a ``tf.function``, the
    physical floor of any gradient method) on the full-width VGG-16 grader at 512 px, batch 1 and
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dr_saliency import saliency  # noqa: E402
+from dr_saliency.explain import explainer, gradients, surgery  # noqa: E402
 from dr_saliency.core._tf import keras, tf  # noqa: E402
 from dr_saliency.grader.model import build_model, preprocess_input  # noqa: E402
 
@@ -99,27 +99,27 @@ def main(argv=None):
     # 1. guided vs the plain gradient
     print("\n[1] guided back-propagation vs plain tape.gradient (both traced tf.functions)")
     plain = plain_gradient_function(model)
-    predict = saliency.make_predictor(model, batch_size=max(args.batches))
+    predict = explainer.make_predictor(model, batch_size=max(args.batches))
     t0 = time.perf_counter()
-    saliency.guided_backprop(model, x_all[:1])  # first call: builds the clone and traces
+    gradients.guided_backprop(model, x_all[:1])  # first call: builds the clone and traces
     print(f"  first guided call (builds the weight-sharing clone, traces): "
           f"{time.perf_counter() - t0:.2f} s")
     for n in args.batches:
         x = x_all[:n]
-        saliency.guided_backprop(model, x)
+        gradients.guided_backprop(model, x)
         plain(x)
         predict(images[:n])
         med, low = interleaved({
             "forward": lambda: predict(images[:n]),
             "plain": lambda: plain(x),
-            "guided": lambda: saliency.guided_backprop(model, x, return_outputs=True),
+            "guided": lambda: gradients.guided_backprop(model, x, return_outputs=True),
         }, args.repeats if n == 1 else args.repeats_batched)
         print(f"  batch {n}: forward {med['forward']:.3f} s, plain gradient {med['plain']:.3f} s, "
               f"guided {med['guided']:.3f} s -> guided / plain = "
               f"{med['guided'] / med['plain']:.3f} (target <= 1.10) | minima: forward "
               f"{low['forward']:.3f}, plain {low['plain']:.3f}, guided {low['guided']:.3f} -> "
               f"{low['guided'] / low['plain']:.3f}")
-    count = saliency._CACHE[model][("guided", "output")].experimental_get_tracing_count()
+    count = surgery._CACHE[model][("guided", "output")].experimental_get_tracing_count()
     print(f"  guided function traces over all batch sizes: {count}")
 
     # 2. tf-keras-vis
@@ -151,13 +151,13 @@ def main(argv=None):
             for n in args.batches:
                 x = x_all[:n]
                 ref = np.asarray(tkv(x))
-                ours = saliency.guided_backprop(model, x)
+                ours = gradients.guided_backprop(model, x)
                 diff = float(np.abs(ref - ours).max())
                 scale = float(np.abs(ours).max())
                 # Not vacuous: the guided gradient is far from the plain one on this model.
                 vs_plain = float(np.abs(plain(x)[0] - ours).max()) / scale
                 med, low = interleaved({
-                    "ours": lambda: saliency.guided_backprop(model, x),
+                    "ours": lambda: gradients.guided_backprop(model, x),
                     "tkv": lambda: tkv(x),
                 }, args.repeats if n == 1 else args.repeats_batched)
                 print(f"  batch {n}: max |difference| {diff:.3g} = {diff / scale:.2e} of max |grad| "
@@ -171,7 +171,7 @@ def main(argv=None):
     # 3. one refinement iteration's network work
     print("\n[3] refinement iteration, batch 1: explainer (map + prediction, one pass) vs "
           "map + separate predict")
-    explain = saliency.make_explainer(model)
+    explain = explainer.make_explainer(model)
     image = images[:1]
 
     def separate():

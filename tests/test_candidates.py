@@ -248,7 +248,7 @@ def test_estimate_optic_disc_on_synthetic_fundi():
 
 def test_estimate_optic_disc_bad_inputs():
     image, fov = fundus_like(size=32)
-    with pytest.raises(TypeError, match="Expected a uint8 RGB image. Received: image.dtype=float32"):
+    with pytest.raises(ValueError, match=r"uint8 RGB image. Received: image.shape=\(32, 32, 3\), image.dtype=float32"):
         estimate_optic_disc(image.astype(np.float32), fov)
     with pytest.raises(ValueError, match="Received: radius_fraction=0"):
         estimate_optic_disc(image, fov, radius_fraction=0)

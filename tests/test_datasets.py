@@ -6,7 +6,6 @@ test_datasets_realdata.py (the real samples in ../shared/realdata).
 
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -31,20 +30,17 @@ def _disc(value=True):
 
 @pytest.fixture
 def fake_fov(monkeypatch):
-    """Replace dr_saliency.fundus.prepare.fov_mask by a recorder (installing a stand-in module when
-    preprocess is not importable), so that computed FOVs are tested without its algorithm."""
+    """Replace dr_saliency.fundus.fov.fov_mask by a recorder, so that computed FOVs are tested
+    without its algorithm."""
     calls = []
 
     def fov_mask(image):
         calls.append(image.shape)
         return image[:, :, 0] > 127
 
-    try:
-        import dr_saliency.fundus.prepare as preprocess
-    except ImportError:
-        preprocess = types.ModuleType("dr_saliency.fundus.prepare")
-        monkeypatch.setitem(sys.modules, "dr_saliency.fundus.prepare", preprocess)
-    monkeypatch.setattr(preprocess, "fov_mask", fov_mask, raising=False)
+    from dr_saliency.fundus import fov
+
+    monkeypatch.setattr(fov, "fov_mask", fov_mask)
     return calls
 
 
@@ -150,11 +146,12 @@ def test_folder_fov_given_or_computed(folder_ds, fake_fov):
     assert len(fake_fov) == 2
 
 
-def test_computed_fov_with_the_real_preprocess(folder_ds):
-    preprocess = pytest.importorskip("dr_saliency.fundus.prepare")
+def test_computed_fov_with_the_real_fov_mask(folder_ds):
+    from dr_saliency.fundus.fov import fov_mask
+
     fov = open_dataset(folder_ds).by_id("img2").load_fov()
     assert fov.dtype == bool and fov.shape == (H, W)
-    np.testing.assert_array_equal(fov, preprocess.fov_mask(_image(2)))
+    np.testing.assert_array_equal(fov, fov_mask(_image(2)))
 
 
 # --- open_dataset: arguments and detection ---------------------------------------------------

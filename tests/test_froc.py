@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dr_saliency.lesions import froc as froc_lib
-from dr_saliency.lesions.froc import (DEFAULT_RATES, FROCResult, bootstrap, froc, froc_by_group,
+from dr_saliency.lesions.froc import (DEFAULT_RATES, FROCResult, bootstrap, froc,
                               label_lesions, paired_bootstrap)
 
 EMPTY = np.empty((0, 3))
@@ -256,18 +256,6 @@ def test_to_dict_is_json_ready():
     assert len(d["sensitivity_at_rates"]) == 7
     no_lesions = froc([EMPTY], [np.zeros((3, 3), bool)]).to_dict()
     assert no_lesions["score"] is None and json.dumps(no_lesions)
-
-
-def test_froc_by_group_equals_froc_on_the_subsets():
-    cands, lesions = hand_case()
-    groups = [2, 0, 2]
-    by = froc_by_group(cands, lesions, groups)
-    assert list(by) == [0, 2]
-    subset = froc([cands[0], cands[2]], [lesions[0], lesions[2]])
-    np.testing.assert_array_equal(by[2].sensitivity, subset.sensitivity)
-    assert by[0].n_lesions == 0 and by[0].n_images == 1
-    with pytest.raises(ValueError, match=r"Expected one group per image. Received: len\(groups\)=2"):
-        froc_by_group(cands, lesions, [1, 2])
 
 
 # ----------------------------------------------------------------------------- input checks

@@ -186,9 +186,9 @@ def test_inpaint_with_an_empty_mask_returns_an_unchanged_copy():
 
 def test_inpaint_rejects_bad_input():
     image, mask = _dark_spot_image()
-    with pytest.raises(TypeError, match="uint8 RGB image. Received: image.dtype=float32"):
+    with pytest.raises(ValueError, match=r"uint8 RGB image. Received: image.shape=\(48, 48, 3\), image.dtype=float32"):
         inpaint(image.astype(np.float32), mask)
-    with pytest.raises(ValueError, match=r"\(H, W, 3\). Received: image.shape=\(48, 48\)"):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB image. Received: image.shape=\(48, 48\)"):
         inpaint(image[..., 0], mask)
     with pytest.raises(TypeError, match="bool mask. Received: mask.dtype=uint8"):
         inpaint(image, mask.astype(np.uint8))
@@ -241,5 +241,5 @@ def test_inpaint_leaves_masked_pixels_outside_the_fov_alone():
     mask[0:3, 0:3] = True                      # outside the FOV only
     out = inpaint(image, mask, fov_mask=fov)
     np.testing.assert_array_equal(out, image)
-    with pytest.raises(TypeError, match=r"bool field-of-view mask. Received: fov_mask.dtype=uint8"):
+    with pytest.raises(TypeError, match=r"bool field-of-view mask of shape \(\d+, \d+\). Received: fov_mask.dtype=uint8"):
         inpaint(image, mask, fov_mask=fov.astype(np.uint8))

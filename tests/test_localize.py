@@ -7,13 +7,15 @@ import os
 import numpy as np
 import pytest
 
-from dr_saliency.figures import panels as figures
+from dr_saliency.lesions import panels as figures
 
 from dr_saliency.lesions import localize
 
 from dr_saliency.refinement import run as pipeline
+from dr_saliency.refinement.loop import RefineConfig
+from dr_saliency.core.errors import PartialResultsError
 
-from dr_saliency.figures import reports
+from dr_saliency.lesions import reports
 
 from dr_saliency.fundus import synth
 from dr_saliency.fundus.datasets import open_dataset
@@ -51,7 +53,7 @@ def refined(tmp_path_factory):
     explain, predict = lesion_explainer(data)
     store = str(root / "r.h5")
     pipeline.refine_dataset(list(open_dataset(data)), store, explain=explain, predict=predict,
-                            max_iterations=2)
+                            config=RefineConfig(max_iterations=2))
     return data, store
 
 
@@ -62,8 +64,10 @@ def test_match_ids_lists_missing_and_allows_partial(refined, tmp_path):
         ids = st.complete_ids()
     records, notes = localize.match_ids(ids, ds)
     assert len(records) == 10 and notes == []
-    with pytest.raises(ValueError, match=r"--allow-partial.*1 result\(s\) have no image in the dataset: ghost"):
+    with pytest.raises(PartialResultsError, match=r"allow_partial=True.*1 result\(s\) have no "
+                                                  r"image in the dataset: ghost") as info:
         localize.match_ids(ids + ["ghost"], ds)
+    assert info.value.missing == ("ghost",)
     records, notes = localize.match_ids(ids + ["ghost"], ds, allow_partial=True)
     assert len(records) == 10 and "ghost" in notes[0]
     records, notes = localize.records_for(store, ds)
@@ -86,7 +90,7 @@ def test_oracle_maps_score_high_and_report_has_every_group(refined):
     records, _ = localize.match_ids(ResultStore(store).complete_ids(), open_dataset(data))
     items = localize.collect(store, records, localize.CandidateOptions(exclude_disc=False))
     assert all(i.candidates["s0"].shape[1] == 3 for i in items)
-    report = localize.evaluate(items, n_boot=50, curve_rates=reports.CURVE_RATES)
+    report = localize.evaluate(items, n_boot=50)
     assert "all" in report and "type HE" in report
     assert any(k.startswith("stage ") for k in report)
     # The oracle map marks every lesion: s_0 finds most lesions at a few FP per image.
@@ -98,8 +102,7 @@ def test_oracle_maps_score_high_and_report_has_every_group(refined):
 def test_write_froc_files_and_table(refined, tmp_path):
     data, store = refined
     records, _ = localize.match_ids(ResultStore(store).complete_ids(), open_dataset(data))
-    report = localize.evaluate(localize.collect(store, records), n_boot=20,
-                               curve_rates=reports.CURVE_RATES)
+    report = localize.evaluate(localize.collect(store, records), n_boot=20)
     paths = reports.write_froc(report, str(tmp_path), params={"x": 1})
     names = {os.path.basename(p) for p in paths}
     assert {"metrics.json", "curves.csv", "froc_stages.png", "froc_types.pdf"} <= names

@@ -4,11 +4,18 @@ import cv2
 import numpy as np
 import pytest
 
+from dr_saliency.core.errors import BadImageError, EmptySplitError, ImageSizeError
+from dr_saliency.core.maps import scored_maps
+from dr_saliency.fundus.datasets import open_dataset, select_records
 from dr_saliency.refinement import run as pipeline
-from dr_saliency.fundus.datasets import open_dataset
+from dr_saliency.refinement.erase import Eraser
+from dr_saliency.refinement.loop import RefineConfig, refine, run_params
 from dr_saliency.fundus.datasets.folder import write_labels, write_sample
 from dr_saliency.refinement.store import ResultStore
 
+
+#: A small mask per iteration, no dilation.
+ERASE = Eraser(level=0.02, dilation=0)
 
 def make_data(root, n=6, size=64):
     rows = []
@@ -40,12 +47,14 @@ def fake_explain(images, fovs):
 
 def test_select_records_by_split_and_ids(tmp_path):
     ds = make_data(tmp_path / "d")
-    assert [r.id for r in pipeline.select_records(ds, split="test")] == ["im1", "im3", "im5"]
-    assert [r.id for r in pipeline.select_records(ds, ids=["im4", "im0"])] == ["im0", "im4"]
+    assert [r.id for r in select_records(ds, split="test")] == ["im1", "im3", "im5"]
+    assert [r.id for r in select_records(ds, ids=["im4", "im0"])] == ["im0", "im4"]
     with pytest.raises(ValueError, match=r"1 unknown id\(s\): nope"):
-        pipeline.select_records(ds, ids=["im0", "nope"])
-    with pytest.raises(ValueError, match=r"at least one image.*split='val'"):
-        pipeline.select_records(ds, split="val")
+        select_records(ds, ids=["im0", "nope"])
+    with pytest.raises(EmptySplitError, match=r"Expected images in split 'val'.*Received: split='val'"):
+        select_records(ds, split="val")
+    with pytest.raises(ValueError, match=r"Expected split in .*Received: split='dev'"):
+        select_records(ds, split="dev")
 
 
 def test_refine_dataset_writes_resumes_and_filters_referable(tmp_path):
@@ -55,7 +64,7 @@ def test_refine_dataset_writes_resumes_and_filters_referable(tmp_path):
     summary = pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
                                       size=64, batch_size=4, only_referable=True,
                                       on_image=lambda rec, res, msg: lines.append((rec.id, msg)),
-                                      max_iterations=5, binarize_level=0.02, dilation=0)
+                                      config=RefineConfig(max_iterations=5), erase=ERASE)
     p0 = fake_predict([r.load_image() for r in ds])
     referable = [r.id for r, p in zip(ds, p0) if p > 1.0]
     assert summary["written"] == len(referable)
@@ -69,13 +78,13 @@ def test_refine_dataset_writes_resumes_and_filters_referable(tmp_path):
     assert any("->" in msg for _, msg in lines)
     assert any("not referable" in msg for _, msg in lines)
     again = pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
-                                    size=64, only_referable=True, max_iterations=5,
-                                    binarize_level=0.02, dilation=0)
+                                    size=64, only_referable=True,
+                                    config=RefineConfig(max_iterations=5), erase=ERASE)
     assert again["written"] == 0 and again["already_done"] == len(referable)
     with pytest.raises(ValueError, match=r"max_iterations=3 \(file has 5\)"):
         pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
-                                only_referable=True, max_iterations=3, binarize_level=0.02,
-                                dilation=0)
+                                only_referable=True, config=RefineConfig(max_iterations=3),
+                                erase=ERASE)
 
 
 def test_bad_images_are_reported_and_skipped(tmp_path):
@@ -84,8 +93,9 @@ def test_bad_images_are_reported_and_skipped(tmp_path):
     data = open(bad, "rb").read()
     open(bad, "wb").write(data[: len(data) // 4])
     out = str(tmp_path / "r.h5")
-    with pytest.raises(ValueError, match=r"im2: .*im2.png.*--skip-bad"):
+    with pytest.raises(BadImageError, match=r"im2: .*im2.png") as info:
         pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict)
+    assert info.value.image == "im2"
     summary = pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
                                       skip_bad=True)
     assert [i for i, _ in summary["skipped"]] == ["im2"]
@@ -94,9 +104,10 @@ def test_bad_images_are_reported_and_skipped(tmp_path):
 
 def test_wrong_size_names_preprocess(tmp_path):
     ds = make_data(tmp_path / "d", n=2)
-    with pytest.raises(ValueError, match=r"Expected a 128x128 image.*dr-saliency preprocess --size 128"):
+    with pytest.raises(ImageSizeError, match=r"im0: Expected a 128x128 image .*of 64x64") as info:
         pipeline.refine_dataset(list(ds), str(tmp_path / "r.h5"), explain=fake_explain,
                                 predict=fake_predict, size=128)
+    assert info.value.size == 128 and info.value.image == "im0"
 
 
 def test_nan_map_skips_only_that_image(tmp_path):
@@ -125,22 +136,21 @@ def test_describe():
 def test_a_store_written_before_fov_inpainting_is_refused_for_appending_but_still_scored(tmp_path):
     # Stores written before Step 6 lack "normalize" and "inpaint_inside_fov": appending to one
     # (which would mix two inpainting rules) is refused with the differences named.
-    from dr_saliency.refinement import loop as refine_lib
     ds = make_data(tmp_path / "d")
     out = str(tmp_path / "old.h5")
-    old_params = refine_lib.refine_params(max_iterations=2)
+    config = RefineConfig(max_iterations=2)
+    old_params = run_params(config)
     del old_params["normalize"], old_params["inpaint_inside_fov"]
-    result = refine_lib.refine(ds[1].load_image(), explain=fake_explain, predict=fake_predict,
-                               max_iterations=2)
+    result = refine(ds[1].load_image(), explain=fake_explain, predict=fake_predict, config=config)
     result.params = dict(old_params)
     with ResultStore(out, "a", params=dict(old_params, only_referable=False)) as store:
         store.write(ds[1].id, result)
     with pytest.raises(ValueError, match=r"inpaint_inside_fov=true \(file has \(absent\)\); "
                                          r"normalize=\"\w+\" \(file has \(absent\)\)"):
         pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
-                                max_iterations=2)
+                                config=config)
     # Its maps are raw, so s_0 and S are still recomputed on one scale from them.
     with ResultStore(out) as store:
         stored = store.read(ds[1].id)
-    first, final = refine_lib.scored_maps(stored.maps, stored.masks, decay=0.0, combine="max")
+    first, final = scored_maps(stored.maps, stored.masks, decay=0.0, combine="max")
     np.testing.assert_array_equal(first, final)

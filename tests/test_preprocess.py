@@ -21,14 +21,8 @@ from scipy import ndimage
 
 from dr_saliency.fundus.datasets.folder import write_sample
 from dr_saliency.fundus.imio import read_image, read_mask
-from dr_saliency.fundus.prepare import (
-    SquareBox,
-    apply_geometry,
-    fov_mask,
-    preprocess_dataset,
-    preprocess_image,
-    square_crop_box,
-)
+from dr_saliency.fundus.fov import SquareBox, apply_geometry, fov_mask, preprocess_image, square_crop_box
+from dr_saliency.fundus.prepare import preprocess_dataset
 
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -155,10 +149,10 @@ def test_fov_mask_fixed_threshold():
 
 
 def test_fov_mask_rejects_bad_arguments():
-    with pytest.raises(ValueError, match=r"Expected an \(H, W, 3\) uint8 RGB image\. Received: "
+    with pytest.raises(ValueError, match=r"Expected a non-empty \(H, W, 3\) uint8 RGB image\. Received: "
                                          r"image\.shape=\(4, 4, 3\), image\.dtype=float32"):
         fov_mask(np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(TypeError, match=r"Expected a numpy array\. Received: image of type list"):
+    with pytest.raises(TypeError, match=r"uint8 RGB numpy array\. Received: image of type list"):
         fov_mask([[0]])
     with pytest.raises(ValueError, match=r"Expected 0 <= threshold < 255\. Received: threshold=300"):
         fov_mask(np.zeros((4, 4, 3), np.uint8), threshold=300)

@@ -10,16 +10,26 @@ lesion, and each iteration inpaints one lesion: an image with L lesions has p_i 
 import numpy as np
 import pytest
 
-from dr_saliency.refinement.erase import binarize
-from dr_saliency.refinement.loop import (ImageError, RefineResult, STOP_REASONS, combine_maps,
-                                normalize_map, normalize_maps, refine, refine_batch, scored_maps)
+from dr_saliency.core.checks import ImageError
+from dr_saliency.core.maps import Combination, combine_maps
+from dr_saliency.refinement.erase import Eraser, binarize
+from dr_saliency.refinement.loop import RefineConfig, refine, refine_batch, run_params
+from dr_saliency.refinement.result import STOP_REASONS, RefineResult
 
 SIZE = 24
 BACKGROUND = 200
 #: Top-left corners of up to 5 lesions, far enough apart not to touch after inpainting.
 SPOTS = [(3, 3), (3, 15), (11, 9), (18, 3), (18, 17)]
 #: One lesion per iteration, no dilation, so that counts are exact.
-ONE_LESION = dict(binarize_rule="fraction_of_max", binarize_level=1.0, dilation=0)
+ONE_LESION = Eraser(rule="fraction_of_max", level=1.0, dilation=0)
+
+
+def settings(erase=ONE_LESION, **options):
+    """config and erase for refine(): ``options`` under the names a result file stores."""
+    params = {**run_params(erase=erase), **options}
+    if "binarize_rule" in options and "binarize_level" not in options:
+        params["binarize_level"] = None  # the new rule's own default
+    return dict(config=RefineConfig.from_params(params), erase=Eraser.from_params(params))
 
 
 def lesion_image(n_lesions, image_id=0):
@@ -66,11 +76,10 @@ class FakeGrader:
         return self._predictions(images)
 
 
-def run(n_lesions, explain_predicts=True, **kwargs):
+def run(n_lesions, explain_predicts=True, keep_images=False, **kwargs):
     grader = FakeGrader(explain_predicts, kwargs.pop("constant_prediction", None))
-    options = {**ONE_LESION, **kwargs}
     result = refine(lesion_image(n_lesions), explain=grader.explain, predict=grader.predict,
-                    fov_mask=fov(), **options)
+                    fov_mask=fov(), keep_images=keep_images, **settings(**kwargs))
     return result, grader
 
 
@@ -177,8 +186,8 @@ def test_predict_on_every_image_when_explain_returns_maps_only():
 
 def test_predict_may_be_omitted_when_explain_predicts():
     grader = FakeGrader(explain_predicts=True)
-    r = refine(lesion_image(5), explain=grader.explain, fov_mask=fov(), max_iterations=2,
-               **ONE_LESION)
+    r = refine(lesion_image(5), explain=grader.explain, fov_mask=fov(),
+               **settings(max_iterations=2))
     assert r.stop_reason == "max_iterations"
     np.testing.assert_array_equal(r.predictions, [5, 4, 3])
     assert len(grader.explain_calls) == 3  # the last one only for its prediction
@@ -192,7 +201,7 @@ def test_batch_images_stop_at_different_iterations(explain_predicts):
     lesions = [4, 2, 1, 3]
     images = np.stack([lesion_image(n, image_id=j) for j, n in enumerate(lesions)])
     results = refine_batch(images, [fov()] * 4, explain=grader.explain, predict=grader.predict,
-                           **ONE_LESION)
+                           erase=ONE_LESION)
     assert [r.iterations for r in results] == [3, 1, 0, 2]
     assert [r.stop_reason for r in results] == ["normal", "normal", "not_referable", "normal"]
     for r, expected in zip(results, [[4, 3, 2, 1], [2, 1], [1], [3, 2, 1]]):
@@ -212,8 +221,8 @@ def test_batch_images_stop_at_different_iterations(explain_predicts):
 
 def test_refine_equals_a_batch_of_one():
     grader = FakeGrader(True)
-    single = refine(lesion_image(3), explain=grader.explain, fov_mask=fov(), **ONE_LESION)
-    batch = refine_batch([lesion_image(3)], [fov()], explain=grader.explain, **ONE_LESION)[0]
+    single = refine(lesion_image(3), explain=grader.explain, fov_mask=fov(), erase=ONE_LESION)
+    batch = refine_batch([lesion_image(3)], [fov()], explain=grader.explain, erase=ONE_LESION)[0]
     np.testing.assert_array_equal(single.maps, batch.maps)
     np.testing.assert_array_equal(single.final_map, batch.final_map)
     assert refine_batch([], explain=grader.explain) == []
@@ -235,8 +244,8 @@ def test_maps_are_zero_outside_the_fov_and_masks_stay_inside():
 
     field = np.zeros((SIZE, SIZE), dtype=bool)
     field[4:20, 4:20] = True
-    r = refine(lesion_image(0), explain=explain, fov_mask=field, max_iterations=2,
-               binarize_level=0.05)
+    r = refine(lesion_image(0), explain=explain, fov_mask=field,
+               config=RefineConfig(max_iterations=2), erase=Eraser(level=0.05))
     assert r.stop_reason == "max_iterations"
     assert not r.maps[:, ~field].any() and r.maps[:, field].all()
     assert not r.masks[:, ~field].any() and r.masks.any()
@@ -246,7 +255,8 @@ def test_maps_are_zero_outside_the_fov_and_masks_stay_inside():
 def test_final_map_is_combine_maps_of_the_result():
     for combine in ("mean", "max", "masked"):
         r, _ = run(4, combine=combine, decay=0.7)
-        expected = combine_maps(r.maps, r.masks, fov(), decay=0.7, combine=combine)
+        expected = combine_maps(r.maps, r.masks, fov(), decay=0.7, combine=combine,
+                                normalize="none")
         np.testing.assert_array_equal(r.final_map, expected)
         assert r.params["combine"] == combine and r.params["decay"] == 0.7
 
@@ -254,122 +264,14 @@ def test_final_map_is_combine_maps_of_the_result():
 # ----------------------------------------------------------------------------- combination
 
 
-def test_normalize_map_uses_the_999th_percentile_of_positive_fov_values():
-    smap = np.arange(1, 1001, dtype=np.float32).reshape(20, 50)  # 1..1000
-    out = normalize_map(smap)
-    robust_max = np.percentile(np.arange(1, 1001), 99.9)  # 999.001
-    assert out.dtype == np.float32 and out.max() == 1.0
-    np.testing.assert_allclose(out[9, 49], 500 / robust_max, rtol=1e-6)
-    assert out[19, 49] == 1.0  # 1000 > robust max: clipped
-    sparse = np.zeros((8, 8), dtype=np.float32)
-    sparse[2, 3] = 1e-6  # one positive pixel: it is its own robust maximum
-    assert normalize_map(sparse)[2, 3] == 1.0 and normalize_map(sparse).sum() == 1.0
-    assert not normalize_map(np.zeros((8, 8), dtype=np.float32)).any()
-
-
-def _two_level_maps():
-    """s_0: left 2, right 1; s_1: left 0, right 3; s_2: left 4, right 2 (4x4, halves by column).
-
-    Normalised (robust max = the larger value, held by half the pixels):
-    n_0 = (1, 0.5), n_1 = (0, 1), n_2 = (1, 0.5) for (left, right).
-    """
-    maps = np.zeros((3, 4, 4), dtype=np.float32)
-    maps[0][:, :2], maps[0][:, 2:] = 2, 1
-    maps[1][:, :2], maps[1][:, 2:] = 0, 3
-    maps[2][:, :2], maps[2][:, 2:] = 4, 2
-    return maps
-
-
-def test_combine_mean_is_the_decaying_weighted_mean():
-    # decay 0.5: w = 1, 0.5, 0.25, sum 1.75.
-    # left  = (1 * 1 + 0.5 * 0 + 0.25 * 1)   / 1.75 = 1.25  / 1.75 = 5/7  = 0.714286
-    # right = (1 * 0.5 + 0.5 * 1 + 0.25 * 0.5) / 1.75 = 1.125 / 1.75 = 9/14 = 0.642857
-    out = combine_maps(_two_level_maps(), decay=0.5, combine="mean", normalize="map")
-    np.testing.assert_allclose(out[:, :2], 5 / 7, rtol=1e-6)
-    np.testing.assert_allclose(out[:, 2:], 9 / 14, rtol=1e-6)
-    # Constant maps 1, 2, 3 all normalise to 1: S = 1 inside the FOV, 0 outside.
-    field = np.zeros((4, 4), dtype=bool)
-    field[1:3, 1:3] = True
-    constant = np.stack([np.full((4, 4), v, dtype=np.float32) for v in (1, 2, 3)])
-    out = combine_maps(constant, fov_mask=field, decay=0.5, combine="mean", normalize="map")
-    np.testing.assert_allclose(out[field], 1.0, rtol=1e-6)
-    assert not out[~field].any()
-    # decay 0: S = n_0.
-    np.testing.assert_allclose(combine_maps(_two_level_maps(), decay=0.0, combine="mean",
-                                            normalize="map")[0], [1, 1, .5, .5])
-
-
-def test_combine_max_and_masked():
-    maps = _two_level_maps()
-    # max: left = max(1, 0.5 * 0, 0.25 * 1) = 1; right = max(0.5, 0.5 * 1, 0.25 * 0.5) = 0.5
-    out = combine_maps(maps, decay=0.5, combine="max", normalize="map")
-    np.testing.assert_allclose(out[0], [1, 1, 0.5, 0.5])
-    # masked, with mask_0 = left half, mask_1 and mask_2 empty; w_k = 0.5 ** 3 = 0.125 outside:
-    # left  = max(n_0 * 1, n_1 * 0.125, n_2 * 0.125) = max(1, 0, 0.125)         = 1
-    # right = max(n_0 * 0.125, n_1 * 0.125, n_2 * 0.125) = max(0.0625, 0.125, 0.0625) = 0.125
-    masks = np.zeros((3, 4, 4), dtype=bool)
-    masks[0][:, :2] = True
-    out = combine_maps(maps, masks, decay=0.5, combine="masked", normalize="map")
-    np.testing.assert_allclose(out[0], [1, 1, 0.125, 0.125])
-    # With decay 1 every weight is 1: masked == max.
-    np.testing.assert_allclose(combine_maps(maps, masks, decay=1.0, combine="masked", normalize="map"),
-                               combine_maps(maps, decay=1.0, combine="max", normalize="map"))
-
-
-def test_normalize_maps_modes():
-    maps = _two_level_maps()  # robust maxima 2, 3, 4
-    np.testing.assert_allclose(normalize_maps(maps, normalize="map")[:, 0],
-                               [[1, 1, .5, .5], [0, 0, 1, 1], [1, 1, .5, .5]])
-    # image: every map by s_0's robust maximum (2), clipped to 1.
-    np.testing.assert_allclose(normalize_maps(maps, normalize="image")[:, 0],
-                               [[1, 1, .5, .5], [0, 0, 1, 1], [1, 1, 1, 1]])
-    field = np.ones((4, 4), dtype=bool)
-    field[0] = False
-    raw = normalize_maps(maps, field, normalize="none")
-    np.testing.assert_array_equal(raw[:, 1:], maps[:, 1:])
-    assert not raw[:, 0].any()
-    with pytest.raises(ValueError, match=r"normalize in \('map', 'image', 'none'\). "
-                                         r"Received: normalize='rank'"):
-        normalize_maps(maps, normalize="rank")
-
-
-@pytest.mark.parametrize("normalize", ["map", "image", "none"])
-@pytest.mark.parametrize("combine", ["mean", "max"])
-def test_scored_s0_and_s_share_one_scale_and_are_equal_at_decay_0(normalize, combine):
-    rng = np.random.default_rng(1)
-    maps = rng.gamma(1.0, 3.0, (4, 16, 16)).astype(np.float32)
-    first, final = scored_maps(maps, decay=0.0, combine=combine, normalize=normalize)
-    np.testing.assert_array_equal(first, final)
-    np.testing.assert_array_equal(first, normalize_maps(maps, normalize=normalize)[0])
-    _, final = scored_maps(maps, decay=0.9, combine=combine, normalize=normalize)
-    np.testing.assert_array_equal(
-        final, combine_maps(maps, decay=0.9, combine=combine, normalize=normalize))
-
-
 def test_refine_records_normalize_and_fov_inpainting_in_params():
     r, _ = run(2, normalize="image", inpaint_inside_fov=False)
     assert r.params["normalize"] == "image" and r.params["inpaint_inside_fov"] is False
     np.testing.assert_array_equal(
         r.final_map, combine_maps(r.maps, r.masks, fov(), normalize="image"))
-    with pytest.raises(TypeError, match=r"inpaint_inside_fov to be True or False. "
-                                        r"Received: inpaint_inside_fov='yes'"):
+    with pytest.raises(TypeError, match=r"inside_fov to be True or False. "
+                                        r"Received: inside_fov='yes'"):
         run(2, inpaint_inside_fov="yes")
-
-
-def test_combine_maps_rejects_bad_input():
-    maps = _two_level_maps()
-    with pytest.raises(ValueError, match=r"decay in \[0, 1\]. Received: decay=1.5"):
-        combine_maps(maps, decay=1.5)
-    with pytest.raises(ValueError, match="Received: combine='sum'"):
-        combine_maps(maps, combine="sum")
-    with pytest.raises(ValueError, match="masks .* for combine='masked'. Received: masks=None"):
-        combine_maps(maps, combine="masked")
-    with pytest.raises(ValueError, match=r"\(k, H, W\), k >= 1. Received: maps.shape=\(4, 4\)"):
-        combine_maps(maps[0])
-    with pytest.raises(ValueError, match=r"Received: maps\[1\] containing NaN"):
-        bad = maps.copy()
-        bad[1, 0, 0] = np.nan
-        combine_maps(bad, combine="max")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -378,7 +280,8 @@ def test_combine_maps_rejects_bad_input():
 def test_bad_image_in_a_batch_names_its_index():
     good = lesion_image(2)
     grader = FakeGrader(True)
-    with pytest.raises(ValueError, match=r"uint8 RGB image. Received: images\[1\].dtype=float32") as info:
+    with pytest.raises(ValueError, match=r"uint8 RGB image. Received: images\[1\].shape=\(24, 24, 3\), "
+                                         r"images\[1\].dtype=float32") as info:
         refine_batch([good, good.astype(np.float32), good], explain=grader.explain)
     assert isinstance(info.value, ImageError) and info.value.index == 1
     with pytest.raises(ImageError, match=r"shape of images\[0\].*Received: images\[2\].shape") as info:
@@ -413,19 +316,59 @@ def test_nan_maps_and_bad_explainer_outputs_are_clear_errors():
                      predict=lambda b: np.array([np.nan, 1.0]))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(max_iterations=-1), "Received: max_iterations=-1"),
-    (dict(max_iterations=2.5), "Received: max_iterations=2.5"),
-    (dict(stop_at=float("nan")), "Received: stop_at=nan"),
-    (dict(decay=-0.1), "Received: decay=-0.1"),
-    (dict(combine="median"), "Received: combine='median'"),
-    (dict(binarize_rule="top"), "Received: rule='top'"),
-    (dict(inpaint_method="fmm"), "Received: inpaint_method='fmm'"),
-    (dict(inpaint_radius=0.5), "Received: inpaint_radius=0.5"),
+@pytest.mark.parametrize("make, match", [
+    (lambda: RefineConfig(max_iterations=-1), "Received: max_iterations=-1"),
+    (lambda: RefineConfig(max_iterations=2.5), "Received: max_iterations=2.5"),
+    (lambda: RefineConfig(stop_at=float("nan")), "Received: stop_at=nan"),
+    (lambda: Combination(decay=-0.1), "Received: decay=-0.1"),
+    (lambda: Combination(combine="median"), "Received: combine='median'"),
+    (lambda: Eraser(rule="top"), "Received: rule='top'"),
+    (lambda: Eraser(method="fmm"), "Received: method='fmm'"),
+    (lambda: Eraser(radius=0.5), "Received: radius=0.5"),
 ])
-def test_bad_options(kwargs, match):
+def test_bad_settings_fail_when_made(make, match):
     with pytest.raises(ValueError, match=match):
-        refine(lesion_image(2), explain=FakeGrader(True).explain, **kwargs)
+        make()
+
+
+def test_settings_are_objects_and_round_trip_through_params():
+    grader = FakeGrader(True)
+    with pytest.raises(TypeError, match=r"Expected a RefineConfig or None. Received: config=\{"):
+        refine(lesion_image(2), explain=grader.explain, config={"max_iterations": 2})
+    with pytest.raises(TypeError, match=r"an Eraser or a callable with a to_params\(\) method"):
+        refine(lesion_image(2), explain=grader.explain, erase=lambda i, s, f: (s > 0, i))
+    r, _ = run(3, max_iterations=2, decay=0.5)
+    assert RefineConfig.from_params(r.params) == RefineConfig(
+        max_iterations=2, combination=Combination(decay=0.5))
+    assert Eraser.from_params(r.params) == ONE_LESION
+    assert r.params == run_params(RefineConfig(max_iterations=2,
+                                               combination=Combination(decay=0.5)), ONE_LESION)
+
+
+def test_a_custom_erase_step_replaces_binarise_and_inpaint():
+    class PaintWhite:
+        """Erases every pixel above half the map's maximum by painting it white."""
+
+        def __call__(self, image, saliency_map, fov):
+            mask = saliency_map > 0.5 * saliency_map.max()
+            if not mask.any():
+                return mask, None
+            out = image.copy()
+            out[mask] = 255
+            return mask, out
+
+        def to_params(self):
+            return {"erase": "paint_white"}
+
+    r = refine(lesion_image(3), explain=FakeGrader(True).explain, fov_mask=fov(),
+               erase=PaintWhite())
+    # Every dark lesion is above half the maximum darkness: one erasure removes all three.
+    assert r.stop_reason == "normal" and r.iterations == 1
+    np.testing.assert_array_equal(r.predictions, [3, 0])
+    assert r.params["erase"] == "paint_white" and "binarize_rule" not in r.params
+    with pytest.raises(ValueError, match=r"erase to return a bool mask of shape \(24, 24\)"):
+        refine(lesion_image(3), explain=FakeGrader(True).explain,
+               erase=type("Bad", (PaintWhite,), {"__call__": lambda self, i, s, f: (s, i)})())
 
 
 def test_result_type_is_a_plain_dataclass():

@@ -1,4 +1,5 @@
-"""Tests of dr_saliency.explain.saliency: guided back-propagation, the other explainers, maps, explainer.
+"""Tests of dr_saliency.explain (surgery, gradients, gradcam, explainer): guided back-propagation,
+the other methods, maps, the refinement loop's explainer.
 
 The expected attributions are worked out by hand on tiny models with hand-set weights (as captum's
 tests do), with ReLUs chosen so that the guided rule (Springenberg et al. 2015),
@@ -12,7 +13,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from dr_saliency.explain import saliency
+from dr_saliency.explain import explainer, gradcam, gradients, surgery
 from dr_saliency.core._tf import keras, tf
 from dr_saliency.grader.model import build_model, preprocess_input
 
@@ -109,7 +110,7 @@ def tiny_vgg(seed=0):
 
 def test_guided_backprop_dense_hand_computed():
     model = dense_model()
-    grads, outputs = saliency.guided_backprop(model, DENSE_X, return_outputs=True)
+    grads, outputs = gradients.guided_backprop(model, DENSE_X, return_outputs=True)
     assert grads.shape == (1, 2, 2, 1) and grads.dtype == np.float32
     np.testing.assert_allclose(grads.ravel(), DENSE_GUIDED, atol=1e-6)
     np.testing.assert_allclose(outputs, [4.0], atol=1e-6)
@@ -118,23 +119,23 @@ def test_guided_backprop_dense_hand_computed():
     np.testing.assert_allclose(plain_gradient(model, DENSE_X).ravel(), DENSE_PLAIN, atol=1e-6)
     assert not np.allclose(grads.ravel(), DENSE_PLAIN)
     assert not np.allclose(grads.ravel(), DENSE_DECONV)
-    np.testing.assert_allclose(saliency.vanilla_gradient(model, DENSE_X).ravel(), DENSE_PLAIN,
+    np.testing.assert_allclose(gradients.vanilla_gradient(model, DENSE_X).ravel(), DENSE_PLAIN,
                                atol=1e-6)
 
 
 def test_guided_backprop_negated_target_is_not_the_negated_gradient():
     model = dense_model()
-    grads = saliency.guided_backprop(model, DENSE_X, target="negated")
+    grads = gradients.guided_backprop(model, DENSE_X, target="negated")
     np.testing.assert_allclose(grads.ravel(), DENSE_NEGATED, atol=1e-6)
     assert not np.allclose(grads.ravel(), -DENSE_GUIDED)
     # Vanilla gradient is linear in the target: "negated" only flips the sign.
-    np.testing.assert_allclose(saliency.vanilla_gradient(model, DENSE_X, target="negated").ravel(),
+    np.testing.assert_allclose(gradients.vanilla_gradient(model, DENSE_X, target="negated").ravel(),
                                -DENSE_PLAIN, atol=1e-6)
 
 
 def test_guided_backprop_conv_hand_computed():
     model = conv_model()
-    grads, outputs = saliency.guided_backprop(model, CONV_X, return_outputs=True)
+    grads, outputs = gradients.guided_backprop(model, CONV_X, return_outputs=True)
     np.testing.assert_allclose(grads[0, :, :, 0], CONV_GUIDED, atol=1e-6)
     np.testing.assert_allclose(outputs, [0.0], atol=1e-6)
     np.testing.assert_allclose(plain_gradient(model, CONV_X)[0, :, :, 0], CONV_PLAIN, atol=1e-6)
@@ -144,10 +145,10 @@ def test_guided_backprop_conv_hand_computed():
 def test_guided_backprop_is_batched_per_example():
     model = conv_model()
     x = np.concatenate([CONV_X, -CONV_X, 2 * CONV_X])
-    grads, outputs = saliency.guided_backprop(model, x, return_outputs=True)
+    grads, outputs = gradients.guided_backprop(model, x, return_outputs=True)
     assert grads.shape == (3, 3, 3, 1) and outputs.shape == (3,)
     for i in range(3):
-        np.testing.assert_allclose(grads[i], saliency.guided_backprop(model, x[i:i + 1])[0],
+        np.testing.assert_allclose(grads[i], gradients.guided_backprop(model, x[i:i + 1])[0],
                                    atol=1e-6)
     np.testing.assert_allclose(grads[2], grads[0], atol=1e-6)  # ReLU nets: scale-invariant gates
     np.testing.assert_allclose(outputs, model(x).numpy().ravel(), atol=1e-6)
@@ -166,7 +167,7 @@ def test_guided_backprop_finds_standalone_relu_layers_and_sequential(relu):
     reference = dense_model()
     for name in ("hidden", "out"):
         model.get_layer(name).set_weights(reference.get_layer(name).get_weights())
-    np.testing.assert_allclose(saliency.guided_backprop(model, DENSE_X).ravel(), DENSE_GUIDED,
+    np.testing.assert_allclose(gradients.guided_backprop(model, DENSE_X).ravel(), DENSE_GUIDED,
                                atol=1e-6)
 
 
@@ -179,7 +180,7 @@ def test_guided_backprop_reaches_relus_in_nested_models():
     out = keras.layers.Dense(1, name="out")(inner(keras.layers.Flatten()(inp)))
     model = keras.Model(inp, out)
     model.get_layer("out").set_weights(reference.get_layer("out").get_weights())
-    np.testing.assert_allclose(saliency.guided_backprop(model, DENSE_X).ravel(), DENSE_GUIDED,
+    np.testing.assert_allclose(gradients.guided_backprop(model, DENSE_X).ravel(), DENSE_GUIDED,
                                atol=1e-6)
 
 
@@ -195,7 +196,7 @@ def test_guided_clone_keeps_inference_behaviour_of_dropout_batchnorm_and_merges(
     bn.set_weights([np.full(4, 2.0, F32), np.full(4, 0.5, F32), np.full(4, 0.1, F32),
                     np.full(4, 4.0, F32)])  # moving statistics that training mode would ignore
     x = np.random.default_rng(4).standard_normal((3, 6, 6, 2)).astype(F32)
-    _, outputs = saliency.guided_backprop(model, x, return_outputs=True)
+    _, outputs = gradients.guided_backprop(model, x, return_outputs=True)
     np.testing.assert_allclose(outputs, model(x, training=False).numpy().ravel(), rtol=1e-5,
                                atol=1e-6)
 
@@ -217,8 +218,8 @@ def test_callers_model_is_untouched():
     x = np.random.default_rng(0).standard_normal((5, 2, 2, 1)).astype(F32)
     before_y, before_g = model(x).numpy(), plain_gradient(model, x)
 
-    saliency.guided_backprop(model, x)
-    saliency.guided_backprop(model, x, target="negated")
+    gradients.guided_backprop(model, x)
+    gradients.guided_backprop(model, x, target="negated")
 
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
     assert model.get_layer("hidden").activation is keras.activations.relu
@@ -234,16 +235,16 @@ def test_callers_model_is_untouched():
 
 def test_clone_shares_the_original_variables():
     model = dense_model()
-    np.testing.assert_allclose(saliency.guided_backprop(model, DENSE_X).ravel(), DENSE_GUIDED,
+    np.testing.assert_allclose(gradients.guided_backprop(model, DENSE_X).ravel(), DENSE_GUIDED,
                                atol=1e-6)
     # Flip the sign of unit A's output weight and B's: now B passes, A is blocked.
     model.get_layer("out").set_weights([np.array([[-2.0], [1.0], [3.0]], F32),
                                         np.array([0.5], F32)])
-    grads, outputs = saliency.guided_backprop(model, DENSE_X, return_outputs=True)
+    grads, outputs = gradients.guided_backprop(model, DENSE_X, return_outputs=True)
     np.testing.assert_allclose(grads.ravel(), [1.0, 0.5, 0.5, -2.0], atol=1e-6)  # 1 * column B
     np.testing.assert_allclose(outputs, [-2 * 2 + 1 * 0.5 + 0.5], atol=1e-6)
     # No second set of weights: the guided function captured the original variables.
-    traced = saliency._CACHE[model][("guided", "output")].get_concrete_function()
+    traced = surgery._CACHE[model][("guided", "output")].get_concrete_function()
     handles = {id(v) for v in traced.variables}
     assert {id(v.value) for v in model.weights} <= handles
 
@@ -251,8 +252,8 @@ def test_clone_shares_the_original_variables():
 def test_guided_function_is_traced_once_for_all_batch_sizes():
     model = conv_model()
     for n in (1, 1, 3, 2):
-        saliency.guided_backprop(model, np.repeat(CONV_X, n, axis=0))
-    fn = saliency._CACHE[model][("guided", "output")]
+        gradients.guided_backprop(model, np.repeat(CONV_X, n, axis=0))
+    fn = surgery._CACHE[model][("guided", "output")]
     assert fn.experimental_get_tracing_count() == 1
 
 
@@ -261,8 +262,8 @@ def test_cache_does_not_keep_the_model_alive():
     import weakref
 
     model = conv_model()
-    saliency.guided_backprop(model, CONV_X)
-    saliency.vanilla_gradient(model, CONV_X)
+    gradients.guided_backprop(model, CONV_X)
+    gradients.vanilla_gradient(model, CONV_X)
     ref = weakref.ref(model)
     del model
     gc.collect()
@@ -277,17 +278,17 @@ def test_model_without_relu_is_rejected():
     model = keras.Model(inp, out, name="tanh_net")
     with pytest.raises(ValueError, match="needs ReLU activations; the model has none. "
                                          "Received: model=tanh_net"):
-        saliency.guided_backprop(model, DENSE_X)
+        gradients.guided_backprop(model, DENSE_X)
     # The plain gradient needs no ReLU.
-    assert saliency.vanilla_gradient(model, DENSE_X).shape == DENSE_X.shape
+    assert gradients.vanilla_gradient(model, DENSE_X).shape == DENSE_X.shape
     # The explainer checks when it is made, not on its first image.
     inp = keras.Input((4, 4, 3))
     linear = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(inp)), name="linear")
     with pytest.raises(ValueError, match="Received: model=linear"):
-        saliency.make_explainer(linear)
-    assert saliency.make_explainer(linear, "vanilla").method == "vanilla"
+        explainer.make_explainer(linear)
+    assert explainer.make_explainer(linear, "vanilla").method == "vanilla"
     with pytest.raises(ValueError, match=r"Expected a model taking \(N, H, W, 3\) images"):
-        saliency.make_explainer(model, "vanilla")
+        explainer.make_explainer(model, "vanilla")
 
 
 def test_several_inputs_or_outputs_are_rejected():
@@ -295,27 +296,27 @@ def test_several_inputs_or_outputs_are_rejected():
     h = keras.layers.Dense(2, activation="relu")(keras.layers.Concatenate()([a, b]))
     two_in = keras.Model([a, b], keras.layers.Dense(1)(h), name="two_in")
     with pytest.raises(ValueError, match="single input and a single output.*2 inputs and 1 outputs"):
-        saliency.guided_backprop(two_in, np.zeros((1, 4), F32))
+        gradients.guided_backprop(two_in, np.zeros((1, 4), F32))
     x = keras.Input((4,))
     h = keras.layers.Dense(2, activation="relu")(x)
     two_out = keras.Model(x, [keras.layers.Dense(1)(h), keras.layers.Dense(1)(h)])
     with pytest.raises(ValueError, match="1 inputs and 2 outputs"):
-        saliency.guided_backprop(two_out, np.zeros((1, 4), F32))
+        gradients.guided_backprop(two_out, np.zeros((1, 4), F32))
     wide = keras.Model(x, keras.layers.Dense(3)(h), name="wide")
     with pytest.raises(ValueError, match=r"one output value per example.*\(None, 3\)"):
-        saliency.guided_backprop(wide, np.zeros((1, 4), F32))
+        gradients.guided_backprop(wide, np.zeros((1, 4), F32))
 
 
 def test_bad_inputs_and_options_are_rejected():
     model = dense_model()
     with pytest.raises(ValueError, match=r"Expected inputs of shape \(N,\) \+ \(2, 2, 1\)"):
-        saliency.guided_backprop(model, np.zeros((1, 3, 3, 1), F32))
+        gradients.guided_backprop(model, np.zeros((1, 3, 3, 1), F32))
     with pytest.raises(TypeError, match="floating-point inputs"):
-        saliency.guided_backprop(model, np.zeros((1, 2, 2, 1), np.uint8))
+        gradients.guided_backprop(model, np.zeros((1, 2, 2, 1), np.uint8))
     with pytest.raises(ValueError, match="Received: target='negative'"):
-        saliency.guided_backprop(model, DENSE_X, target="negative")
+        gradients.guided_backprop(model, DENSE_X, target="negative")
     with pytest.raises(ValueError, match="Received: steps=0"):
-        saliency.integrated_gradients(model, DENSE_X, steps=0)
+        gradients.integrated_gradients(model, DENSE_X, steps=0)
 
 
 def test_relu_inside_a_custom_layer_is_reported():
@@ -330,7 +331,7 @@ def test_relu_inside_a_custom_layer_is_reported():
     inp = keras.Input((4,))
     model = keras.Model(inp, keras.layers.Dense(1)(Block(name="block")(inp)))
     with pytest.raises(ValueError, match="cannot reach the ReLUs inside layer 'block'"):
-        saliency.guided_backprop(model, np.ones((1, 4), F32))
+        gradients.guided_backprop(model, np.ones((1, 4), F32))
 
 
 # ----------------------------------------------------------------------------- to_saliency
@@ -351,10 +352,10 @@ G = np.array([[[1.0, -2.0, 0.5], [-1.0, -1.0, 0.0]],
     ("abs", "l2", [[np.sqrt(5.25), np.sqrt(2.0)], [5.0, 3.0]]),
 ])
 def test_to_saliency_exact_values(sign, reduce, expected):
-    single = saliency.to_saliency(G, sign=sign, reduce=reduce)
+    single = gradients.to_saliency(G, sign=sign, reduce=reduce)
     assert single.shape == (2, 2) and single.dtype == np.float32
     np.testing.assert_allclose(single, expected, rtol=1e-6)
-    batch = saliency.to_saliency(np.stack([G, -G]).astype(np.float64), sign=sign, reduce=reduce)
+    batch = gradients.to_saliency(np.stack([G, -G]).astype(np.float64), sign=sign, reduce=reduce)
     assert batch.shape == (2, 2, 2) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[0], expected, rtol=1e-6)
     assert (batch >= 0).all()
@@ -362,17 +363,17 @@ def test_to_saliency_exact_values(sign, reduce, expected):
 
 def test_to_saliency_rejects_bad_input():
     with pytest.raises(ValueError, match=r"Received: grads shape=\(2, 2\)"):
-        saliency.to_saliency(np.zeros((2, 2), F32))
+        gradients.to_saliency(np.zeros((2, 2), F32))
     with pytest.raises(TypeError, match="Received: grads dtype=int64"):
-        saliency.to_saliency(np.zeros((1, 2, 2, 3), np.int64))
+        gradients.to_saliency(np.zeros((1, 2, 2, 3), np.int64))
     with pytest.raises(ValueError, match="Received: sign='neg'"):
-        saliency.to_saliency(G, sign="neg")
+        gradients.to_saliency(G, sign="neg")
     with pytest.raises(ValueError, match="Received: reduce='mean'"):
-        saliency.to_saliency(G, reduce="mean")
+        gradients.to_saliency(G, reduce="mean")
     bad = G.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="1 of 12 values NaN or infinite"):
-        saliency.to_saliency(bad)
+        gradients.to_saliency(bad)
 
 
 # ----------------------------------------------------------------------------- other methods
@@ -384,7 +385,7 @@ def test_integrated_gradients_linear_model_is_exact():
     w = np.array([[1.0], [-2.0], [0.5], [3.0]], F32)
     model.get_layer("out").set_weights([w, np.array([7.0], F32)])
     baseline = np.full((2, 2, 1), 0.5, F32)
-    attributions, outputs = saliency.integrated_gradients(model, DENSE_X, baseline=baseline,
+    attributions, outputs = gradients.integrated_gradients(model, DENSE_X, baseline=baseline,
                                                           steps=4, return_outputs=True)
     np.testing.assert_allclose(attributions.ravel(), (DENSE_X - baseline).ravel() * w.ravel(),
                                atol=1e-6)
@@ -399,7 +400,7 @@ def test_integrated_gradients_completeness():
     model = keras.Model(inp, keras.layers.Dense(1)(h))
     x = np.random.default_rng(2).standard_normal((3, 4, 4, 2)).astype(F32)
     baseline = np.full((4, 4, 2), -0.25, F32)
-    attributions, outputs = saliency.integrated_gradients(
+    attributions, outputs = gradients.integrated_gradients(
         model, x, baseline=baseline, steps=256, internal_batch_size=37, return_outputs=True)
     f_x = model(x).numpy().ravel()
     f_base = model(baseline[None]).numpy().ravel()
@@ -413,17 +414,17 @@ def test_integrated_gradients_completeness():
 def test_grad_cam_shape_sign_and_outputs_on_tiny_vgg():
     model = tiny_vgg()
     x = preprocess_input(np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), np.uint8))
-    cam, outputs = saliency.grad_cam(model, x, return_outputs=True)
+    cam, outputs = gradcam.grad_cam(model, x, return_outputs=True)
     assert cam.shape == (2, 128, 128, 1) and cam.dtype == np.float32
     np.testing.assert_allclose(outputs, model(x).numpy().ravel(), rtol=1e-4, atol=1e-5)
     assert np.abs(cam).max() > 0
     # The map is linear in the target: "negated" flips the sign.
-    np.testing.assert_allclose(saliency.grad_cam(model, x, target="negated"), -cam,
+    np.testing.assert_allclose(gradcam.grad_cam(model, x, target="negated"), -cam,
                                rtol=1e-5, atol=1e-6)
-    maps = saliency.to_saliency(cam, sign="positive")
+    maps = gradients.to_saliency(cam, sign="positive")
     assert maps.shape == (2, 128, 128) and (maps >= 0).all()
     with pytest.raises(ValueError, match="Received: layer='fc1' with output shape"):
-        saliency.grad_cam(model, x, layer="fc1")
+        gradcam.grad_cam(model, x, layer="fc1")
 
 
 # ----------------------------------------------------------------------------- explainer
@@ -448,7 +449,7 @@ def r_only_model(size=8):
 def test_explainer_maps_gradient_back_to_rgb_and_masks_fov():
     model = r_only_model()
     images = np.random.default_rng(0).integers(0, 100, (2, 8, 8, 3), np.uint8)
-    explain = saliency.make_explainer(model)  # guided, negative, max
+    explain = explainer.make_explainer(model)  # guided, negative, max
     rgb, predictions = explain.attribute(images)
     # In the model's BGR input the gradient is in channel 2; mapped back, it is R (channel 0).
     np.testing.assert_allclose(rgb[..., 0], -1.0 / 64, atol=1e-7)
@@ -474,19 +475,19 @@ def test_explainer_maps_gradient_back_to_rgb_and_masks_fov():
 def test_explainer_every_method_on_tiny_vgg(method, options):
     model = tiny_vgg()
     images = np.random.default_rng(1).integers(0, 256, (3, 128, 128, 3), np.uint8)
-    explain = saliency.make_explainer(model, method, batch_size=2, **options)
+    explain = explainer.make_explainer(model, method, batch_size=2, **options)
     maps, predictions = explain(images)
     assert maps.shape == (3, 128, 128) and maps.dtype == np.float32 and (maps >= 0).all()
     assert maps.max() > 0
     expected = model(preprocess_input(images)).numpy().ravel()
     np.testing.assert_allclose(predictions, expected, rtol=1e-4, atol=1e-5)
-    predict = saliency.make_predictor(model)
+    predict = explainer.make_predictor(model)
     np.testing.assert_allclose(predict(images), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_explainer_rejects_bad_images_and_options():
     model = r_only_model()
-    explain = saliency.make_explainer(model)
+    explain = explainer.make_explainer(model)
     with pytest.raises(ValueError, match=r"Expected \(N, H, W, 3\) uint8 RGB images.*"
                                          r"Received: shape=\(1, 8, 8, 3\), dtype=float32"):
         explain(np.zeros((1, 8, 8, 3), F32))
@@ -495,23 +496,27 @@ def test_explainer_rejects_bad_images_and_options():
     with pytest.raises(ValueError, match=r"model's input size 8x8; resize them first.*"
                                          r"shape=\(1, 16, 16, 3\)"):
         explain(np.zeros((1, 16, 16, 3), np.uint8))
-    with pytest.raises(TypeError, match="Received: fov_masks dtype=uint8"):
+    with pytest.raises(TypeError, match="Received: fov_masks.dtype=uint8"):
         explain(np.zeros((1, 8, 8, 3), np.uint8), np.ones((1, 8, 8), np.uint8))
-    with pytest.raises(ValueError, match=r"Received: fov_masks shape=\(2, 8, 8\)"):
+    with pytest.raises(ValueError,
+                       match=r"shape \(1, 8, 8\). Received: fov_masks.shape=\(2, 8, 8\)"):
         explain(np.zeros((1, 8, 8, 3), np.uint8), np.ones((2, 8, 8), bool))
+    # A shared mask is checked against (H, W).
+    with pytest.raises(ValueError, match=r"shape \(8, 8\). Received: fov_masks.shape=\(4, 4\)"):
+        explain(np.zeros((1, 8, 8, 3), np.uint8), np.ones((4, 4), bool))
     with pytest.raises(TypeError, match="Unexpected option.*method='guided'.*steps=3"):
-        saliency.make_explainer(model, "guided", steps=3)
+        explainer.make_explainer(model, "guided", steps=3)
     with pytest.raises(ValueError, match="Received: method='smoothgrad'"):
-        saliency.make_explainer(model, "smoothgrad")
+        explainer.make_explainer(model, "smoothgrad")
     with pytest.raises(ValueError, match=r"Received: shape=\(1, 8, 8, 3\), dtype=int64"):
-        saliency.make_predictor(model)(np.zeros((1, 8, 8, 3), np.int64))
+        explainer.make_predictor(model)(np.zeros((1, 8, 8, 3), np.int64))
 
 
 def test_explainer_reports_nan_maps():
     model = r_only_model()
     model.get_layer("out").set_weights([np.full((64, 1), np.nan, F32), np.zeros(1, F32)])
     with pytest.raises(ValueError, match="Expected finite gradients"):
-        saliency.make_explainer(model)(np.zeros((1, 8, 8, 3), np.uint8))
+        explainer.make_explainer(model)(np.zeros((1, 8, 8, 3), np.uint8))
 
 
 # ----------------------------------------------------------------------------- full size
@@ -524,11 +529,11 @@ def test_full_vgg16_at_512_guided_matches_plain_forward_and_traces_once():
     out.set_weights([rng.standard_normal(out.kernel.shape).astype(F32) * 0.01, np.zeros(1, F32)])
     images = rng.integers(0, 256, (2, 512, 512, 3), np.uint8)
     x = preprocess_input(images)
-    grads, outputs = saliency.guided_backprop(model, x, return_outputs=True)
+    grads, outputs = gradients.guided_backprop(model, x, return_outputs=True)
     assert grads.shape == (2, 512, 512, 3) and np.isfinite(grads).all() and np.abs(grads).max() > 0
     np.testing.assert_allclose(outputs, model(x).numpy().ravel(), rtol=1e-4, atol=1e-5)
-    saliency.guided_backprop(model, x[:1])
-    assert saliency._CACHE[model][("guided", "output")].experimental_get_tracing_count() == 1
-    maps, predictions = saliency.make_explainer(model)(images[:1])
+    gradients.guided_backprop(model, x[:1])
+    assert surgery._CACHE[model][("guided", "output")].experimental_get_tracing_count() == 1
+    maps, predictions = explainer.make_explainer(model)(images[:1])
     assert maps.shape == (1, 512, 512) and (maps >= 0).all()
     np.testing.assert_allclose(predictions, outputs[:1], rtol=1e-4, atol=1e-5)

@@ -12,7 +12,9 @@ import pytest
 
 from dr_saliency.grader import train as train_lib
 from dr_saliency.grader import config as train_config
-from dr_saliency.fundus.datasets import open_dataset
+from dr_saliency.grader.config import QUICK_PROFILE, TrainConfig
+from dr_saliency.core.errors import BadImageError, EmptySplitError, OutOfMemoryError, RunExistsError
+from dr_saliency.fundus.datasets import open_dataset, select_records
 from dr_saliency.fundus.datasets.folder import write_labels, write_sample
 
 TINY = dict(input_size=128, width=1 / 16, weights=None, epochs=2, batch_size=8,
@@ -64,7 +66,7 @@ def test_min_input_size_agrees_with_model():
     ("strategy", "horovod", r"Received: strategy='horovod'"),
 ])
 def test_config_validation(field, value, match):
-    config = train_lib.TrainConfig(**{field: value})
+    config = TrainConfig(**{field: value})
     with pytest.raises(ValueError, match=match):
         config.validate()
 
@@ -108,14 +110,15 @@ def test_check_files_skips_or_names_bad_files(tmp_path):
     good, skipped = train_lib.check_files(recs, skip_bad=True)
     assert len(good) == 5
     assert skipped[0][0] == bad and "img_002.png" in skipped[0][1]
-    with pytest.raises(ValueError, match=r"img_002.png.*--skip-bad"):
+    with pytest.raises(BadImageError, match=r"img_002: .*img_002.png") as info:
         train_lib.check_files(recs)
+    assert info.value.image == "img_002"
 
 
 @pytest.mark.parametrize("balance", [True, False])
 def test_balancing_resamples_rare_stages(tmp_path, balance):
     root = make_folder(tmp_path / "d", stages=[0] * 20 + [1] * 3 + [4] * 3, splits=False)
-    config = train_lib.TrainConfig(**dict(TINY, augment=False, balance=balance))
+    config = TrainConfig(**dict(TINY, augment=False, balance=balance))
     ds = train_lib.make_dataset(list(open_dataset(root)), config, training=True, seed=0)
     labels = np.concatenate([y.numpy().reshape(-1) for _, y in ds.take(50)]).astype(int)
     counts = np.bincount(labels, minlength=5)
@@ -128,7 +131,7 @@ def test_balancing_resamples_rare_stages(tmp_path, balance):
 
 def test_make_dataset_shapes_and_balance(tiny_data):
     recs = [r for r in open_dataset(tiny_data) if r.split == "train"]
-    config = train_lib.TrainConfig(**TINY)
+    config = TrainConfig(**TINY)
     ds = train_lib.make_dataset(recs, config, training=True, seed=0)
     labels = []
     for x, y in ds.take(25):
@@ -154,7 +157,7 @@ def test_warmup_schedule_values():
 
 def test_train_writes_run_folder_and_refuses_to_overwrite(tiny_data, tmp_path):
     run = str(tmp_path / "run")
-    summary = train_lib.train(open_dataset(tiny_data), run, train_lib.TrainConfig(**TINY),
+    summary = train_lib.train(open_dataset(tiny_data), run, TrainConfig(**TINY),
                               verbose=0)
     for name in ("config.json", "split.json", "last.weights.h5", "last.weights.h5.json",
                  "log.csv", "curves.png", "model.h5"):
@@ -167,14 +170,14 @@ def test_train_writes_run_folder_and_refuses_to_overwrite(tiny_data, tmp_path):
     split = json.load(open(os.path.join(run, "split.json")))
     assert not set(split["train"]) & set(split["val"])
     before = os.path.getmtime(os.path.join(run, "last.weights.h5"))
-    with pytest.raises(ValueError, match=r"already holds a training run.*--resume"):
-        train_lib.train(open_dataset(tiny_data), run, train_lib.TrainConfig(**TINY))
+    with pytest.raises(RunExistsError, match=r"without a training run \(or resume=True"):
+        train_lib.train(open_dataset(tiny_data), run, TrainConfig(**TINY))
     assert os.path.getmtime(os.path.join(run, "last.weights.h5")) == before
 
 
 def test_interrupted_run_resumes_exactly(tiny_data, tmp_path):
     run = str(tmp_path / "run")
-    config = train_lib.TrainConfig(**dict(TINY, epochs=3))
+    config = TrainConfig(**dict(TINY, epochs=3))
 
     def stop_after_two(epoch, metrics):
         if epoch == 2:
@@ -203,7 +206,7 @@ def test_evaluate_writes_report(tiny_data, tmp_path):
     from dr_saliency.grader import evaluate as evaluate_lib
     from dr_saliency.grader import model as model_lib
     run = str(tmp_path / "run")
-    train_lib.train(open_dataset(tiny_data), run, train_lib.TrainConfig(**dict(TINY, epochs=1)),
+    train_lib.train(open_dataset(tiny_data), run, TrainConfig(**dict(TINY, epochs=1)),
                     verbose=0)
     net = model_lib.load_model(os.path.join(run, "model.h5"))
     out = str(tmp_path / "eval")
@@ -211,9 +214,9 @@ def test_evaluate_writes_report(tiny_data, tmp_path):
     assert report["n_images"] == 8 and report["split"] == "test"
     for name in ("evaluation.json", "predictions.csv", "roc.png", "confusion.png"):
         assert os.path.isfile(os.path.join(out, name)), name
-    with pytest.raises(ValueError, match=r"split 'val'.*Received: split='val'") as info:
-        evaluate_lib.select_records([Rec("a", 1, "train")], "val")
-    assert "splits present: train" in str(info.value)
+    with pytest.raises(EmptySplitError, match=r"split 'val'.*Received: split='val'") as info:
+        select_records([Rec("a", 1, "train"), Rec("b", None, "val")], split="val", graded=True)
+    assert "splits present: train" in str(info.value) and info.value.present == ("train",)
 
 
 @pytest.mark.slow
@@ -224,7 +227,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from dr_saliency.grader import train as t
-        from dr_saliency.fundus.datasets import open_dataset
+        from dr_saliency.core.errors import BadImageError, EmptySplitError, OutOfMemoryError, RunExistsError
+from dr_saliency.fundus.datasets import open_dataset, select_records
         strategy = t.get_strategy("mirrored")
         assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
         config = t.TrainConfig(**{dict(TINY, epochs=1, strategy="mirrored")!r})
@@ -245,10 +249,10 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_data, tmp_path, monkeypatch
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
 
     monkeypatch.setattr(keras.Model, "fit", oom)
-    with pytest.raises(ValueError, match=r"Out of memory at batch size 8: try a smaller "
-                                         r"--batch-size \(e.g. 4\)"):
+    with pytest.raises(OutOfMemoryError, match=r"Out of memory at batch size 8") as info:
         train_lib.train(open_dataset(tiny_data), str(tmp_path / "run"),
-                        train_lib.TrainConfig(**TINY), verbose=0)
+                        TrainConfig(**TINY), verbose=0)
+    assert info.value.batch_size == 8 and info.value.suggested == 4
 
 
 def test_validation_without_referable_images_logs_nan_auc(tmp_path, capsys):
@@ -260,7 +264,7 @@ def test_validation_without_referable_images_logs_nan_auc(tmp_path, capsys):
                                    for i, r in enumerate(rows[1:])]
     open(os.path.join(root, "labels.csv"), "w").write("\n".join(out) + "\n")
     run = str(tmp_path / "run")
-    train_lib.train(open_dataset(root), run, train_lib.TrainConfig(**dict(TINY, epochs=1)),
+    train_lib.train(open_dataset(root), run, TrainConfig(**dict(TINY, epochs=1)),
                     verbose=0)
     assert "no referable image" in capsys.readouterr().err
     assert np.isnan(train_lib.read_log(run)["val_auc"][0])

@@ -27,9 +27,13 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir))
 
-from dr_saliency import localize, pipeline, saliency  # noqa: E402
+from dr_saliency.app import wiring  # noqa: E402
+from dr_saliency.explain.options import Explanation  # noqa: E402
+from dr_saliency.fundus.datasets import select_records  # noqa: E402
+from dr_saliency.lesions import localize  # noqa: E402
+from dr_saliency.refinement.erase import Eraser  # noqa: E402
+from dr_saliency.refinement.loop import RefineConfig  # noqa: E402
 from dr_saliency.fundus.datasets import open_dataset  # noqa: E402
-from dr_saliency.grader.model import load_model  # noqa: E402
 from dr_saliency.refinement.store import ResultStore  # noqa: E402
 
 #: The refinement every stage-A run starts from; each run changes one or two entries.
@@ -88,22 +92,18 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
 
-    net = load_model(args.model)
     ds = open_dataset(args.data)
-    records = pipeline.select_records(ds, split=args.split)
-    predict = saliency.make_predictor(net, batch_size=8)
-    size = int(net.input_shape[1])
+    records = select_records(ds, split=args.split)
     metrics = ("AS10 S", "AS10 s0", "gain AS10", "score S", "score s0")
 
     rows_a = []
     for name, explain_change, refine_change in STAGE_A:
         explain_kw = dict(BASE_EXPLAIN, **explain_change)
         refine_kw = dict(BASE_REFINE, **refine_change)
-        explain = saliency.make_explainer(net, explain_kw["method"], explain_kw["sign"],
-                                          explain_kw["reduce"], explain_kw["target"], batch_size=8)
         store = os.path.join(args.work, name.replace(" ", "_").replace("%", "pc") + ".h5")
-        pipeline.refine_dataset(records, store, explain=explain, predict=predict, size=size,
-                                params=explain_kw, batch_size=8, only_referable=True, **refine_kw)
+        wiring.refine_run(args.model, records, store, explanation=Explanation(**explain_kw),
+                          config=RefineConfig.from_params(refine_kw),
+                          erase=Eraser.from_params(refine_kw), batch_size=8, only_referable=True)
         scored, _ = localize.records_for(store, ds)
         row = {"run": name, "store": store, "images": len(scored),
                "stop reasons": stop_reasons(store)}

@@ -12,10 +12,15 @@ import warnings
 import click
 
 from dr_saliency._version import __version__
+from dr_saliency.core import errors
+from dr_saliency.core import maps
 from dr_saliency.explain import options as xo
-from dr_saliency.refinement import erase as inpaint_defaults
-from dr_saliency.refinement import loop as refine_defaults
-from dr_saliency.grader.config import QUICK_PROFILE, TrainConfig
+from dr_saliency.fundus.datasets import LAYOUTS, SPLITS
+from dr_saliency.fundus.synth import STAGE_MIXES
+from dr_saliency.grader import config as train_config
+from dr_saliency.refinement import erase as erase_lib
+from dr_saliency.refinement import loop as loop_lib
+from dr_saliency.app.demo import PROFILES as DEMO_PROFILES
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {message}", err=True)
@@ -55,7 +60,7 @@ def model_cmd(input_size, width, weights, dropout, export_path):
 @cli.command("demo")
 @click.option("--out", "out_dir", default="demo_out", type=click.Path(file_okay=False),
               help="Folder for everything the demo makes; a rerun reuses finished steps.")
-@click.option("--profile", default="quick", type=click.Choice(["quick", "smoke"]),
+@click.option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
               help="quick: 2,000 synthetic images at 256 px, a narrow VGG-16 trained from "
                    "scratch (about 8 minutes on 2 CPU cores); smoke: the same steps on tiny "
                    "data in under a minute, to check an installation (numbers meaningless).")
@@ -96,7 +101,7 @@ def _on_progress(label, length):
               help="Comma-separated seeds; each seeds both the synthetic data and the training.")
 @click.option("--out", "out_dir", default="replicate_out", type=click.Path(file_okay=False),
               help="Experiment folder (one sub-folder per seed); a rerun continues it.")
-@click.option("--profile", default="quick", type=click.Choice(["quick", "smoke"]),
+@click.option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
               help="The demo's profiles: quick (~7 min a seed on 2 CPU cores) or smoke.")
 @click.option("--bootstrap", "n_boot", default=1000, type=int,
               help="Bootstrap replicates of the paired intervals.")
@@ -120,10 +125,13 @@ def replicate_cmd(seeds, out_dir, profile, n_boot):
 
 
 def _profiles(field):
-    return f"  [paper: {getattr(TrainConfig(), field)}; quick: {QUICK_PROFILE.get(field, getattr(TrainConfig(), field))}]"
+    shown = [f"{name}: {values.get(field, getattr(train_config.TrainConfig(), field))}"
+             for name, values in train_config.PROFILES.items()]
+    return f"  [{'; '.join(shown)}]"
 
 
-LAYOUT_CHOICE = click.Choice(["folder", "eyepacs", "idrid", "diaretdb1", "eophtha", "ddr"])
+LAYOUT_CHOICE = click.Choice(list(LAYOUTS))
+SPLIT_CHOICE = click.Choice(list(SPLITS))
 
 
 def _open(data, layout, skip_bad=False):
@@ -173,7 +181,7 @@ def _fractions(ctx, param, value):
 @click.option("--n", "n", default=1000, type=int, help="Number of images.")
 @click.option("--size", default=512, type=int, help="Image side in pixels (>= 128).")
 @click.option("--seed", default=0, type=int, help="Same seed, same files.")
-@click.option("--stages", default="balanced", type=click.Choice(["balanced", "kaggle"]),
+@click.option("--stages", default="balanced", type=click.Choice(list(STAGE_MIXES)),
               help="balanced: equal counts per stage; kaggle: Kaggle's stage frequencies.")
 @click.option("--split", default="0.7,0.15,0.15", callback=_fractions,
               help="train,val,test fractions (stratified by stage).")
@@ -220,7 +228,7 @@ def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
               help="Run folder to create (required unless --resume).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the run in this folder from its last finished epoch.")
-@click.option("--profile", type=click.Choice(["paper", "quick"]), default="paper",
+@click.option("--profile", type=click.Choice(list(train_config.PROFILES)), default="paper",
               help="paper: the paper's settings (512 px, ImageNet, 500 epochs); quick: a narrow "
                    "network from scratch that trains on a CPU in minutes. Options given "
                    "explicitly override the profile.")
@@ -230,10 +238,10 @@ def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
 @click.option("--weights", help='"imagenet", "none" or a VGG-16 HDF5 file.' + _profiles("weights"))
 @click.option("--epochs", type=int, help="Epochs." + _profiles("epochs"))
 @click.option("--batch-size", type=int, help="Global batch size." + _profiles("batch_size"))
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]),
+@click.option("--optimizer", type=click.Choice(list(train_config.OPTIMIZERS)),
               help="sgd: Nesterov momentum 0.9 (the paper's)." + _profiles("optimizer"))
 @click.option("--lr", "learning_rate", type=float, help="Peak learning rate." + _profiles("learning_rate"))
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]),
+@click.option("--schedule", type=click.Choice(list(train_config.SCHEDULES)),
               help="Learning-rate schedule after warm-up." + _profiles("schedule"))
 @click.option("--warmup-epochs", type=float, help="Linear learning-rate warm-up." + _profiles("warmup_epochs"))
 @click.option("--clipnorm", type=float, help="Gradient norm clipping." + _profiles("clipnorm"))
@@ -242,7 +250,7 @@ def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
 @click.option("--augment/--no-augment", default=True, help="Random flips, rotation, scale, colour.")
 @click.option("--balance/--no-balance", default=True, help="Resample stages equally per epoch.")
 @click.option("--seed", type=int, default=0)
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+@click.option("--strategy", type=click.Choice(list(train_config.STRATEGIES)),
               default="default", help="TensorFlow distribution strategy (see docs/training.md).")
 @click.option("--steps-per-epoch", type=int, help="Default: training images / batch size.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed at the end).")
@@ -251,11 +259,11 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, **options):
     if bool(run_dir) == bool(resume_dir):
         raise click.UsageError("Give exactly one of --out RUN_DIR (new run) or --resume RUN_DIR.")
     from dr_saliency.grader import train as train_lib
-    values = dict(QUICK_PROFILE) if profile == "quick" else {}
+    values = dict(train_config.PROFILES[profile])
     values.update({k: v for k, v in options.items() if v is not None})
     if "weights" in values:
         values["weights"] = _weights_arg(values["weights"])
-    config = TrainConfig(**values)
+    config = train_config.TrainConfig(**values)
     dataset = _open(data, layout, skip_bad)
     n_images = sum(1 for r in dataset if r.grade is not None)
     with _Bar(n_images, "Checking images") as update:
@@ -273,8 +281,7 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, **options):
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--split", default="test", type=click.Choice(["test", "val", "train", "all"]),
-              help="Which images of DATA to grade.")
+@click.option("--split", default="test", type=SPLIT_CHOICE, help="Which images of DATA to grade.")
 @click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
 @click.option("--batch-size", default=16, type=int)
 @click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap resamples for 95% CIs.")
@@ -308,8 +315,7 @@ def _ids(value):
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Result file (.h5); an existing one is resumed (same parameters only).")
 @click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
-@click.option("--split", default="all", type=click.Choice(["test", "val", "train", "all"]),
-              help="Which images of DATA to refine.")
+@click.option("--split", default="all", type=SPLIT_CHOICE, help="Which images of DATA to refine.")
 @click.option("--ids", help="Only these ids: comma-separated, or @FILE with one per line.")
 @click.option("--only-referable", is_flag=True,
               help="Store only images predicted above --stop-at (the paper refines these).")
@@ -325,35 +331,35 @@ def _ids(value):
 @click.option("--ig-steps", default=xo.DEFAULT_IG_STEPS, type=int,
               help="Integrated gradients: path intervals.")
 @click.option("--gradcam-layer", default=xo.DEFAULT_GRADCAM_LAYER, help="Grad-CAM layer.")
-@click.option("--max-iterations", default=refine_defaults.DEFAULT_MAX_ITERATIONS, type=int,
+@click.option("--max-iterations", default=loop_lib.DEFAULT_MAX_ITERATIONS, type=int,
               help="Cap on inpaintings per image; 0 gives plain s_0 maps.")
-@click.option("--stop-at", default=refine_defaults.DEFAULT_STOP_AT, type=float,
+@click.option("--stop-at", default=loop_lib.DEFAULT_STOP_AT, type=float,
               help="Stop when the prediction is at or below this (1: non-referable).")
-@click.option("--decay", default=refine_defaults.DEFAULT_DECAY, type=float,
+@click.option("--decay", default=maps.DEFAULT_DECAY, type=float,
               help="Weight decay**i of map s_i in the final map S.")
-@click.option("--combine", default=refine_defaults.DEFAULT_COMBINE,
-              type=click.Choice(refine_defaults.COMBINE_MODES),
+@click.option("--combine", default=maps.DEFAULT_COMBINE,
+              type=click.Choice(maps.COMBINE_MODES),
               help="mean: the paper's weighted mean; max; masked: each map counts fully only "
                    "inside its own inpainted mask.")
-@click.option("--normalize", default=refine_defaults.DEFAULT_NORMALIZE,
-              type=click.Choice(refine_defaults.NORMALIZE_MODES),
+@click.option("--normalize", default=maps.DEFAULT_NORMALIZE,
+              type=click.Choice(maps.NORMALIZE_MODES),
               help="Scale of the maps in S (and in scoring): map: each by its own robust "
                    "maximum; image: all by s_0's; none: raw gradients.")
-@click.option("--binarize", "binarize_rule", default=inpaint_defaults.DEFAULT_RULE,
-              type=click.Choice(inpaint_defaults.BINARIZE_RULES), help="Rule that makes a mask.")
+@click.option("--binarize", "binarize_rule", default=erase_lib.DEFAULT_RULE,
+              type=click.Choice(erase_lib.BINARIZE_RULES), help="Rule that makes a mask.")
 @click.option("--level", "binarize_level", type=float,
               help="top_fraction: fraction of FOV pixels; fraction_of_max: fraction of the "
-                   f"maximum.  [default: {inpaint_defaults.DEFAULT_LEVELS}]")
-@click.option("--smooth-sigma", default=inpaint_defaults.DEFAULT_SMOOTH_SIGMA, type=float,
+                   f"maximum.  [default: {erase_lib.DEFAULT_LEVELS}]")
+@click.option("--smooth-sigma", default=erase_lib.DEFAULT_SMOOTH_SIGMA, type=float,
               help="Gaussian smoothing of the map before binarising (px).")
-@click.option("--dilation", default=inpaint_defaults.DEFAULT_DILATION, type=int,
+@click.option("--dilation", default=erase_lib.DEFAULT_DILATION, type=int,
               help="Dilation of the mask (px).")
-@click.option("--min-component-size", default=inpaint_defaults.DEFAULT_MIN_COMPONENT_SIZE,
+@click.option("--min-component-size", default=erase_lib.DEFAULT_MIN_COMPONENT_SIZE,
               type=int, help="Drop mask components smaller than this (px).")
-@click.option("--inpaint", "inpaint_method", default=inpaint_defaults.DEFAULT_INPAINT_METHOD,
-              type=click.Choice(list(inpaint_defaults.INPAINT_METHODS)),
+@click.option("--inpaint", "inpaint_method", default=erase_lib.DEFAULT_INPAINT_METHOD,
+              type=click.Choice(list(erase_lib.INPAINT_METHODS)),
               help="ns: Navier-Stokes (the paper's); telea.")
-@click.option("--inpaint-radius", default=inpaint_defaults.DEFAULT_INPAINT_RADIUS, type=int)
+@click.option("--inpaint-radius", default=erase_lib.DEFAULT_INPAINT_RADIUS, type=int)
 @click.option("--inpaint-inside-fov/--inpaint-whole-image", "inpaint_inside_fov", default=True,
               help="Fill masked pixels from inside the field of view only (the black surround "
                    "never bleeds in at the rim).")
@@ -363,36 +369,39 @@ def _ids(value):
 @click.option("--skip-bad", is_flag=True, help="Report and skip bad images instead of failing.")
 @click.option("--quiet", is_flag=True, help="No line per image.")
 def refine_cmd(model_path, data, out, layout, split, ids, only_referable, method, sign, reduce,
-               target, ig_steps, gradcam_layer, batch_size, skip_bad, quiet, **options):
+               target, ig_steps, gradcam_layer, max_iterations, stop_at, decay, combine,
+               normalize, binarize_rule, binarize_level, smooth_sigma, dilation,
+               min_component_size, inpaint_method, inpaint_radius, inpaint_inside_fov,
+               batch_size, keep_images, skip_bad, quiet):
     """Iterative saliency map refinement of DATA's images with MODEL, into an HDF5 result file.
 
     Each image: saliency map, binarise, inpaint, grade again, until the grade is at or below
     --stop-at or --max-iterations; the final map S combines the maps. Rerunning the same
     command skips images already complete in --out.
     """
-    from dr_saliency.grader import model as model_lib
-    from dr_saliency.refinement import run as pipeline
-    from dr_saliency.explain import saliency
-    records = pipeline.select_records(_open(data, layout, skip_bad), split=split, ids=_ids(ids))
-    net = model_lib.load_model(model_path)
-    method_options = ({"steps": ig_steps} if method == "integrated" else
-                      {"layer": gradcam_layer} if method == "gradcam" else {})
-    explain = saliency.make_explainer(net, method, sign, reduce, target, batch_size=batch_size,
-                                      **method_options)
-    predict = saliency.make_predictor(net, batch_size=batch_size)
-    params = {"model": os.path.abspath(model_path), "method": method, "sign": sign,
-              "reduce": reduce, "target": target, **method_options}
+    from dr_saliency.app import wiring
+    from dr_saliency.fundus.datasets import select_records
 
+    explanation = xo.Explanation(method=method, sign=sign, reduce=reduce, target=target,
+                                 steps=ig_steps, layer=gradcam_layer)
+    config = loop_lib.RefineConfig(
+        max_iterations=max_iterations, stop_at=stop_at,
+        combination=maps.Combination(decay=decay, combine=combine, normalize=normalize))
+    erase = erase_lib.Eraser(rule=binarize_rule, level=binarize_level, smooth_sigma=smooth_sigma,
+                             dilation=dilation, min_component_size=min_component_size,
+                             method=inpaint_method, radius=inpaint_radius,
+                             inside_fov=inpaint_inside_fov)
+    records = select_records(_open(data, layout, skip_bad), split=split, ids=_ids(ids))
     with _Bar(len(records), "Refining") as update:
         def on_image(rec, result, message):
             update(1)
             if not quiet:
                 click.echo(f"{rec.id}: {message}")
 
-        summary = pipeline.refine_dataset(
-            records, out, explain=explain, predict=predict, size=int(net.input_shape[1]),
-            params=params, batch_size=batch_size, only_referable=only_referable,
-            skip_bad=skip_bad, on_image=on_image, **options)
+        summary = wiring.refine_run(model_path, records, out, explanation=explanation,
+                                    config=config, erase=erase, batch_size=batch_size,
+                                    keep_images=keep_images, only_referable=only_referable,
+                                    skip_bad=skip_bad, on_image=on_image)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
     click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
                f"{summary['already_done']} already done, {summary['not_referable']} not referable, "
@@ -448,10 +457,10 @@ def _candidate_config(values):
 @click.option("--tolerance", default=0.0, type=float,
               help="A candidate within this distance of a lesion hits it (px).")
 @click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap replicates.")
-@click.option("--combine", type=click.Choice(refine_defaults.COMBINE_MODES),
+@click.option("--combine", type=click.Choice(maps.COMBINE_MODES),
               help="Recombine S from the stored maps this way (default: the run's).")
 @click.option("--decay", type=float, help="Recombine S with this decay (default: the run's).")
-@click.option("--normalize", type=click.Choice(refine_defaults.NORMALIZE_MODES),
+@click.option("--normalize", type=click.Choice(maps.NORMALIZE_MODES),
               help="Scale of s_0 and S, the same for both (default: the run's).")
 @_candidate_options
 def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n_boot, combine,
@@ -462,22 +471,18 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n
     through the same candidate settings. Writes metrics.json (curves, 7-point score, average sensitivity up to 10 FP/image, bootstrap
     95% intervals, paired S - s_0 gains), curves.csv and the FROC figures (PNG and PDF).
     """
-    from dr_saliency.lesions import localize
-    from dr_saliency.figures import reports
+    from dr_saliency.app import wiring
+    from dr_saliency.lesions import localize, reports
+
     records, notes = localize.records_for(results, _open(data, layout),
                                           allow_partial=allow_partial)
     for note in notes:
         click.echo(f"Note: {note}", err=True)
-    options = _candidate_config(candidate_values)
     with _Bar(len(records), "Candidates") as update:
-        items = localize.collect(results, records, options, decay=decay, combine=combine,
-                                 normalize=normalize, on_image=update)
-    report = localize.evaluate(items, stages=stages, tolerance=tolerance, n_boot=n_boot,
-                               curve_rates=reports.CURVE_RATES)
-    paths = reports.write_froc(report, out_dir, params={
-        "results": os.path.abspath(results), "data": os.path.abspath(data),
-        "tolerance": tolerance, "n_boot": n_boot, "combine": combine, "decay": decay,
-        "normalize": normalize, "candidates": vars(options)})
+        report, paths = wiring.froc_run(
+            results, records, out_dir, options=_candidate_config(candidate_values),
+            stages=stages, tolerance=tolerance, n_boot=n_boot, decay=decay, combine=combine,
+            normalize=normalize, params={"data": os.path.abspath(data)}, on_image=update)
     click.echo(reports.summary_table(report))
     click.echo(f"Wrote {', '.join(paths)}")
 
@@ -494,8 +499,9 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n
               help="Comma-separated figure formats.")
 def figures_cmd(results, data, out_dir, layout, ids, n_rows, formats):
     """Figure-1 panels (image, s_0, S) and per-iteration strips (I_i, s_i, mask_i, p_i)."""
-    from dr_saliency.figures import panels as figures
-    written = figures.write_figures(results, _open(data, layout), out_dir, ids=_ids(ids),
+    from dr_saliency.lesions import panels
+
+    written = panels.write_figures(results, _open(data, layout), out_dir, ids=_ids(ids),
                                     n_rows=n_rows, formats=tuple(formats.split(",")))
     click.echo(f"Wrote {len(written) - 1} figure files to {out_dir}")
 
@@ -513,6 +519,25 @@ def _print_model(net, model_lib):
         shape = "x".join(str(v) for v in r["output_shape"]) if r["output_shape"] else "-"
         click.echo(f"{r['name']:<{name_w}}  {r['type']:<{type_w}}  {shape:<16}  {r['params']:>12,}")
     click.echo(f"Total parameters: {net.count_params():,}")
+
+
+def _advice(exc):
+    """What the command line's own flags can do about a library error (None: nothing)."""
+    if isinstance(exc, errors.ImageSizeError):
+        return f"preprocess the data to that size first: dr-saliency preprocess --size {exc.size}"
+    if isinstance(exc, errors.BadImageError):
+        return "use --skip-bad to skip bad images"
+    if isinstance(exc, errors.EmptySplitError):
+        return "use --split all for every image"
+    if isinstance(exc, errors.PartialResultsError):
+        return "use --allow-partial to evaluate the images in both"
+    if isinstance(exc, errors.RunExistsError):
+        return "continue it with --resume, or choose another --out"
+    if isinstance(exc, errors.NoValidationError):
+        return "give the data a 'val' split, or set --val-fraction"
+    if isinstance(exc, errors.OutOfMemoryError):
+        return f"try a smaller --batch-size, e.g. {exc.suggested}"
+    return None
 
 
 def main(args=None):
@@ -537,7 +562,8 @@ def main(args=None):
         if debug:
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        click.echo(f"Error: {message}", err=True)
+        advice = _advice(exc)
+        click.echo(f"Error: {message}" + (f" ({advice})" if advice else ""), err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

@@ -10,6 +10,9 @@ import json
 import os
 import time
 
+from dr_saliency.app import wiring
+from dr_saliency.grader.config import QUICK_PROFILE, TrainConfig
+
 #: Profiles of the demo. "quick": a narrow VGG-16 at 256 px trained from scratch on a synthetic
 #: set; about 8 minutes on a 2-core CPU (docs/performance.md).
 #: "smoke": the same steps in seconds (tiny data and network, one epoch) for tests; its numbers
@@ -47,7 +50,7 @@ def run_demo(out, *, profile="quick", on_step=None, on_progress=None):
     """
     timings = run_steps(out, demo_steps(out, profile=profile, on_step=on_step,
                                         on_progress=on_progress), on_step=on_step)
-    from dr_saliency.figures import reports
+    from dr_saliency.lesions import reports
     return reports.write_demo_report(out, profile=profile, timings=timings)
 
 
@@ -72,10 +75,10 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
         p["train"] = dict(p["train"], seed=int(seed))
     paths = {
         "data": os.path.join(out, "data"), "run": os.path.join(out, "run"),
+        "model": os.path.join(out, "run", "model.h5"),
         "eval": os.path.join(out, "evaluation"), "results": os.path.join(out, "refine.h5"),
         "froc": os.path.join(out, "froc"), "figures": os.path.join(out, "figures"),
     }
-    state = {}
     progress = on_progress or (lambda label, length: (lambda k=1: None))
 
     def synth_step():
@@ -88,7 +91,7 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
         from dr_saliency.grader import train as train_lib
         from dr_saliency.fundus.datasets import open_dataset
 
-        config = train_lib.TrainConfig(**dict(train_lib.QUICK_PROFILE, **p["train"]))
+        config = TrainConfig(**dict(QUICK_PROFILE, **p["train"]))
         resume = train_lib.is_run_dir(paths["run"])
         summary = train_lib.train(open_dataset(paths["data"]), paths["run"], config,
                                   resume=resume, data_path=paths["data"], verbose=0,
@@ -99,64 +102,49 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
         return (f"best validation kappa {summary['best_kappa']:.3f} at epoch "
                 f"{summary['best_epoch']}")
 
-    def model():
-        if "model" not in state:
-            from dr_saliency.grader.model import load_model
-
-            state["model"] = load_model(os.path.join(paths["run"], "model.h5"))
-        return state["model"]
-
     def evaluate_step():
         from dr_saliency.grader import evaluate as evaluate_lib
+        from dr_saliency.grader.model import load_model
         from dr_saliency.fundus.datasets import open_dataset
 
-        report = evaluate_lib.evaluate(model(), open_dataset(paths["data"]), paths["eval"])
+        report = evaluate_lib.evaluate(load_model(paths["model"]), open_dataset(paths["data"]),
+                                       paths["eval"])
         m = report["metrics"]
         return f"test kappa {m['kappa']:.3f}, referable AUC {m['auc']:.3f}"
 
     def refine_step():
-        from dr_saliency.refinement import run as pipeline
-        from dr_saliency.explain import saliency
-        from dr_saliency.fundus.datasets import open_dataset
+        from dr_saliency.fundus.datasets import open_dataset, select_records
 
-        net = model()
-        records = pipeline.select_records(open_dataset(paths["data"]), split="test")
+        records = select_records(open_dataset(paths["data"]), split="test")
         update = progress("refine", len(records))
-        summary = pipeline.refine_dataset(
-            records, paths["results"],
-            explain=saliency.make_explainer(net, batch_size=p["refine_batch"]),
-            predict=saliency.make_predictor(net, batch_size=p["refine_batch"]),
-            size=int(net.input_shape[1]), params={"model": "run/model.h5", "method": "guided"},
-            batch_size=p["refine_batch"], only_referable=True,
-            on_image=lambda rec, res, msg: update(1))
+        summary = wiring.refine_run(paths["model"], records, paths["results"],
+                                    batch_size=p["refine_batch"], only_referable=True,
+                                    on_image=lambda rec, res, msg: update(1))
         _write_json(os.path.join(out, "refine.done.json"), summary)
         return (f"{summary['written'] + summary['already_done']} referable test images refined "
                 f"({summary['not_referable']} not referable); stop reasons {summary['stop_reasons']}")
 
     def froc_step():
-        from dr_saliency.lesions import localize
-        from dr_saliency.figures import reports
         from dr_saliency.fundus.datasets import open_dataset
+        from dr_saliency.lesions.localize import records_for
 
-        records, _ = localize.records_for(paths["results"], open_dataset(paths["data"]))
-        items = localize.collect(paths["results"], records,
-                                 on_image=progress("candidates", len(records)))
-        report = localize.evaluate(items, curve_rates=reports.CURVE_RATES)
-        reports.write_froc(report, paths["froc"], params={"results": paths["results"]})
+        records, _ = records_for(paths["results"], open_dataset(paths["data"]))
+        report, _ = wiring.froc_run(paths["results"], records, paths["froc"],
+                                    on_image=progress("candidates", len(records)))
         entry = report["all"]["paired"].average_sensitivity
         return f"AS10 s_0 {entry.a:.3f} -> S {entry.b:.3f} ({entry.relative:+.1%})"
 
     def figures_step():
-        from dr_saliency.figures import panels as figures
+        from dr_saliency.lesions import panels
         from dr_saliency.fundus.datasets import open_dataset
 
-        written = figures.write_figures(paths["results"], open_dataset(paths["data"]),
-                                        paths["figures"], n_rows=p["figure_rows"])
+        written = panels.write_figures(paths["results"], open_dataset(paths["data"]),
+                                       paths["figures"], n_rows=p["figure_rows"])
         return f"{len(written)} files in {paths['figures']}"
 
     steps = [
         Step("synth", os.path.join(paths["data"], "labels.csv"), synth_step),
-        Step("train", os.path.join(paths["run"], "model.h5"), train_step),
+        Step("train", paths["model"], train_step),
         Step("evaluate", os.path.join(paths["eval"], "evaluation.json"), evaluate_step),
         Step("refine", os.path.join(out, "refine.done.json"), refine_step),
         Step("froc", os.path.join(paths["froc"], "metrics.json"), froc_step),

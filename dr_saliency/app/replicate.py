@@ -22,11 +22,13 @@ import time
 import numpy as np
 
 from dr_saliency.app import demo as demo_lib
-from dr_saliency.refinement import loop as refine_lib
+from dr_saliency.core import maps
+from dr_saliency.refinement.loop import run_params
+
 #: The combination rules every seed is scored with, from the same stored maps: ours (the
 #: defaults, chosen on validation data) and the paper's decaying weighted mean.
 RULES = {
-    "ours": {"combine": refine_lib.DEFAULT_COMBINE, "decay": refine_lib.DEFAULT_DECAY},
+    "ours": {"combine": maps.DEFAULT_COMBINE, "decay": maps.DEFAULT_DECAY},
     "paper": {"combine": "mean", "decay": 0.5},
 }
 
@@ -64,8 +66,8 @@ def experiment_settings(profile, n_boot):
         raise ValueError(f"Expected profile in {sorted(demo_lib.PROFILES)}. "
                          f"Received: profile={profile!r}")
     return {"format": FORMAT, "profile": profile, "pipeline": demo_lib.PROFILES[profile],
-            "rules": RULES, "normalize": refine_lib.DEFAULT_NORMALIZE,
-            "refine": refine_lib.refine_params(), "candidates": vars(CandidateOptions()),
+            "rules": RULES, "normalize": maps.DEFAULT_NORMALIZE,
+            "refine": run_params(), "candidates": vars(CandidateOptions()),
             "tolerance": 0.0, "n_boot": int(n_boot)}
 
 

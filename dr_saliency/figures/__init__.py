@@ -1,3 +1,5 @@
-"""Figures and reports: matplotlib figures (data in, Figure out), the Figure-1 panels of a
-refine run and the Markdown reports. No TensorFlow.
+"""Figures: matplotlib drawing functions that take plain data and return a Figure (never pyplot).
+
+A toolbox every wing may draw with (training curves, ROC, FROC, saliency overlays); it reads no
+files and imports no other wing.
 """

@@ -27,10 +27,13 @@ Public API::
 
 import collections.abc
 import math
-import numbers
 
 import numpy as np
+
 from matplotlib.figure import Figure
+
+from dr_saliency.core.checks import check_fov, check_image, check_saliency_map, is_int, is_real
+from dr_saliency.core.maps import normalize_map
 
 #: Okabe & Ito (2008) colour-blind-safe palette.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -65,10 +68,6 @@ def _figure(width, height):
 
     matplotlib.rcParams.update(STYLE)
     return Figure(figsize=(width, height), layout="constrained")
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def training_curves(log):
@@ -178,9 +177,11 @@ def _grid_shape(n):
 
 
 def _check_froc_panels(panels):
-    """``panels`` as a list of (title, [(label, FROCResult, BootstrapResult or None), ...])."""
-    from dr_saliency.lesions.froc import BootstrapResult, FROCResult
+    """``panels`` as a list of (title, [(label, FROCResult, BootstrapResult or None), ...]).
 
+    The curve types are recognised by what they offer (this wing imports no other): a FROC curve
+    has ``sensitivity_at``, a bootstrap ``curve_rates``.
+    """
     if not isinstance(panels, collections.abc.Mapping):
         raise TypeError("Expected panels as a dict {panel title: {curve label: (FROCResult, "
                         f"BootstrapResult or None)}}. Received: panels of type {type(panels).__name__}")
@@ -194,15 +195,19 @@ def _check_froc_panels(panels):
         entries = []
         for label, value in curves.items():
             name = f"panels[{title!r}][{label!r}]"
-            if isinstance(value, FROCResult):  # a bare curve: no band
+            if _is_curve(value):  # a bare curve: no band
                 value = (value, None)
-            if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], FROCResult)
-                    and (value[1] is None or isinstance(value[1], BootstrapResult))):
+            if not (isinstance(value, tuple) and len(value) == 2 and _is_curve(value[0])
+                    and (value[1] is None or hasattr(value[1], "curve_rates"))):
                 raise TypeError(f"Expected {name} to be a (FROCResult, BootstrapResult or None) "
                                 f"pair. Received: {value!r}")
             entries.append((str(label), value[0], value[1]))
         checked.append((str(title), entries))
     return checked
+
+
+def _is_curve(value):
+    return callable(getattr(value, "sensitivity_at", None))
 
 
 def _froc_label(label, result, max_fp):
@@ -246,7 +251,7 @@ def froc_figure(panels, *, max_fp=10, title=None):
     from matplotlib.ticker import NullLocator
 
     checked = _check_froc_panels(panels)
-    if not _is_real(max_fp) or not FROC_RATES[0] < max_fp < np.inf:
+    if not is_real(max_fp) or not FROC_RATES[0] < max_fp < np.inf:
         raise ValueError(f"Expected a finite max_fp > 1/8 (FP per image). Received: max_fp={max_fp!r}")
     max_fp = float(max_fp)
     x_low = FROC_RATES[0] / 1.25
@@ -324,14 +329,6 @@ def froc_figure(panels, *, max_fp=10, title=None):
 # ----------------------------------------------------------------------------- saliency overlays
 
 
-def _check_image(image, name="image"):
-    array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"Expected a uint8 RGB image of shape (H, W, 3). "
-                         f"Received: {name}.shape={array.shape}, {name}.dtype={array.dtype}")
-    return array
-
-
 def _check_lesions(lesions, shape, name="lesions"):
     """A bool (H, W) union of lesion masks from a mask or a dict of masks; None stays None."""
     if lesions is None:
@@ -378,8 +375,6 @@ def _to_uint8(rgb):
 
 
 def _normalized(saliency_map, fov, shape, name):
-    from dr_saliency.refinement.erase import check_fov, check_saliency_map
-    from dr_saliency.refinement.loop import normalize_map
 
     smap = check_saliency_map(saliency_map, name)
     fov = check_fov(fov, shape, "fov")
@@ -395,7 +390,7 @@ def overlay_panel(image, saliency_map, *, fov=None, lesions=None, alpha=0.9, gam
     """A saliency map drawn over its image, as an RGB array ready for ``imshow`` or saving.
 
     The map is scaled to [0, 1] by its robust maximum inside the FOV
-    (:func:`dr_saliency.refinement.loop.normalize_map`), coloured with ``cmap`` and blended over the image
+    (:func:`dr_saliency.core.maps.normalize_map`), coloured with ``cmap`` and blended over the image
     with a per-pixel opacity ``alpha * n ** gamma``: salient pixels show the colour map, the rest
     the image. The image is first partly desaturated so that the fundus's own reds and oranges do
     not read as saliency, and dimmed so that bright exudates stay darker than the colour map's
@@ -425,18 +420,17 @@ def overlay_panel(image, saliency_map, *, fov=None, lesions=None, alpha=0.9, gam
     """
     import matplotlib
 
-    image = _check_image(image)
+    image = check_image(image)
     shape = image.shape[:2]
     for name, value, low, high in (("alpha", alpha, 0, 1), ("desaturate", desaturate, 0, 1),
                                    ("brightness", brightness, 0, 1)):
-        if not _is_real(value) or not low <= value <= high:
+        if not is_real(value) or not low <= value <= high:
             raise ValueError(f"Expected {name} in [{low}, {high}]. Received: {name}={value!r}")
-    if not _is_real(gamma) or not 0 < gamma < np.inf:
+    if not is_real(gamma) or not 0 < gamma < np.inf:
         raise ValueError(f"Expected a finite gamma > 0. Received: gamma={gamma!r}")
     if outline_width is None:
         outline_width = _auto_width(shape)
-    if not isinstance(outline_width, numbers.Integral) or isinstance(outline_width, bool) \
-            or outline_width < 1:
+    if not is_int(outline_width) or outline_width < 1:
         raise ValueError(f"Expected an integer outline_width >= 1. Received: outline_width={outline_width!r}")
     n, _ = _normalized(saliency_map, fov, shape, "saliency_map")
     lesions = _check_lesions(lesions, shape)
@@ -518,7 +512,7 @@ def heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), outline_maps=False
         raise ValueError(f"Expected a non-empty list of row dicts. Received: rows={rows!r:.80}")
     if len(titles) != 3:
         raise ValueError(f"Expected three titles. Received: titles={titles!r}")
-    if not _is_real(panel_size) or not panel_size > 0:
+    if not is_real(panel_size) or not panel_size > 0:
         raise ValueError(f"Expected panel_size > 0. Received: panel_size={panel_size!r}")
     panels = []
     for r, row in enumerate(rows):
@@ -526,7 +520,7 @@ def heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), outline_maps=False
             keys = sorted(row) if isinstance(row, collections.abc.Mapping) else type(row).__name__
             raise ValueError(f"Expected rows[{r}] to be a dict with keys {_ROW_KEYS} (and optionally "
                              f"fov, lesions, label). Received: rows[{r}] keys={keys}")
-        image = _check_image(row["image"], f"rows[{r}]['image']")
+        image = check_image(row["image"], f"rows[{r}]['image']")
         lesions = _check_lesions(row.get("lesions"), image.shape[:2], f"rows[{r}]['lesions']")
         shown = _to_uint8(_draw_outline(image.astype(np.float32) / 255, lesions, LESION_COLOUR,
                                         _auto_width(image.shape[:2])))
@@ -604,7 +598,7 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
     if predictions.size < max(k - 1, 1):
         raise ValueError(f"Expected at least {max(k - 1, 1)} predictions for {k} maps. "
                          f"Received: result.predictions.shape={predictions.shape}")
-    if not isinstance(max_columns, numbers.Integral) or isinstance(max_columns, bool) or max_columns < 2:
+    if not is_int(max_columns) or max_columns < 2:
         raise ValueError(f"Expected an integer max_columns >= 2. Received: max_columns={max_columns!r}")
     images = getattr(result, "images", None)
     if images is not None:
@@ -614,7 +608,7 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
                              f"uint8. Received: shape={images.shape}, dtype={images.dtype}")
         first = images[0]
     elif image is not None:
-        first = _check_image(image)
+        first = check_image(image)
         if first.shape[:2] != shape:
             raise ValueError(f"Expected an image of the maps' shape {shape}. "
                              f"Received: image.shape={first.shape}")

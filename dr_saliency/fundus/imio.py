@@ -10,6 +10,8 @@ import os
 import cv2
 import numpy as np
 
+from dr_saliency.core.checks import check_image
+
 
 def _truncated_jpeg(path):
     # libjpeg decodes a truncated JPEG with only a warning on stderr, filling the missing rows
@@ -107,11 +109,7 @@ def write_image(path, image):
     Raises:
         ValueError: for a wrong shape or dtype.
     """
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
-            f"Expected an (H, W, 3) uint8 RGB image. Received: shape={image.shape}, dtype={image.dtype}"
-        )
+    check_image(np.asarray(image))
     ext = os.path.splitext(os.fspath(path))[1] or ".png"
     _atomic_write(path, cv2.imencode(ext, np.ascontiguousarray(image[:, :, ::-1])))
 

@@ -51,6 +51,9 @@ PARAMS_FILE = "synth.json"
 # Kaggle/EyePACS trainLabels.csv: images per grade 0-4 (35,126 in all).
 KAGGLE_COUNTS = (25810, 2443, 5292, 873, 708)
 
+STAGE_MIXES = ("balanced", "kaggle")
+"""How :func:`write_dataset` draws stages: equal counts per stage, or Kaggle's frequencies."""
+
 
 @dataclasses.dataclass(frozen=True)
 class StageRule:
@@ -889,8 +892,8 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
     n = _check_int(n, "n", "a number of images n >= 1", low=1)
     size = _check_int(size, "size", f"an image side of at least {MIN_SIZE} pixels", low=MIN_SIZE)
     seed = _check_int(seed, "seed", "an integer seed >= 0", low=0)
-    if stages not in ("balanced", "kaggle"):
-        raise ValueError(f'Expected stages "balanced" or "kaggle". Received: stages={stages!r}')
+    if stages not in STAGE_MIXES:
+        raise ValueError(f"Expected stages in {STAGE_MIXES}. Received: stages={stages!r}")
     try:
         fractions = [float(f) for f in split]
     except (TypeError, ValueError):

@@ -85,3 +85,6 @@ QUICK_PROFILE = dict(input_size=256, width=0.125, weights=None, epochs=6, batch_
                      clipnorm=1.0)
 
 
+
+PROFILES = {"paper": {}, "quick": QUICK_PROFILE}
+"""Training profiles by name: the paper's settings (the TrainConfig defaults) and the quick one."""

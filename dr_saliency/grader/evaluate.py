@@ -5,23 +5,9 @@ import os
 
 import numpy as np
 
+from dr_saliency.figures import plots
+from dr_saliency.fundus.datasets import select_records
 from dr_saliency.grader import metrics as metrics_lib
-def select_records(dataset, split="test"):
-    """Graded records of one split (``"all"``: every graded record).
-
-    Raises:
-        ValueError: when no graded record is in that split.
-    """
-    graded = [r for r in dataset if r.grade is not None]
-    chosen = graded if split == "all" else [r for r in graded if r.split == split]
-    if not chosen:
-        found = sorted({str(r.split) for r in graded})
-        raise ValueError(f"Expected graded images in split {split!r} (splits present: "
-                         f"{', '.join(found) or 'none'}; use --split all for every image). "
-                         f"Received: split={split!r}")
-    return chosen
-
-
 def evaluate(model, dataset, out_dir, *, split="test", batch_size=16, n_boot=1000, seed=0):
     """Grade a split of ``dataset`` with ``model`` and write the evaluation to ``out_dir``.
 
@@ -33,18 +19,20 @@ def evaluate(model, dataset, out_dir, *, split="test", batch_size=16, n_boot=100
         model: keras.Model (e.g. ``dr_saliency.grader.model.load_model("run/model.h5")``).
         dataset: a dataset from ``open_dataset``.
         out_dir: str.
-        split: "test", "val", "train" or "all".
+        split: one of :data:`dr_saliency.fundus.datasets.SPLITS`.
         batch_size: int.
         n_boot: int, bootstrap resamples.
         seed: int.
 
     Returns:
         dict, the content of ``evaluation.json``.
+
+    Raises:
+        EmptySplitError: no graded image in ``split``.
     """
-    from dr_saliency.figures import plots
     from dr_saliency.grader.train import predict_records
 
-    records = select_records(dataset, split)
+    records = select_records(dataset, split=split, graded=True)
     predictions = predict_records(model, records, batch_size=batch_size)
     labels = np.array([r.grade for r in records])
     report = metrics_lib.evaluation_report(labels, predictions, n_boot=n_boot, seed=seed)

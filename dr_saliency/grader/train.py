@@ -27,12 +27,13 @@ import time
 
 import numpy as np
 
+from dr_saliency.core.errors import BadImageError, NoValidationError, OutOfMemoryError, RunExistsError
 from dr_saliency.grader import metrics as metrics_lib
 from dr_saliency.grader import model as model_lib
 from dr_saliency.core._tf import keras, tf
 from dr_saliency.grader.augment import augment_batch
 from dr_saliency.fundus.imio import read_image
-from dr_saliency.grader.config import QUICK_PROFILE, STRATEGIES, TrainConfig  # noqa: F401
+from dr_saliency.grader.config import STRATEGIES, TrainConfig
 
 #: Files that make a folder a run that --resume can continue.
 RUN_FILES = ("config.json", "last.weights.h5")
@@ -77,7 +78,8 @@ def split_records(records, *, val_fraction=0.15, seed=0):
     if len(stages) < 2:
         raise ValueError(f"Expected training images of at least two stages. Received: only stage {stages}")
     if not val:
-        raise ValueError("Expected validation images (split 'val' or --val-fraction). Received: none")
+        raise NoValidationError("Expected validation images (split 'val', or val_fraction > 0 "
+                                "of the training images). Received: none")
     return train, val
 
 
@@ -115,7 +117,7 @@ def check_files(records, *, skip_bad=False, on_progress=None):
             elif skip_bad:
                 bad.append((rec.image_path, error))
             else:
-                raise ValueError(f"{error} (use --skip-bad to skip unreadable images)")
+                raise BadImageError(rec.id, error)
     return good, bad
 
 
@@ -388,7 +390,7 @@ def is_run_dir(path):
     return all(os.path.isfile(os.path.join(path, f)) for f in RUN_FILES)
 
 
-def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, check=True,
+def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False,
           data_path=None, on_epoch=None, on_check=None, verbose=None):
     """Train (or resume training of) the grader on a dataset; write the run folder.
 
@@ -398,9 +400,8 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, check=
         run_dir: str, the run folder (created; must not already hold a run unless resuming).
         config: TrainConfig (ignored when resuming: the run's own config.json is used).
         resume: bool, continue the run in ``run_dir`` from its last finished epoch.
-        skip_bad: bool, skip unreadable images (reported) instead of failing.
-        check: bool, decode every image once before training (a bad file then fails at once,
-            by name, instead of mid-epoch).
+        skip_bad: bool, skip unreadable images (reported) instead of failing. Every image is
+            decoded once before training, so a bad file fails at once, by name, not mid-epoch.
         data_path: optional str recorded in config.json (the CLI passes the DATA argument).
         on_epoch: optional callable(epoch, metrics dict) after each epoch.
         on_check: optional callable(k) while image files are checked.
@@ -426,14 +427,13 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, check=
     else:
         config = config or TrainConfig()
         if os.path.exists(os.path.join(run_dir, "config.json")):
-            raise ValueError("The output folder already holds a training run; continue it with "
-                             f"--resume or choose another --out. Received: run_dir={run_dir!r}")
+            raise RunExistsError("Expected a folder without a training run (or resume=True to "
+                                 f"continue it). Received: run_dir={run_dir!r}", run_dir)
     config.validate()
 
     graded = [r for r in dataset if r.grade is not None]
     bad = []
-    if check:
-        graded, bad = check_files(graded, skip_bad=skip_bad, on_progress=on_check)
+    graded, bad = check_files(graded, skip_bad=skip_bad, on_progress=on_check)
     train_recs, val_recs = split_records(graded, val_fraction=config.val_fraction, seed=config.seed)
     val_labels = [r.grade for r in val_recs]
     if not any(g >= metrics_lib.REFERABLE_STAGE for g in val_labels):
@@ -471,9 +471,9 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, check=
                     steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
                     shuffle=False)
         except tf.errors.ResourceExhaustedError as exc:
-            raise ValueError(f"Out of memory at batch size {config.batch_size}: try a smaller "
-                             f"--batch-size (e.g. {max(1, config.batch_size // 2)}). "
-                             f"Received: batch_size={config.batch_size}") from exc
+            raise OutOfMemoryError(f"Out of memory at batch size {config.batch_size}. "
+                                   f"Received: batch_size={config.batch_size}",
+                                   config.batch_size) from exc
     seconds = time.time() - start
 
     best_path = os.path.join(run_dir, "best.weights.h5")

@@ -28,13 +28,12 @@ Public API::
 """
 
 import collections
-import numbers
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from dr_saliency.refinement.erase import check_fov, check_saliency_map
+from dr_saliency.core.checks import check_fov, check_image, check_saliency_map, is_int, is_real
 
 __all__ = [
     "DEFAULT_BORDER",
@@ -102,26 +101,18 @@ class OpticDisc(collections.namedtuple("OpticDisc", ["center", "radius", "mask"]
     __slots__ = ()
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _check_options(sigma, min_distance, threshold, max_candidates, border):
-    if not _is_real(sigma) or not 0 <= sigma < np.inf:
+    if not is_real(sigma) or not 0 <= sigma < np.inf:
         raise ValueError(f"Expected a finite sigma >= 0. Received: sigma={sigma!r}")
-    if not _is_int(min_distance) or min_distance < 1:
+    if not is_int(min_distance) or min_distance < 1:
         # 0 would make every pixel its own window's maximum: one candidate per positive pixel.
         raise ValueError(f"Expected an integer min_distance >= 1. Received: min_distance={min_distance!r}")
-    if not _is_real(threshold) or not np.isfinite(threshold):
+    if not is_real(threshold) or not np.isfinite(threshold):
         raise ValueError(f"Expected a finite threshold. Received: threshold={threshold!r}")
-    if max_candidates is not None and (not _is_int(max_candidates) or max_candidates < 1):
+    if max_candidates is not None and (not is_int(max_candidates) or max_candidates < 1):
         raise ValueError("Expected max_candidates to be None or an integer >= 1. "
                          f"Received: max_candidates={max_candidates!r}")
-    if not _is_real(border) or not 0 <= border < np.inf:
+    if not is_real(border) or not 0 <= border < np.inf:
         raise ValueError(f"Expected a finite border >= 0. Received: border={border!r}")
 
 
@@ -281,12 +272,12 @@ def disc_mask(shape, center, radius):
         ValueError: bad shape, centre or radius.
     """
     if (not isinstance(shape, (tuple, list)) or len(shape) != 2
-            or not all(_is_int(s) and s >= 1 for s in shape)):
+            or not all(is_int(s) and s >= 1 for s in shape)):
         raise ValueError(f"Expected shape (H, W) of two integers >= 1. Received: shape={shape!r}")
     if (not isinstance(center, (tuple, list, np.ndarray)) or len(center) != 2
-            or not all(_is_real(v) and np.isfinite(v) for v in center)):
+            or not all(is_real(v) and np.isfinite(v) for v in center)):
         raise ValueError(f"Expected center (row, col) of two finite reals. Received: center={center!r}")
-    if not _is_real(radius) or not 0 <= radius < np.inf:
+    if not is_real(radius) or not 0 <= radius < np.inf:
         raise ValueError(f"Expected a finite radius >= 0. Received: radius={radius!r}")
     rows = np.arange(shape[0], dtype=np.float64)[:, None] - float(center[0])
     cols = np.arange(shape[1], dtype=np.float64)[None, :] - float(center[1])
@@ -323,17 +314,13 @@ def estimate_optic_disc(image, fov_mask=None, *, radius_fraction=DEFAULT_DISC_RA
         pixels) and ``mask`` (H, W) bool.
 
     Raises:
-        TypeError: image not uint8; FOV mask not bool.
+        TypeError: image not a numpy array; FOV mask not bool.
         ValueError: bad shapes or options; an empty FOV.
     """
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        raise TypeError("Expected a uint8 RGB image. Received: "
-                        f"image.dtype={getattr(image, 'dtype', type(image).__name__)}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"Expected an image of shape (H, W, 3). Received: image.shape={image.shape}")
+    check_image(image)
     fov = check_fov(fov_mask, image.shape[:2])
     for name, value in (("radius_fraction", radius_fraction), ("sigma_fraction", sigma_fraction)):
-        if not _is_real(value) or not 0 < value < np.inf:
+        if not is_real(value) or not 0 < value < np.inf:
             raise ValueError(f"Expected a finite {name} > 0. Received: {name}={value!r}")
     if not fov.any():
         raise ValueError("Expected a non-empty field of view. Received: fov_mask with no True pixel")

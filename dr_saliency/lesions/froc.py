@@ -35,7 +35,7 @@ implementations agree to the last digit:
 Per lesion type, pass that type's masks: the candidates are the same for every type, and a
 candidate that hits no lesion *of that type* is a false positive of that type's curve (the usual
 per-type FROC; a haemorrhage detection counts against the exudate curve). Per DR stage, pass the
-images of that stage (:func:`froc_by_group`).
+images of that stage (:func:`dr_saliency.lesions.localize.evaluate` makes both groupings).
 
 Everything is computed on integer counts (false positives, found lesions) and divided at the end,
 so the bootstrap (which weights images by their multiplicity in a resample) gives, replicate by
@@ -46,7 +46,6 @@ Pure numpy / scipy: no TensorFlow here.
 Public API::
 
     froc(candidates_per_image, lesions_per_image, tolerance=0) -> FROCResult
-    froc_by_group(candidates_per_image, lesions_per_image, groups, tolerance=0) -> {group: FROCResult}
     label_lesions(mask) -> (H, W) int32 label map (8-connected components)
     bootstrap(candidates_per_image, lesions_per_image, *, tolerance=0, n_boot=1000, seed=0,
               rates=DEFAULT_RATES, max_fp=10, level=0.95, curve_rates=None) -> BootstrapResult
@@ -57,11 +56,12 @@ Public API::
 import collections
 import collections.abc
 import dataclasses
-import numbers
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
+from dr_saliency.core.checks import is_int, is_real
 
 __all__ = [
     "BootstrapResult",
@@ -72,7 +72,6 @@ __all__ = [
     "PairedDifference",
     "bootstrap",
     "froc",
-    "froc_by_group",
     "label_lesions",
     "paired_bootstrap",
 ]
@@ -93,14 +92,6 @@ _PROBE_LIMIT = 100_000
 
 # Largest number of (replicate, event) cells the bootstrap holds at once (int64: 32 MB).
 _BOOTSTRAP_CELLS = 4_000_000
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------- the curve arithmetic
@@ -220,7 +211,7 @@ def _check_rates(rates, name="rates"):
 
 
 def _check_max_fp(max_fp):
-    if not _is_real(max_fp) or not 0 < max_fp < np.inf:
+    if not is_real(max_fp) or not 0 < max_fp < np.inf:
         raise ValueError(f"Expected a finite max_fp > 0. Received: max_fp={max_fp!r}")
     return float(max_fp)
 
@@ -427,7 +418,7 @@ def _check_candidates(candidates, index, shape):
 
 
 def _check_tolerance(tolerance):
-    if not _is_real(tolerance) or not 0 <= tolerance < np.inf:
+    if not is_real(tolerance) or not 0 <= tolerance < np.inf:
         raise ValueError(f"Expected a finite tolerance >= 0 (pixels). Received: tolerance={tolerance!r}")
     return float(tolerance)
 
@@ -608,33 +599,6 @@ def froc(candidates_per_image, lesions_per_image, tolerance=0):
                       n_lesions=n_lesions, n_images=events.n_images, tolerance=tolerance)
 
 
-def froc_by_group(candidates_per_image, lesions_per_image, groups, tolerance=0):
-    """One FROC curve per group of images (e.g. per DR stage).
-
-    Args:
-        candidates_per_image, lesions_per_image, tolerance: as for :func:`froc`.
-        groups: sequence of hashable group keys, one per image (e.g. the DR stage).
-
-    Returns:
-        dict ``{group: FROCResult}``, in sorted key order (first-appearance order when the keys
-        cannot be sorted). Each curve counts only its images (false positives per image of that
-        group).
-    """
-    _check_lists(candidates_per_image, lesions_per_image)
-    groups = list(groups)
-    if len(groups) != len(lesions_per_image):
-        raise ValueError(f"Expected one group per image. Received: len(groups)={len(groups)}, "
-                         f"len(lesions_per_image)={len(lesions_per_image)}")
-    keys = list(dict.fromkeys(groups))
-    try:
-        keys = sorted(keys)
-    except TypeError:
-        pass
-    return {key: froc([c for c, g in zip(candidates_per_image, groups) if g == key],
-                      [m for m, g in zip(lesions_per_image, groups) if g == key], tolerance)
-            for key in keys}
-
-
 # ----------------------------------------------------------------------------- bootstrap
 
 
@@ -740,11 +704,11 @@ def _replicate_summaries(events, indices, rates, max_fp, curve_rates=None):
 
 
 def _check_bootstrap_options(n_boot, seed, level):
-    if not _is_int(n_boot) or n_boot < 1:
+    if not is_int(n_boot) or n_boot < 1:
         raise ValueError(f"Expected an integer n_boot >= 1. Received: n_boot={n_boot!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"Expected an integer seed >= 0. Received: seed={seed!r}")
-    if not _is_real(level) or not 0 < level < 1:
+    if not is_real(level) or not 0 < level < 1:
         raise ValueError(f"Expected a level in (0, 1). Received: level={level!r}")
 
 

@@ -3,7 +3,7 @@
 For every image complete in a result store and annotated in the dataset, the lesion candidates of
 its first map s_0 and of its final map S (:mod:`dr_saliency.lesions.candidates`) are matched against its
 lesions (:mod:`dr_saliency.lesions.froc`): all lesion types together, per DR stage, and per lesion type.
-Both maps are recomputed from the stored per-iteration maps by ``refine.scored_maps``, so they
+Both maps are recomputed from the stored per-iteration maps (:mod:`dr_saliency.core.maps`), so they
 pass through the same normalisation and the same candidate settings (docs/choices.md); with
 decay 0 (combine "mean" or "max") S is s_0 and their FROCs are identical.
 The paper compares s_0 and S per stage (its Figure 2); the per-type curves measure which lesions
@@ -17,10 +17,14 @@ import numpy as np
 from dr_saliency.lesions import candidates as cand_lib
 from dr_saliency.lesions import froc as froc_lib
 from dr_saliency.fundus.datasets.base import LESION_TYPES
-from dr_saliency.refinement.loop import scored_maps
+from dr_saliency.core.errors import PartialResultsError
+from dr_saliency.core.maps import Combination
 from dr_saliency.refinement.store import ResultStore
 
 MAP_NAMES = ("s0", "S")
+
+CURVE_RATES = np.geomspace(1 / 16, 10, 49)
+"""FP/image rates at which the bootstrap gives pointwise curve bands (the FROC figures' grid)."""
 
 
 @dataclasses.dataclass
@@ -85,8 +89,8 @@ def match_ids(store_ids, dataset, *, allow_partial=False):
         message = (f"{len(not_in_data)} result(s) have no image in the dataset: "
                    f"{_shown(not_in_data)}")
         if not allow_partial:
-            raise ValueError(f"Expected every result to have an image in the dataset (use "
-                             f"--allow-partial to evaluate the intersection). Received: {message}")
+            raise PartialResultsError("Expected every result to have an image in the dataset "
+                                      f"(or allow_partial=True). Received: {message}", not_in_data)
         notes.append(message)
     if unannotated:
         notes.append(f"{len(unannotated)} image(s) have no lesion annotation and are left out: "
@@ -134,8 +138,7 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
         records: the annotated records to evaluate (:func:`match_ids`).
         options: CandidateOptions.
         decay, combine, normalize: how S is combined and both maps are scaled
-            (``refine.scored_maps``); None takes the run's own setting (files written before
-            ``normalize`` existed used "map"). Cheap: no network, so combination rules can be
+            (:class:`~dr_saliency.core.maps.Combination`); None takes the run's own setting. Cheap: no network, so combination rules can be
             compared on the same stored maps.
         on_image: optional callable(k) per image done.
 
@@ -150,12 +153,9 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
             image = rec.load_image()
             fov = np.asarray(rec.load_fov(image), bool)
             exclude = _disc(rec, image, fov, options) if options.exclude_disc else None
-            params = result.params
-            first, final = scored_maps(
-                result.maps, result.masks, fov,
-                decay=params["decay"] if decay is None else decay,
-                combine=params["combine"] if combine is None else combine,
-                normalize=params.get("normalize", "map") if normalize is None else normalize)
+            scoring = Combination.from_params(result.params, decay=decay, combine=combine,
+                                              normalize=normalize)
+            first, final = scoring.scored(result.maps, result.masks, fov)
             found = {}
             for name, smap in (("s0", first), ("S", final)):
                 found[name] = cand_lib.detect_candidates(
@@ -184,8 +184,7 @@ def lesion_union(lesions, types=LESION_TYPES):
     return np.logical_or.reduce(masks) if masks else None
 
 
-def evaluate(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot=1000, seed=0,
-             curve_rates=None):
+def evaluate(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot=1000, seed=0):
     """FROC of s_0 and S: all images, per DR stage and per lesion type, with bootstraps.
 
     Groups: ``"all"`` (every image, every lesion type), ``"stage N"`` for each stage in
@@ -197,10 +196,9 @@ def evaluate(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot
         stages: DR stages to report separately (the paper: referable stages 2-4); "all" and
             the stage groups count every lesion type.
         types: lesion types reported separately (empty: none).
-        tolerance: float, FROC hit tolerance in px (DESIGN.md §3).
+        tolerance: float, FROC hit tolerance in px (docs/contracts.md#froc-rules).
         n_boot: int, bootstrap replicates (over images) for the 95% intervals.
         seed: int.
-        curve_rates: optional 1-D FP/image rates for pointwise curve bands (figures).
 
     Returns:
         dict group -> {"n_images", "n_lesions", "s0": {"froc", "bootstrap"}, "S": {...},
@@ -225,7 +223,7 @@ def evaluate(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot
             cands = [i.candidates[map_name] for i in chosen]
             result = froc_lib.froc(cands, lesions, tolerance=tolerance)
             boot = froc_lib.bootstrap(cands, lesions, tolerance=tolerance, n_boot=n_boot,
-                                      seed=seed, curve_rates=curve_rates)
+                                      seed=seed, curve_rates=CURVE_RATES)
             entry[map_name] = {"froc": result, "bootstrap": boot}
         entry["n_lesions"] = entry["s0"]["froc"].n_lesions
         entry["paired"] = froc_lib.paired_bootstrap(

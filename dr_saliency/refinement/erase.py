@@ -23,16 +23,26 @@ Pure numpy / OpenCV / scipy: no TensorFlow here.
 
 Public API::
 
+    Eraser(rule="top_fraction", level=None, smooth_sigma=0.0, dilation=1, min_component_size=0,
+           method="ns", radius=3, inside_fov=True)          the loop's erase step, checked
+        eraser(image, saliency_map, fov) -> (mask, erased image or None)
+        .mask(saliency_map, fov) -> (H, W) bool;  .fill(image, mask, fov) -> (H, W, 3) uint8
+        .to_params() -> dict;  Eraser.from_params(params)
     binarize(saliency_map, fov_mask=None, *, rule="top_fraction", level=None, smooth_sigma=0.0,
              dilation=1, min_component_size=0) -> (H, W) bool
     inpaint(image, mask, *, method="ns", radius=3, fov_mask=None) -> (H, W, 3) uint8
+
+A different erase step (another inpainter, a learned one) is any callable with the Eraser's call
+signature and a ``to_params()`` method; the loop needs nothing else.
 """
 
-import numbers
+import dataclasses
 
 import cv2
 import numpy as np
 from scipy import ndimage
+
+from dr_saliency.core.checks import check_fov, check_image, check_saliency_map, is_int, is_real
 
 __all__ = [
     "BINARIZE_RULES",
@@ -44,9 +54,8 @@ __all__ = [
     "DEFAULT_RULE",
     "DEFAULT_SMOOTH_SIGMA",
     "INPAINT_METHODS",
+    "Eraser",
     "binarize",
-    "check_fov",
-    "check_saliency_map",
     "disk",
     "inpaint",
 ]
@@ -56,7 +65,7 @@ BINARIZE_RULES = ("top_fraction", "otsu", "fraction_of_max")
 threshold of the map inside the FOV; or every pixel >= ``level`` times the map's maximum."""
 
 DEFAULT_RULE = "top_fraction"
-"""Default binarisation rule (DESIGN.md §6: a fixed, small fraction of the FOV per iteration)."""
+"""Default binarisation rule: a fixed, small fraction of the FOV per iteration (docs/choices.md)."""
 
 DEFAULT_LEVELS = {"top_fraction": 0.005, "otsu": None, "fraction_of_max": 0.5}
 """Default ``level`` per rule: 0.5% of the FOV (chosen on the synthetic validation split,
@@ -86,69 +95,6 @@ DEFAULT_INPAINT_RADIUS = 3
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_saliency_map(saliency_map, name="saliency_map"):
-    """Check a saliency map and return it as a float32 array (no copy when it already is one).
-
-    Args:
-        saliency_map: (H, W) real array, larger = more salient.
-        name: how the argument is named in error messages.
-
-    Returns:
-        (H, W) float32 array.
-
-    Raises:
-        TypeError: not a real-valued array.
-        ValueError: not 2-D, or containing NaN or infinite values.
-    """
-    array = np.asarray(saliency_map)
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
-                                   or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(f"Expected a real-valued saliency map. Received: {name}.dtype={array.dtype}")
-    if array.ndim != 2:
-        raise ValueError(f"Expected a saliency map of shape (H, W). Received: {name}.shape={array.shape}")
-    array = array.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"Expected a finite saliency map. Received: {name} containing NaN or "
-                         "infinite values (did the network diverge?)")
-    return array
-
-
-def check_fov(fov_mask, shape, name="fov_mask"):
-    """Check a field-of-view mask; ``None`` means the whole image.
-
-    Args:
-        fov_mask: (H, W) bool array or None.
-        shape: the (H, W) it must have.
-        name: how the argument is named in error messages.
-
-    Returns:
-        (H, W) bool array (all True for None).
-
-    Raises:
-        TypeError: not a bool array.
-        ValueError: wrong shape.
-    """
-    if fov_mask is None:
-        return np.ones(shape, dtype=bool)
-    fov = np.asarray(fov_mask)
-    # Only bool: a 0/255 uint8 PNG passed by mistake would silently work, but a float probability
-    # map would not, and the contract says bool.
-    if fov.dtype != bool:
-        raise TypeError(f"Expected a bool field-of-view mask. Received: {name}.dtype={fov.dtype}")
-    if fov.shape != tuple(shape):
-        raise ValueError(f"Expected a field-of-view mask of shape {tuple(shape)}. "
-                         f"Received: {name}.shape={fov.shape}")
-    return fov
-
-
 def disk(radius):
     """Disk structuring element: the pixels within Euclidean distance ``radius`` of the centre.
 
@@ -168,13 +114,13 @@ def _check_binarize_options(rule, level, smooth_sigma, dilation, min_component_s
         raise ValueError(f"Expected rule in {BINARIZE_RULES}. Received: rule={rule!r}")
     if level is None:
         level = DEFAULT_LEVELS[rule]
-    elif rule != "otsu" and (not _is_real(level) or not 0 < level <= 1):
+    elif rule != "otsu" and (not is_real(level) or not 0 < level <= 1):
         raise ValueError(f"Expected level in (0, 1] for rule={rule!r}. Received: level={level!r}")
-    if not _is_real(smooth_sigma) or not smooth_sigma >= 0:
+    if not is_real(smooth_sigma) or not smooth_sigma >= 0:
         raise ValueError(f"Expected smooth_sigma >= 0. Received: smooth_sigma={smooth_sigma!r}")
-    if not _is_int(dilation) or dilation < 0:
+    if not is_int(dilation) or dilation < 0:
         raise ValueError(f"Expected an integer dilation >= 0. Received: dilation={dilation!r}")
-    if not _is_int(min_component_size) or min_component_size < 0:
+    if not is_int(min_component_size) or min_component_size < 0:
         raise ValueError("Expected an integer min_component_size >= 0. "
                          f"Received: min_component_size={min_component_size!r}")
     return level
@@ -294,23 +240,16 @@ def inpaint(image, mask, *, method=DEFAULT_INPAINT_METHOD, radius=DEFAULT_INPAIN
         (H, W, 3) uint8 RGB image, a new array (a copy when the mask is empty).
 
     Raises:
-        TypeError: wrong dtype of image or mask.
-        ValueError: wrong shapes, unknown method, radius < 1.
+        TypeError: image not a numpy array, mask not bool.
+        ValueError: wrong dtype or shapes, unknown method, radius < 1.
     """
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        raise TypeError("Expected a uint8 RGB image. Received: "
-                        f"image.dtype={getattr(image, 'dtype', type(image).__name__)}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"Expected an image of shape (H, W, 3). Received: image.shape={image.shape}")
+    check_image(image)
     if not isinstance(mask, np.ndarray) or mask.dtype != bool:
         raise TypeError("Expected a bool mask. Received: "
                         f"mask.dtype={getattr(mask, 'dtype', type(mask).__name__)}")
     if mask.shape != image.shape[:2]:
         raise ValueError(f"Expected a mask of shape {image.shape[:2]}. Received: mask.shape={mask.shape}")
-    if method not in INPAINT_METHODS:
-        raise ValueError(f"Expected method in {tuple(INPAINT_METHODS)}. Received: method={method!r}")
-    if not _is_real(radius) or not radius >= 1:
-        raise ValueError(f"Expected radius >= 1. Received: radius={radius!r}")
+    _check_fill_options(method, radius)
 
     fov = None if fov_mask is None else check_fov(fov_mask, image.shape[:2])
     if fov is not None:
@@ -347,3 +286,95 @@ def _cv_inpaint(image, mask, radius, method):
     # treats any non-zero mask value as "fill".
     return cv2.inpaint(np.ascontiguousarray(image), np.ascontiguousarray(mask).view(np.uint8),
                        float(radius), INPAINT_METHODS[method])
+
+
+def _check_fill_options(method, radius):
+    if method not in INPAINT_METHODS:
+        raise ValueError(f"Expected method in {tuple(INPAINT_METHODS)}. Received: method={method!r}")
+    if not is_real(radius) or not radius >= 1:
+        raise ValueError(f"Expected radius >= 1. Received: radius={radius!r}")
+
+
+# ----------------------------------------------------------------------------- the erase step
+
+
+@dataclasses.dataclass(frozen=True)
+class Eraser:
+    """The erase step of the refinement loop: binarise a saliency map, inpaint its mask.
+
+    The options are those of :func:`binarize` (``rule`` .. ``min_component_size``) and of
+    :func:`inpaint` (``method``, ``radius``; ``inside_fov`` passes the image's FOV to it, so the
+    black surround never bleeds in). They are checked when the Eraser is made; ``level`` None is
+    resolved to the rule's default, so two erasers that act alike are equal and store equal
+    params.
+    """
+
+    rule: str = DEFAULT_RULE
+    level: float | None = None
+    smooth_sigma: float = DEFAULT_SMOOTH_SIGMA
+    dilation: int = DEFAULT_DILATION
+    min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE
+    method: str = DEFAULT_INPAINT_METHOD
+    radius: float = DEFAULT_INPAINT_RADIUS
+    inside_fov: bool = True
+
+    def __post_init__(self):
+        level = _check_binarize_options(self.rule, self.level, self.smooth_sigma, self.dilation,
+                                        self.min_component_size)
+        _check_fill_options(self.method, self.radius)
+        if not isinstance(self.inside_fov, (bool, np.bool_)):
+            raise TypeError(f"Expected inside_fov to be True or False. Received: inside_fov={self.inside_fov!r}")
+        object.__setattr__(self, "level", None if level is None else float(level))
+        object.__setattr__(self, "inside_fov", bool(self.inside_fov))
+
+    def __call__(self, image, saliency_map, fov_mask=None):
+        """Erase what a map marks: ``mask = binarize(map)``, ``I' = inpaint(I, mask)``.
+
+        Args:
+            image: (H, W, 3) uint8 RGB, I_i.
+            saliency_map: (H, W) float32 s_i, >= 0, 0 outside the FOV.
+            fov_mask: (H, W) bool, or None for the whole image.
+
+        Returns:
+            (mask, erased): (H, W) bool mask_i, and I_{i+1} as a new (H, W, 3) uint8 array, or
+            None when the mask is empty (nothing to erase: the loop stops).
+        """
+        mask = self.mask(saliency_map, fov_mask)
+        return mask, (self.fill(image, mask, fov_mask) if mask.any() else None)
+
+    def mask(self, saliency_map, fov_mask=None):
+        """The pixels to erase: :func:`binarize`; an all-zero map (inside the FOV) gives an
+        empty mask, not an error: it has nothing left to point at."""
+        smap = check_saliency_map(saliency_map)
+        fov = check_fov(fov_mask, smap.shape)
+        if not smap[fov].max(initial=0) > 0:
+            return np.zeros(smap.shape, dtype=bool)
+        return binarize(smap, fov, rule=self.rule, level=self.level,
+                        smooth_sigma=self.smooth_sigma, dilation=self.dilation,
+                        min_component_size=self.min_component_size)
+
+    def fill(self, image, mask, fov_mask=None):
+        """``image`` with ``mask`` inpainted (:func:`inpaint`), from inside the FOV if so set."""
+        return inpaint(image, mask, method=self.method, radius=self.radius,
+                       fov_mask=fov_mask if self.inside_fov else None)
+
+    def to_params(self):
+        """The options as a result file stores them (JSON-serialisable, the loop's names)."""
+        return {"binarize_rule": self.rule, "binarize_level": self.level,
+                "smooth_sigma": float(self.smooth_sigma), "dilation": int(self.dilation),
+                "min_component_size": int(self.min_component_size),
+                "inpaint_method": self.method,
+                "inpaint_radius": self.radius if is_int(self.radius) else float(self.radius),
+                "inpaint_inside_fov": self.inside_fov}
+
+    @classmethod
+    def from_params(cls, params):
+        """The Eraser a result file was made with (:meth:`to_params`' keys; other keys ignored).
+
+        Files written before ``inpaint_inside_fov`` existed filled from the whole image.
+        """
+        return cls(rule=params["binarize_rule"], level=params["binarize_level"],
+                   smooth_sigma=params["smooth_sigma"], dilation=params["dilation"],
+                   min_component_size=params["min_component_size"],
+                   method=params["inpaint_method"], radius=params["inpaint_radius"],
+                   inside_fov=params.get("inpaint_inside_fov", False))

@@ -79,7 +79,7 @@ import urllib.parse
 import h5py
 import numpy as np
 
-from dr_saliency.refinement.loop import RefineResult
+from dr_saliency.refinement.result import RefineResult
 
 try:  # POSIX; without it (Windows) stores are not locked against concurrent use
     import fcntl

@@ -1,4 +1,4 @@
-"""Fundus datasets in their released layouts, read as one record type (DESIGN.md §3, §4).
+"""Fundus datasets in their released layouts, read as one record type (docs/contracts.md, docs/file-formats.md).
 
 ```python
 from dr_saliency.fundus.datasets import open_dataset
@@ -19,13 +19,56 @@ import os
 from dr_saliency.fundus.datasets import ddr, diaretdb1, eophtha, eyepacs, folder, idrid
 from dr_saliency.fundus.datasets.base import LESION_TYPES, Dataset, Problems, Record, subfolders
 from dr_saliency.fundus.datasets.diaretdb1 import DiaretdbRecord
+from dr_saliency.core.errors import EmptySplitError
 
 LAYOUTS = {module.NAME: module for module in (folder, eyepacs, idrid, diaretdb1, eophtha, ddr)}
 """Layout name -> module with ``matches(root)``, ``load(root, problems, **options)``,
 ``LOOKED_FOR`` and ``OPTIONS``. Detection tries them in this order."""
 
-__all__ = ["open_dataset", "detect_layout", "Dataset", "Record", "DiaretdbRecord", "LAYOUTS",
-           "LESION_TYPES"]
+SPLITS = ("test", "val", "train", "all")
+"""The splits :func:`select_records` takes; "all" is every record."""
+
+__all__ = ["open_dataset", "detect_layout", "select_records", "Dataset", "Record",
+           "DiaretdbRecord", "LAYOUTS", "LESION_TYPES", "SPLITS"]
+
+
+def select_records(dataset, *, split="all", ids=None, graded=False):
+    """The records of one split, optionally only the given ids or the graded ones (dataset order).
+
+    Args:
+        dataset: a dataset from :func:`open_dataset` (or any iterable of records).
+        split: one of :data:`SPLITS`.
+        ids: optional iterable of record ids; an unknown id is an error.
+        graded: keep only records with a grade.
+
+    Returns:
+        list of records, at least one.
+
+    Raises:
+        ValueError: an unknown split or id.
+        EmptySplitError: nothing selected (the message lists the splits present).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"Expected split in {SPLITS}. Received: split={split!r}")
+    records = [r for r in dataset if r.grade is not None] if graded else list(dataset)
+    if ids is not None:
+        wanted = list(dict.fromkeys(ids))
+        known = {r.id for r in records}
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            raise ValueError(f"Expected ids of the dataset{' (graded)' * graded}. "
+                             f"Received: {len(missing)} unknown id(s): {shown}")
+        records = [r for r in records if r.id in set(wanted)]
+    chosen = records if split == "all" else [r for r in records if r.split == split]
+    if not chosen:
+        present = sorted({str(r.split) for r in records})
+        what = "graded images" if graded else "images"
+        raise EmptySplitError(
+            f"Expected {what} in split {split!r}{' among the given ids' * (ids is not None)} "
+            f"(splits present: {', '.join(present) or 'none'}). "
+            f"Received: split={split!r}", split, present)
+    return chosen
 
 
 def _matching(path):

@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 
+from dr_saliency.fundus import fov as fov_lib
 from dr_saliency.fundus.imio import read_image, read_mask
 
 LESION_TYPES = ("MA", "HE", "EX", "SE")
@@ -198,10 +199,7 @@ class Record:
 
 
 def compute_fov(image):
-    """Field of view computed from the image, by ``dr_saliency.fundus.prepare.fov_mask``.
-
-    Imported here, not at module level: ``preprocess`` may itself use datasets, and the import
-    must not run when a dataset gives its own FOV.
+    """Field of view computed from the image, by :func:`dr_saliency.fundus.fov.fov_mask`.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
@@ -209,9 +207,7 @@ def compute_fov(image):
     Returns:
         ``(H, W)`` bool.
     """
-    from dr_saliency.fundus.prepare import fov_mask
-
-    return np.asarray(fov_mask(image), dtype=bool)
+    return np.asarray(fov_lib.fov_mask(image), dtype=bool)
 
 
 class Dataset(collections.abc.Sequence):

@@ -14,9 +14,6 @@ import numpy as np
 from dr_saliency.figures import plots
 from dr_saliency.lesions.localize import MAP_NAMES, report_to_dict, summary_rows
 
-#: FP/image rates at which the figures draw curves and their bootstrap bands (log-spaced).
-CURVE_RATES = np.geomspace(1 / 16, 10, 49)
-
 MAP_LABELS = {"s0": "s_0 (one map)", "S": "S (iterative)"}
 
 

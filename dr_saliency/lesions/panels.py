@@ -5,13 +5,14 @@ stored masks with the run's own inpainting settings (``cv2.inpaint`` is determin
 shows exactly what the network saw. No TensorFlow.
 """
 
+import dataclasses
 import json
 import os
 
 import numpy as np
 
 from dr_saliency.lesions import candidates as cand_lib
-from dr_saliency.refinement import erase as inpaint_lib
+from dr_saliency.refinement.erase import Eraser
 from dr_saliency.figures import plots
 from dr_saliency.lesions.localize import lesion_union
 from dr_saliency.refinement.store import ResultStore
@@ -22,21 +23,16 @@ def replay_images(image, result, fov=None):
 
     Args:
         image: (H, W, 3) uint8 RGB, I_0.
-        result: RefineResult (masks, iterations, params with inpaint_method/inpaint_radius and,
-            for runs since the fill stays inside the FOV, inpaint_inside_fov).
+        result: RefineResult (masks, iterations, and the params of its Eraser).
         fov: (H, W) bool field of view of the image (used when the run filled inside it).
 
     Returns:
         (n + 1, H, W, 3) uint8.
     """
+    eraser = Eraser.from_params(result.params)
     images = [image]
-    # Runs stored before the option existed filled from the whole image.
-    inside = result.params.get("inpaint_inside_fov", False)
     for i in range(result.iterations):
-        images.append(inpaint_lib.inpaint(images[-1], result.masks[i],
-                                          method=result.params["inpaint_method"],
-                                          radius=result.params["inpaint_radius"],
-                                          fov_mask=fov if inside else None))
+        images.append(eraser.fill(images[-1], result.masks[i], fov))
     return np.stack(images)
 
 
@@ -134,8 +130,6 @@ def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("pn
 
 
 def _with_images(result, images):
-    import dataclasses
-
     return dataclasses.replace(result, images=images)
 
 

@@ -1,0 +1,96 @@
+"""The wiring of the method's stages, written once for the command line and the demo.
+
+``refine_run``: model file -> explainer and predictor -> refinement over a dataset -> result file
+whose params record the model and the explanation, so that a run started by one caller resumes
+with the other. ``froc_run``: result file + dataset -> candidates -> FROC report -> files.
+
+TensorFlow is imported inside :func:`refine_run` only, where a model is loaded.
+"""
+
+import os
+
+from dr_saliency.explain.options import DEFAULT_BATCH_SIZE, Explanation
+from dr_saliency.lesions import localize, reports
+from dr_saliency.refinement.loop import run_params
+from dr_saliency.refinement.run import refine_dataset
+
+__all__ = ["froc_run", "model_reference", "refine_run"]
+
+
+def model_reference(model_path, out):
+    """How a result file names its model: the path relative to the result file's folder.
+
+    Relative, so that a folder holding both (the demo's) can move; the same for every caller that
+    names the same files, whatever its working directory.
+    """
+    return os.path.relpath(os.path.abspath(model_path),
+                           os.path.dirname(os.path.abspath(out))).replace(os.sep, "/")
+
+
+def refine_run(model_path, records, out, *, explanation=None, config=None, erase=None,
+               batch_size=DEFAULT_BATCH_SIZE, keep_images=False, only_referable=False,
+               skip_bad=False, on_image=None):
+    """Refine ``records`` with the grader in ``model_path`` into the result file ``out``.
+
+    Args:
+        model_path: str, a full model file (a training run's ``model.h5``).
+        records: dataset records (:func:`dr_saliency.fundus.datasets.select_records`).
+        out: str, the ``.h5`` result file; an existing one made with the same params resumes.
+        explanation: :class:`~dr_saliency.explain.options.Explanation`, or None (guided
+            back-propagation, the negative gradient).
+        config, erase: the loop's :class:`~dr_saliency.refinement.loop.RefineConfig` and erase
+            step, or None for the defaults.
+        batch_size: images per pass and per refinement batch.
+        keep_images, only_referable, skip_bad, on_image: as
+            :func:`dr_saliency.refinement.run.refine_dataset`.
+
+    Returns:
+        the summary dict of :func:`~dr_saliency.refinement.run.refine_dataset`.
+    """
+    explanation = Explanation() if explanation is None else explanation
+    if not isinstance(explanation, Explanation):
+        raise TypeError(f"Expected an Explanation or None. Received: explanation={explanation!r}")
+    run_params(config, erase)  # bad settings fail now, before the model is loaded
+    from dr_saliency.explain.explainer import make_explainer, make_predictor
+    from dr_saliency.grader.model import load_model
+
+    net = load_model(model_path)
+    explain = make_explainer(net, explanation.method, explanation.sign, explanation.reduce,
+                             explanation.target, batch_size=batch_size,
+                             **explanation.method_options())
+    return refine_dataset(
+        records, out, explain=explain, predict=make_predictor(net, batch_size=batch_size),
+        erase=erase, config=config, size=int(net.input_shape[1]),
+        params={"model": model_reference(model_path, out), **explanation.to_params()},
+        batch_size=batch_size, keep_images=keep_images, only_referable=only_referable,
+        skip_bad=skip_bad, on_image=on_image)
+
+
+def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), tolerance=0.0,
+             n_boot=1000, decay=None, combine=None, normalize=None, params=None, on_image=None):
+    """Lesion-level FROC of s_0 and S of a result file against its images' annotations.
+
+    Args:
+        results: str, the result file.
+        records: the annotated records to evaluate, complete in ``results``
+            (:func:`dr_saliency.lesions.localize.records_for`).
+        out_dir: str, where metrics.json, curves.csv and the FROC figures go.
+        options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
+        stages, tolerance, n_boot: as :func:`dr_saliency.lesions.localize.evaluate`.
+        decay, combine, normalize: rescore the stored maps this way (None: the run's setting).
+        params: extra entries recorded in metrics.json under "params".
+        on_image: optional callable(k) as images are done.
+
+    Returns:
+        (report, paths): the :func:`~dr_saliency.lesions.localize.evaluate` report and the files
+        written.
+    """
+    options = localize.CandidateOptions() if options is None else options
+    items = localize.collect(results, records, options, decay=decay, combine=combine,
+                             normalize=normalize, on_image=on_image)
+    report = localize.evaluate(items, stages=stages, tolerance=tolerance, n_boot=n_boot)
+    recorded = {"results": os.path.abspath(results), "tolerance": tolerance, "n_boot": n_boot,
+                "combine": combine, "decay": decay, "normalize": normalize,
+                "candidates": vars(options), **(params or {})}
+    paths = reports.write_froc(report, out_dir, params=recorded)
+    return report, paths

@@ -1,0 +1,64 @@
+"""Typed errors for the bad inputs a user can work around with an option.
+
+They are ``ValueError``\\ s, so any caller that handles bad input handles them; their attributes
+carry the facts, and the message names the library's keyword, never a command-line flag. The
+command line (:mod:`dr_saliency.app.cli`) turns each into the advice its own flags give.
+"""
+
+__all__ = ["BadImageError", "EmptySplitError", "ImageSizeError", "NoValidationError",
+           "OutOfMemoryError", "PartialResultsError", "RunExistsError"]
+
+
+class BadImageError(ValueError):
+    """An image of a dataset cannot be used (unreadable, wrong size, NaN map); ``skip_bad=True``
+    skips such images. ``image`` is its id or path, ``reason`` what is wrong."""
+
+    def __init__(self, image, reason):
+        super().__init__(f"{image}: {reason}")
+        self.image, self.reason = image, reason
+
+
+class ImageSizeError(BadImageError):
+    """An image is not ``size`` x ``size`` pixels, the model's input: preprocess the data first."""
+
+    def __init__(self, image, reason, size):
+        super().__init__(image, reason)
+        self.size = size
+
+
+class EmptySplitError(ValueError):
+    """No image in the chosen split; ``split="all"`` takes every image. ``present``: the splits
+    the dataset has."""
+
+    def __init__(self, message, split, present):
+        super().__init__(message)
+        self.split, self.present = split, tuple(present)
+
+
+class PartialResultsError(ValueError):
+    """A result file and a dataset hold different images; ``allow_partial=True`` evaluates the
+    images in both. ``missing``: the result ids without an image in the dataset."""
+
+    def __init__(self, message, missing):
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+
+class RunExistsError(ValueError):
+    """The output folder already holds a training run; resume it or choose another folder."""
+
+    def __init__(self, message, run_dir):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+class NoValidationError(ValueError):
+    """No validation images: the data has no 'val' split and ``val_fraction`` gave none."""
+
+
+class OutOfMemoryError(ValueError):
+    """Training ran out of memory at ``batch_size``; ``suggested`` is a smaller one to try."""
+
+    def __init__(self, message, batch_size):
+        super().__init__(message)
+        self.batch_size, self.suggested = batch_size, max(1, batch_size // 2)
