@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
+from dr_saliency.figures.plots import outline_masks
 from dr_saliency.fundus import synth
 from dr_saliency.fundus.imio import read_image
 
@@ -40,7 +41,7 @@ def masks_figure(result, box):
     fig = Figure(figsize=(10, 5.3), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, im, title in ((axes[0], result.image, "detail (512 px image)"),
-                          (axes[1], synth.overlay_masks(result.image, result.masks),
+                          (axes[1], outline_masks(result.image, result.masks, synth.MASK_COLOURS),
                            "masks: MA cyan, HE green, EX blue, SE magenta")):
         ax.imshow(im[crop], interpolation="nearest")
         ax.set_title(title, fontsize=9)

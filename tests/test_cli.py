@@ -8,7 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from dr_saliency import __version__
+from dr_saliency.app import cli as cli_module
 from dr_saliency.app.cli import cli, main
+from dr_saliency.core import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +67,7 @@ def test_debug_shows_the_exception(capsys):
 
 
 @pytest.mark.slow
-def test_demo_smoke_profile_runs_every_step_and_reuses_them(tmp_path):
+def test_demo_smoke_profile_runs_every_step_and_reuses_them(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "demo")
     result = CliRunner().invoke(cli, ["demo", "--out", out, "--profile", "smoke"])
     assert result.exit_code == 0, result.output
@@ -79,6 +81,18 @@ def test_demo_smoke_profile_runs_every_step_and_reuses_them(tmp_path):
     again = CliRunner().invoke(cli, ["demo", "--out", out, "--profile", "smoke"])
     assert again.exit_code == 0, again.output
     assert again.output.count("already done") == 6
+    # The demo and `dr-saliency refine` are wired by one function: the command resumes the
+    # demo's result file (same params) instead of refusing it, from another working directory.
+    monkeypatch.chdir(tmp_path)
+    args = ["refine", os.path.join(out, "run", "model.h5"), os.path.join(out, "data"),
+            "--out", os.path.join("demo", "refine.h5"), "--split", "test", "--only-referable",
+            "--quiet"]
+    code, stdout, err = run_main(args, capsys)
+    assert code == 0, err
+    assert stdout.startswith("0 images refined") and "already done" in stdout
+    # ... and refuses other settings, naming them.
+    code, _, err = run_main(args + ["--sign", "abs"], capsys)
+    assert code == 1 and 'sign="abs" (file has "negative")' in err
 
 
 @pytest.mark.slow
@@ -126,6 +140,38 @@ def test_synth_train_evaluate_refine_end_to_end(tmp_path, capsys):
     assert code == 1
     assert err.startswith("Error: ") and "max_iterations=3 (file has 2)" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_library_errors_get_the_flag_that_works_around_them(tmp_path, capsys):
+    from dr_saliency.fundus.datasets.folder import write_labels, write_sample
+    import numpy as np
+
+    data = tmp_path / "data"
+    write_sample(data, "a", np.full((16, 16, 3), 100, np.uint8))
+    write_labels(data, [{"image": "a", "level": 2, "split": "train"}])
+    model = tmp_path / "model.h5"
+    model.write_bytes(b"not loaded: the split is checked first")
+    code, _, err = run_main(["refine", str(model), str(data), "--out", str(tmp_path / "r.h5"),
+                             "--split", "val"], capsys)
+    assert code == 1
+    assert err.strip() == ("Error: Expected images in split 'val' (splits present: train). "
+                           "Received: split='val' (use --split all for every image)")
+
+
+@pytest.mark.parametrize("error, advice", [
+    (errors.BadImageError("im1", "unreadable"), "use --skip-bad to skip bad images"),
+    (errors.ImageSizeError("im1", "64x64", 512),
+     "preprocess the data to that size first: dr-saliency preprocess --size 512"),
+    (errors.EmptySplitError("none", "val", ["train"]), "use --split all for every image"),
+    (errors.PartialResultsError("ids differ", ["x"]),
+     "use --allow-partial to evaluate the images in both"),
+    (errors.RunExistsError("a run", "run"), "continue it with --resume, or choose another --out"),
+    (errors.NoValidationError("none"), "give the data a 'val' split, or set --val-fraction"),
+    (errors.OutOfMemoryError("oom", 8), "try a smaller --batch-size, e.g. 4"),
+    (ValueError("plain"), None),
+])
+def test_advice_for_each_typed_error(error, advice):
+    assert cli_module._advice(error) == advice
 
 
 def test_train_needs_exactly_one_of_out_and_resume(tmp_path, capsys):

@@ -300,7 +300,7 @@ def test_bad_rates_and_max_fp():
 
 
 def reference_froc(cands, label_maps, tolerance):
-    """The rules of DESIGN.md §3 followed literally, with Python loops.
+    """The rules of docs/contracts.md followed literally, with Python loops.
 
     Returns (thresholds, fp counts, found counts, n_lesions, n_images): one point per distinct
     candidate score, minus the points equal to the point before (scores carried only by ignored

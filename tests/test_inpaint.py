@@ -16,7 +16,7 @@ def _where(mask):
 
 
 def test_defaults_follow_the_validation_search():
-    # docs/choices.md: 0.5% of the FOV per iteration, 1 px dilation (within DESIGN.md §6's range).
+    # docs/choices.md: 0.5% of the FOV per iteration, 1 px dilation (within the range in docs/results.md).
     assert ip.DEFAULT_RULE == "top_fraction"
     assert ip.DEFAULT_LEVELS["top_fraction"] == 0.005
     assert ip.DEFAULT_DILATION == 1

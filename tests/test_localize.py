@@ -146,7 +146,7 @@ def test_figures_replay_and_write(refined, tmp_path):
 @pytest.mark.parametrize("normalize", ["map", "image", "none"])
 @pytest.mark.parametrize("combine", ["mean", "max"])
 def test_decay_0_scores_s_exactly_as_s0_in_every_group(refined, normalize, combine):
-    # DESIGN §3: s_0 and S pass through one normalisation and one candidate setting, so with
+    # docs/contracts.md: s_0 and S pass through one normalisation and one candidate setting, so with
     # decay 0 (S is s_0) their FROCs are identical, whatever the scale.
     data, store = refined
     records, _ = localize.records_for(store, open_dataset(data))

@@ -206,6 +206,7 @@ def _compiled_tiny(seed):
     return net
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_keeps_weights_and_optimizer_state(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 128, 128, 3)).astype(np.float32)

@@ -322,7 +322,7 @@ def test_preprocess_image_uses_a_given_fov_and_checks_sizes():
 
 @dataclasses.dataclass
 class FakeRecord:
-    """The record interface of DESIGN.md §3, reading a folder written by write_sample."""
+    """The record interface of docs/contracts.md, reading a folder written by write_sample."""
 
     id: str
     image_path: str

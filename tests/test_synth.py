@@ -339,16 +339,6 @@ def test_measure_lesions_on_a_hand_made_image():
     assert len(m["EX"]["area"]) == 0
 
 
-def test_crop_to_fov_squares_and_resizes():
-    image = np.zeros((100, 160, 3), np.uint8)
-    image[10:90, 40:120] = (200, 90, 40)
-    out = synth.crop_to_fov(image, size=64)
-    assert out.shape == (64, 64, 3)
-    assert (out[32, 32] == (200, 90, 40)).all() and out[0, 0, 0] > 100
-    with pytest.raises(ValueError, match=r"Received: threshold=20"):
-        synth.crop_to_fov(np.zeros((10, 10, 3), np.uint8))
-
-
 def test_figures_are_matplotlib_figures_without_pyplot():
     from matplotlib.figure import Figure
 
@@ -360,13 +350,18 @@ def test_figures_are_matplotlib_figures_without_pyplot():
     assert isinstance(fig, Figure) and len(fig.axes) == 4
 
 
-def test_overlay_outlines_outside_the_mask():
+def test_outline_masks_draws_outside_the_mask_in_its_colour():
+    from dr_saliency.figures.plots import outline_masks
+
     image = np.zeros((9, 9, 3), np.uint8)
     mask = np.zeros((9, 9), bool)
     mask[4, 4] = True
-    out = synth.overlay_masks(image, {"EX": mask})
-    assert (out[4, 4] == 0).all() and (out[3, 3] == synth.MASK_COLOURS["EX"]).all()
-    assert (out[0, 0] == 0).all()
+    out = outline_masks(image, {"EX": mask, "MA": np.zeros((9, 9), bool)}, synth.MASK_COLOURS)
+    assert (out[4, 4] == 0).all() and out[3, 3].tolist() == [40, 80, 255]  # #2850ff
+    assert (out[0, 0] == 0).all() and (out[2, 2] == 0).all()
+    assert (outline_masks(image, {"XX": mask}, {}, width=2)[2, 2] == 255).all()  # white, 2 px
+    with pytest.raises(ValueError, match=r"Received: width=0"):
+        outline_masks(image, {"EX": mask}, synth.MASK_COLOURS, width=0)
 
 
 def test_lesions_reach_the_fov_rim_and_the_disc_neighbourhood():

@@ -12,7 +12,7 @@ import pytest
 
 from dr_saliency.grader import train as train_lib
 from dr_saliency.grader import config as train_config
-from dr_saliency.grader.config import QUICK_PROFILE, TrainConfig
+from dr_saliency.grader.config import TrainConfig
 from dr_saliency.core.errors import BadImageError, EmptySplitError, OutOfMemoryError, RunExistsError
 from dr_saliency.fundus.datasets import open_dataset, select_records
 from dr_saliency.fundus.datasets.folder import write_labels, write_sample
@@ -155,6 +155,7 @@ def test_warmup_schedule_values():
     assert float(c(0)) == float(c(9)) == 0.5
 
 
+@pytest.mark.slow
 def test_train_writes_run_folder_and_refuses_to_overwrite(tiny_data, tmp_path):
     run = str(tmp_path / "run")
     summary = train_lib.train(open_dataset(tiny_data), run, TrainConfig(**TINY),
@@ -175,6 +176,7 @@ def test_train_writes_run_folder_and_refuses_to_overwrite(tiny_data, tmp_path):
     assert os.path.getmtime(os.path.join(run, "last.weights.h5")) == before
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(tiny_data, tmp_path):
     run = str(tmp_path / "run")
     config = TrainConfig(**dict(TINY, epochs=3))
@@ -202,6 +204,7 @@ def test_resume_on_a_folder_that_is_not_a_run(tiny_data, tmp_path):
         train_lib.train(open_dataset(tiny_data), str(tmp_path), resume=True)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_report(tiny_data, tmp_path):
     from dr_saliency.grader import evaluate as evaluate_lib
     from dr_saliency.grader import model as model_lib
@@ -227,8 +230,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from dr_saliency.grader import train as t
-        from dr_saliency.core.errors import BadImageError, EmptySplitError, OutOfMemoryError, RunExistsError
-from dr_saliency.fundus.datasets import open_dataset, select_records
+        from dr_saliency.fundus.datasets import open_dataset
         strategy = t.get_strategy("mirrored")
         assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
         config = t.TrainConfig(**{dict(TINY, epochs=1, strategy="mirrored")!r})
@@ -255,6 +257,7 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_data, tmp_path, monkeypatch
     assert info.value.batch_size == 8 and info.value.suggested == 4
 
 
+@pytest.mark.slow
 def test_validation_without_referable_images_logs_nan_auc(tmp_path, capsys):
     # Training images of every stage; validation images of stages 0 and 1 only.
     stages = [0, 1, 2, 3, 4] * 4 + [0, 1, 0, 1]

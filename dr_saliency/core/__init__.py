@@ -1,3 +1,3 @@
-"""The ground floor: argument checks, saliency-map arithmetic and the TensorFlow boundary.
-Every wing may use it; it uses none of them.
+"""The ground floor: argument checks, typed errors, saliency-map arithmetic and the TensorFlow
+boundary. Every wing may use it; it uses none of them.
 """

@@ -1,5 +1,3 @@
-"""Figures: matplotlib drawing functions that take plain data and return a Figure (never pyplot).
-
-A toolbox every wing may draw with (training curves, ROC, FROC, saliency overlays); it reads no
-files and imports no other wing.
+"""Figures: matplotlib drawings that take plain data and return a Figure (never pyplot), for every
+wing to draw with (training curves, ROC, FROC, saliency overlays). Reads no files; uses only core.
 """

@@ -370,6 +370,28 @@ def _draw_outline(rgb, lesions, colour, width):
     return rgb
 
 
+def outline_masks(image, masks, colours, width=1):
+    """An RGB copy of ``image`` with each mask outlined just outside it, in its own colour.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        masks: dict ``{name: (H, W) bool}``, e.g. lesion masks by type.
+        colours: dict ``{name: matplotlib colour}``; a name without one is outlined in white.
+        width: int >= 1, outline width in pixels (8-connected, outside the mask).
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    check_image(image)
+    if not is_int(width) or width < 1:
+        raise ValueError(f"Expected an integer width >= 1. Received: width={width!r}")
+    out = image.astype(np.float32) / 255
+    for name, mask in masks.items():
+        out = _draw_outline(out, _check_lesions(mask, image.shape[:2], f"masks[{name!r}]"),
+                            colours.get(name, "white"), width)
+    return _to_uint8(out)
+
+
 def _to_uint8(rgb):
     return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
 

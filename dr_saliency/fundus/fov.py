@@ -327,7 +327,7 @@ class SquareBox:
 
         Args:
             rows, cols: float or int arrays of target coordinates, pixel centres at integers
-                (as candidates ``(row, col)`` of DESIGN.md §3).
+                (as candidates ``(row, col)`` of docs/contracts.md).
             size: int, the output side.
 
         Returns:

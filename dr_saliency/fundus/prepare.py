@@ -181,7 +181,7 @@ def _pool_context():
 
 def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_bad=False,
                        on_progress=None, overwrite=False):
-    """Preprocess a whole dataset once into the package's folder layout (DESIGN.md §4).
+    """Preprocess a whole dataset once into the package's folder layout (docs/file-formats.md).
 
     Each record is decoded once, cropped to its field of view, padded to a square and resized
     (:func:`preprocess_image`), and written with :func:`~dr_saliency.fundus.datasets.folder.write_sample`:
@@ -199,7 +199,7 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
 
     Args:
         dataset: a sequence of records with ``id``, ``grade``, ``split``, ``image_path``,
-            ``load_image()``, ``load_lesions()`` and ``load_fov()`` (DESIGN.md §3), e.g. from
+            ``load_image()``, ``load_lesions()`` and ``load_fov()`` (docs/contracts.md), e.g. from
             :func:`dr_saliency.fundus.datasets.open_dataset`; its ``warnings`` are passed on.
         out: str or path-like, the output folder (created).
         size: int >= ``MIN_SIZE``, side of the square output images.

@@ -34,7 +34,7 @@ from dr_saliency.fundus.imio import read_image, read_mask
 
 __all__ = [
     "STAGE_RULES", "StageRule", "Lesion", "SynthResult", "synthesize", "write_dataset",
-    "measure_lesions", "lesion_statistics", "overlay_masks", "crop_to_fov", "example_grid",
+    "measure_lesions", "lesion_statistics", "example_grid",
     "comparison_figure",
 ]
 
@@ -849,7 +849,7 @@ class _Fundus:
 # ----- dataset folder ---------------------------------------------------------------------------
 def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.15, 0.15), workers=None,
                   on_progress=None, overwrite=False):
-    """Write a synthetic dataset folder (DESIGN.md §4) with ``n`` images and their lesion masks.
+    """Write a synthetic dataset folder (docs/file-formats.md) with ``n`` images and their lesion masks.
 
     The layout is ``labels.csv`` (``image,level,split``), ``images/<id>.png``,
     ``masks/{MA,HE,EX,SE}/<id>.png`` (all four, empty where the image has no lesion of that type),
@@ -1131,57 +1131,8 @@ def _samples(source):
 
 
 # ----- figures ----------------------------------------------------------------------------------
-MASK_COLOURS = {"MA": (0, 255, 255), "HE": (0, 255, 0), "EX": (40, 80, 255), "SE": (255, 0, 255)}
-
-
-def overlay_masks(image, masks, thickness=1):
-    """Outline lesion masks on an image, one colour per type (``MASK_COLOURS``).
-
-    Args:
-        image: ``(H, W, 3)`` uint8 RGB.
-        masks: dict ``{type: (H, W) bool}``.
-        thickness: int, outline width in pixels (drawn just outside the mask).
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB copy with the outlines.
-    """
-    out = np.array(image, np.uint8, copy=True)
-    for kind, mask in masks.items():
-        m = np.asarray(mask, np.uint8)
-        grown = cv2.dilate(m, np.ones((2 * thickness + 1,) * 2, np.uint8))
-        out[(grown > 0) & (m == 0)] = MASK_COLOURS.get(kind, (255, 255, 255))
-    return out
-
-
-def crop_to_fov(image, size=512, threshold=20):
-    """Crop a photograph to its field of view and resize it, for comparisons at one scale.
-
-    The FOV is where the red channel exceeds ``threshold``; its bounding box is padded with
-    black to a square (photographs such as IDRiD's cut the FOV at the top and bottom) so that
-    the FOV diameter maps to ``size``, as in a synthetic image.
-
-    Args:
-        image: ``(H, W, 3)`` uint8 RGB.
-        size: int, output side.
-        threshold: int, red-channel level of the FOV.
-
-    Returns:
-        ``(size, size, 3)`` uint8 RGB.
-
-    Raises:
-        ValueError: when no pixel exceeds the threshold.
-    """
-    image = np.asarray(image, np.uint8)
-    rows, cols = np.nonzero(image[:, :, 0] > threshold)
-    if not len(rows):
-        raise ValueError(f"Expected an image with a field of view brighter than the threshold. "
-                         f"Received: threshold={threshold}")
-    crop = image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    side = max(crop.shape[:2])
-    square = np.zeros((side, side, 3), np.uint8)
-    y, x = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
-    square[y:y + crop.shape[0], x:x + crop.shape[1]] = crop
-    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+MASK_COLOURS = {"MA": "#00ffff", "HE": "#00ff00", "EX": "#2850ff", "SE": "#ff00ff"}
+"""Outline colour per lesion type in :func:`example_grid`."""
 
 
 def example_grid(n_per_stage=4, *, size=512, seed=0, outline=False):
@@ -1191,12 +1142,14 @@ def example_grid(n_per_stage=4, *, size=512, seed=0, outline=False):
         n_per_stage: int, images per row.
         size: int, image side.
         seed: int; example ``j`` of stage ``k`` uses ``default_rng([seed, k, j])``.
-        outline: bool, outline the lesion masks (``overlay_masks``).
+        outline: bool, outline the lesion masks (:data:`MASK_COLOURS`).
 
     Returns:
         ``matplotlib.figure.Figure`` (no pyplot: nothing is shown, no global state).
     """
     from matplotlib.figure import Figure
+
+    from dr_saliency.figures.plots import outline_masks
 
     fig = Figure(figsize=(2.4 * n_per_stage, 2.5 * 5), layout="constrained")
     axes = fig.subplots(5, n_per_stage, squeeze=False)
@@ -1204,7 +1157,7 @@ def example_grid(n_per_stage=4, *, size=512, seed=0, outline=False):
         for j in range(n_per_stage):
             r = synthesize(stage, size=size, rng=np.random.default_rng([seed, stage, j]))
             ax = axes[stage, j]
-            ax.imshow(overlay_masks(r.image, r.masks) if outline else r.image)
+            ax.imshow(outline_masks(r.image, r.masks, MASK_COLOURS) if outline else r.image)
             ax.set_xticks([])
             ax.set_yticks([])
             n = {t: sum(1 for l in r.lesions if l.type == t) for t in _TYPES_AND_NV}
@@ -1217,8 +1170,9 @@ def example_grid(n_per_stage=4, *, size=512, seed=0, outline=False):
 def comparison_figure(synthetic, real, *, titles=None, size=512, zoom=(0.25, 0.25, 0.5)):
     """Synthetic and real photographs side by side at one scale, with a zoomed detail of each.
 
-    Real photographs are cropped to their field of view and resized (``crop_to_fov``), so that
-    the FOV spans ``size`` pixels in every panel; the second row magnifies the same relative
+    Real photographs are cropped to their field of view, squared and resized as the
+    preprocessing does (:func:`dr_saliency.fundus.fov.preprocess_image`), so that the FOV spans
+    ``size`` pixels in every panel; the second row magnifies the same relative
     region of each panel (nearest neighbour, so that pixels stay pixels).
 
     Args:
@@ -1234,7 +1188,10 @@ def comparison_figure(synthetic, real, *, titles=None, size=512, zoom=(0.25, 0.2
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    panels = [np.asarray(im, np.uint8) for im in synthetic] + [crop_to_fov(im, size) for im in real]
+    from dr_saliency.fundus.fov import preprocess_image
+
+    panels = ([np.asarray(im, np.uint8) for im in synthetic]
+              + [preprocess_image(np.asarray(im, np.uint8), size)[0] for im in real])
     titles = list(titles) if titles is not None else ["synthetic"] * len(synthetic) + ["real"] * len(real)
     fig = Figure(figsize=(3.0 * len(panels), 6.2), layout="constrained")
     axes = fig.subplots(2, len(panels), squeeze=False)

@@ -396,7 +396,7 @@ def export_model(model, path):
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     tmp = path[:-3] + ".tmp.h5"
-    # Keras logs that HDF5 is a legacy format; it is the format DESIGN.md asks for, so the
+    # Keras logs that HDF5 is a legacy format; it is the format docs/file-formats.md pins, so the
     # notice is noise for our users.
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level

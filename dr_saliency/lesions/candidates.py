@@ -11,7 +11,7 @@ connected plateau of equal maxima gives one candidate. Its score is the *smoothe
 Where candidates may lie: inside the field of view (FOV), outside an optional ``exclude`` mask (the
 optic disc: :func:`estimate_optic_disc` or :func:`disc_mask`), and more than ``border`` px from the
 FOV edge. A prototype of the method found that excluding the optic disc and the FOV rim from the
-candidates was the largest single gain in FROC (DESIGN.md §6): the grader's gradients are large on
+candidates was the largest single gain in FROC (docs/results.md): the grader's gradients are large on
 those bright, high-contrast structures, which are not lesions.
 
 The defaults are module constants, to be re-chosen by a search on validation data.

@@ -3,7 +3,7 @@
 Free-response ROC (FROC) analysis plots lesion sensitivity against the mean number of false
 positives per image. González-Gonzalo et al. (MIDL 2018) evaluate the saliency maps ``s_0`` and
 ``S`` this way. The rules are those of the CAMELYON16 (Bejnordi et al., JAMA 2017) and LUNA16
-(Setio et al., Medical Image Analysis 2017) evaluations, pinned in DESIGN.md §3 so that two correct
+(Setio et al., Medical Image Analysis 2017) evaluations, pinned in docs/contracts.md so that two correct
 implementations agree to the last digit:
 
 - A candidate ``(row, col, score)`` lies on the pixel ``(floor(row + 0.5), floor(col + 0.5))``
@@ -82,7 +82,7 @@ DEFAULT_RATES = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8)
 DEFAULT_MAX_FP = 10
 """Upper end (FP/image) of the interval :meth:`FROCResult.average_sensitivity` averages over."""
 
-# 8-connectivity: diagonal neighbours belong to the same lesion (DESIGN.md §3).
+# 8-connectivity: diagonal neighbours belong to the same lesion (docs/contracts.md).
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 # Largest number of label-map lookups (candidates x disk offsets) per image for which the hit
@@ -221,7 +221,7 @@ def _check_max_fp(max_fp):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FROCResult:
-    """A lesion-level FROC curve (rules: module docstring and DESIGN.md §3).
+    """A lesion-level FROC curve (rules: module docstring and docs/contracts.md).
 
     Attributes:
         thresholds: (N,) float64 score thresholds, decreasing; point ``j`` keeps the candidates
@@ -340,7 +340,7 @@ def _json_float(value):
 
 
 def label_lesions(mask):
-    """One label per 8-connected component of a bool lesion mask (DESIGN.md §3).
+    """One label per 8-connected component of a bool lesion mask (docs/contracts.md).
 
     Args:
         mask: (H, W) bool.
@@ -404,7 +404,7 @@ def _check_candidates(candidates, index, shape):
                          f"Received: {name}.shape={array.shape}")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"Expected finite candidates. Received: {name} containing NaN or infinite values")
-    # Round half up (DESIGN.md §3 "round"): floor(x + 0.5), not numpy's half-to-even rint.
+    # Round half up (docs/contracts.md "round"): floor(x + 0.5), not numpy's half-to-even rint.
     rows = np.floor(array[:, 0] + 0.5).astype(np.int64)
     cols = np.floor(array[:, 1] + 0.5).astype(np.int64)
     outside = (rows < 0) | (rows >= shape[0]) | (cols < 0) | (cols >= shape[1])
@@ -560,7 +560,7 @@ def _prepare(candidates_per_image, lesions_per_image, tolerance):
 def froc(candidates_per_image, lesions_per_image, tolerance=0):
     """Lesion-level FROC curve of scored candidates against lesion annotations.
 
-    Rules (CAMELYON16, Bejnordi et al. 2017; LUNA16, Setio et al. 2017; pinned in DESIGN.md §3 and
+    Rules (CAMELYON16, Bejnordi et al. 2017; LUNA16, Setio et al. 2017; pinned in docs/contracts.md and
     in this module's docstring): a candidate hits a lesion when its pixel
     ``(floor(row + 0.5), floor(col + 0.5))`` lies within Euclidean distance ``tolerance`` of a
     lesion pixel; a lesion is found at the highest score among its hits; repeat hits are ignored;

@@ -1,4 +1,4 @@
-"""The HDF5 result store of a refine run: write per image, resume, read (DESIGN.md §4).
+"""The HDF5 result store of a refine run: write per image, resume, read (docs/file-formats.md).
 
 One HDF5 file per run. Layout::
 

@@ -17,7 +17,7 @@ from dr_saliency.fundus import fov as fov_lib
 from dr_saliency.fundus.imio import read_image, read_mask
 
 LESION_TYPES = ("MA", "HE", "EX", "SE")
-"""Lesion types, DESIGN.md §4: microaneurysms, haemorrhages, hard exudates, soft exudates."""
+"""Lesion types, docs/file-formats.md: microaneurysms, haemorrhages, hard exudates, soft exudates."""
 
 GRADES = range(0, 5)
 """Diabetic-retinopathy stages 0 (none) to 4 (proliferative), as Kaggle's ``level``."""

@@ -1,4 +1,4 @@
-"""The package's own dataset folder layout (DESIGN.md §4): writer and reader.
+"""The package's own dataset folder layout (docs/file-formats.md): writer and reader.
 
 ```
 labels.csv                 image,level[,split]     (as Kaggle's trainLabels.csv, plus a split)

@@ -1,0 +1,185 @@
+"""The package's import layering, read from the source with ``ast`` (docs/architecture.md).
+
+Wings, lowest first; a module may import its own wing and the wings below it, never above:
+
+    core < figures < fundus < grader < explain < refinement < lesions < app
+
+No import circle between modules; no TensorFlow (directly or through another module) in core,
+figures, fundus, refinement and lesions (core._tf is the one TensorFlow boundary); lesion
+evaluation reads results without the loop; the library never imports the command line.
+Every import counts, also the ones inside functions.
+"""
+
+import ast
+import os
+
+import pytest
+
+PACKAGE = "dr_saliency"
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PACKAGE)
+
+WINGS = ("core", "figures", "fundus", "grader", "explain", "refinement", "lesions", "app")
+NO_TENSORFLOW = ("core", "figures", "fundus", "refinement", "lesions")
+TF_BOUNDARY = "dr_saliency.core._tf"
+TENSORFLOW = ("tensorflow", "keras", "tf_keras")
+#: Imports a wing must not make although the ranks allow them: (importer wing, imported module).
+FORBIDDEN = (("lesions", "dr_saliency.refinement.loop"), ("lesions", "dr_saliency.refinement.run"),
+             ("lesions", "dr_saliency.app"))
+
+
+def module_files():
+    """{module name: path} of every module of the package."""
+    found = {}
+    for folder, _, files in os.walk(ROOT):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                parts = os.path.relpath(path, os.path.dirname(ROOT))[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                found[".".join(parts)] = path
+    return found
+
+
+def imports_of(path, name, modules):
+    """The modules ``path`` imports: external top-level names and package modules (resolved to
+    the module when ``from package import module`` names one)."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                out.add(full if full in modules else base)
+    return out
+
+
+def import_graph():
+    modules = module_files()
+    return {name: imports_of(path, name, modules) for name, path in modules.items()}
+
+
+def wing(module):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in WINGS) else "core"
+
+
+def cycles(graph):
+    """Every import circle among the graph's own nodes, as lists of modules (empty: none)."""
+    found, state = [], {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if target not in graph:
+                continue
+            if state.get(target) == "open":
+                found.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def reaches(graph, start, targets):
+    """The chain of imports from ``start`` to a module in ``targets``, or None."""
+    seen, stack = {start}, [[start]]
+    while stack:
+        chain = stack.pop()
+        for target in sorted(graph.get(chain[-1], ())):
+            if target.split(".")[0] in targets or target in targets:
+                return chain + [target]
+            if target in graph and target not in seen:
+                seen.add(target)
+                stack.append(chain + [target])
+    return None
+
+
+def upward_imports(graph):
+    bad = []
+    for module, targets in graph.items():
+        for target in targets:
+            if target.startswith(PACKAGE + ".") and target in graph:
+                if WINGS.index(wing(target)) > WINGS.index(wing(module)):
+                    bad.append(f"{module} -> {target}")
+    return sorted(bad)
+
+
+# ----------------------------------------------------------------------------- the package
+
+
+def test_every_module_sits_in_a_wing_with_a_docstring():
+    graph = import_graph()
+    for module in graph:
+        assert wing(module) in WINGS, module
+    for name in WINGS:
+        path = os.path.join(ROOT, name, "__init__.py")
+        doc = ast.get_docstring(ast.parse(open(path, encoding="utf-8").read()))
+        assert doc and len(doc.splitlines()) <= 3, f"{name}/__init__.py: state the wing's job"
+
+
+def test_no_import_circle():
+    assert cycles(import_graph()) == []
+
+
+def test_no_import_against_the_layering():
+    assert upward_imports(import_graph()) == []
+
+
+def test_no_tensorflow_below_the_grader():
+    graph = import_graph()
+    for module in graph:
+        if wing(module) in NO_TENSORFLOW and module != TF_BOUNDARY:
+            chain = reaches(graph, module, TENSORFLOW + (TF_BOUNDARY,))
+            assert chain is None, " -> ".join(chain)
+
+
+def test_forbidden_imports_and_the_cli():
+    graph = import_graph()
+    for module, targets in graph.items():
+        for importer_wing, forbidden in FORBIDDEN:
+            if wing(module) == importer_wing:
+                assert not any(t == forbidden or t.startswith(forbidden + ".") for t in targets), \
+                    f"{module} imports {forbidden}"
+        if wing(module) != "app":
+            assert not any(t.startswith("dr_saliency.app") for t in targets), module
+        if module != "dr_saliency.app.cli":
+            assert "dr_saliency.app.cli" not in targets, f"{module} imports the CLI"
+
+
+# ----------------------------------------------------------------------------- the checks can fail
+
+
+def test_the_checks_find_a_circle_an_upward_import_and_a_tensorflow_chain():
+    graph = {"dr_saliency.fundus.a": {"dr_saliency.fundus.b"},
+             "dr_saliency.fundus.b": {"dr_saliency.fundus.a", "dr_saliency.grader.m"},
+             "dr_saliency.grader.m": {"tensorflow"}}
+    assert cycles(graph) == [["dr_saliency.fundus.a", "dr_saliency.fundus.b",
+                              "dr_saliency.fundus.a"]]
+    assert upward_imports(graph) == ["dr_saliency.fundus.b -> dr_saliency.grader.m"]
+    assert reaches(graph, "dr_saliency.fundus.a", TENSORFLOW) == [
+        "dr_saliency.fundus.a", "dr_saliency.fundus.b", "dr_saliency.grader.m", "tensorflow"]
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from dr_saliency.fundus import fov", {"dr_saliency.fundus.fov"}),
+    ("from dr_saliency.core.maps import Combination", {"dr_saliency.core.maps"}),
+    ("def f():\n    import tensorflow as tf", {"tensorflow"}),
+    ("from . import maps", {"dr_saliency.core.maps"}),
+])
+def test_imports_are_resolved_to_modules(tmp_path, source, expected):
+    path = tmp_path / "x.py"
+    path.write_text(source)
+    modules = module_files()
+    assert imports_of(str(path), "dr_saliency.core.x", modules) == expected
