@@ -34,7 +34,7 @@ def test_a_folder_holding_another_experiment_is_refused_with_the_differences(tmp
     replicate._claim(out, replicate.experiment_settings("smoke", 20))  # the same: accepted
     with pytest.raises(ValueError, match=r"refusing to mix.*n_boot=30 \(folder has 20\)"):
         replicate._claim(out, replicate.experiment_settings("smoke", 30))
-    with pytest.raises(ValueError, match=r"profile='quick' \(folder has 'smoke'\)"):
+    with pytest.raises(ValueError, match=r'profile="quick" \(folder has "smoke"\)'):
         replicate._claim(out, replicate.experiment_settings("quick", 20))
 
 
@@ -85,5 +85,5 @@ def test_replicate_command_end_to_end_on_the_smoke_profile(tmp_path, capsys):
     assert err.startswith("Error: Expected comma-separated distinct non-negative integer seeds")
     code, _, err = run_main(["replicate", "--seeds", "4", "--profile", "quick", "--out", out],
                             capsys)
-    assert code == 1 and "profile='quick' (folder has 'smoke')" in err
+    assert code == 1 and 'profile="quick" (folder has "smoke")' in err
     assert os.path.isfile(os.path.join(out, "seed_4", "scores.json"))

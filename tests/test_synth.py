@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dr_saliency.core.errors import FolderInUseError
 from dr_saliency.fundus import synth
 from dr_saliency.fundus.datasets.folder import LESION_TYPES
 
@@ -281,7 +282,7 @@ def test_resume_skips_existing_images_and_rewrites_missing(tmp_path):
 def test_refuses_other_parameters_or_foreign_folders(tmp_path):
     root = str(tmp_path / "set")
     synth.write_dataset(root, 3, size=128, workers=1)
-    with pytest.raises(ValueError, match=r"same parameters.*Received: out=.*size=128 \(now 160\)"):
+    with pytest.raises(FolderInUseError, match=r"same parameters.*Received: out=.*size=160 \(folder has 128\)"):
         synth.write_dataset(root, 3, size=160, workers=1)
     synth.write_dataset(root, 3, size=160, workers=1, overwrite=True)
     assert json.load(open(os.path.join(root, "synth.json")))["size"] == 160

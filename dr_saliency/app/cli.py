@@ -531,6 +531,8 @@ def _advice(exc):
         return "use --split all for every image"
     if isinstance(exc, errors.PartialResultsError):
         return "use --allow-partial to evaluate the images in both"
+    if isinstance(exc, errors.FolderInUseError):
+        return "choose another output folder" + (", or pass --overwrite" * exc.can_overwrite)
     if isinstance(exc, errors.RunExistsError):
         return "continue it with --resume, or choose another --out"
     if isinstance(exc, errors.NoValidationError):

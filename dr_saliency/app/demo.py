@@ -6,11 +6,11 @@ library functions as its own ``dr-saliency`` command.
 """
 
 import dataclasses
-import json
 import os
 import time
 
 from dr_saliency.app import wiring
+from dr_saliency.core.files import read_json, write_json
 from dr_saliency.grader.config import QUICK_PROFILE, TrainConfig
 
 #: Profiles of the demo. "quick": a narrow VGG-16 at 256 px trained from scratch on a synthetic
@@ -120,7 +120,7 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
         summary = wiring.refine_run(paths["model"], records, paths["results"],
                                     batch_size=p["refine_batch"], only_referable=True,
                                     on_image=lambda rec, res, msg: update(1))
-        _write_json(os.path.join(out, "refine.done.json"), summary)
+        write_json(os.path.join(out, "refine.done.json"), summary, default=str)
         return (f"{summary['written'] + summary['already_done']} referable test images refined "
                 f"({summary['not_referable']} not referable); stop reasons {summary['stop_reasons']}")
 
@@ -160,7 +160,7 @@ def run_steps(out, steps, *, on_step=None):
         dict step name -> seconds (of this run and earlier ones).
     """
     os.makedirs(out, exist_ok=True)
-    timings = _read_json(os.path.join(out, "timings.json")) or {}
+    timings = read_json(os.path.join(out, "timings.json")) or {}
     for step in steps:
         if os.path.isfile(step.done_file):
             if on_step:
@@ -171,21 +171,7 @@ def run_steps(out, steps, *, on_step=None):
         start = time.time()
         message = step.run()
         timings[step.name] = time.time() - start
-        _write_json(os.path.join(out, "timings.json"), timings)
+        write_json(os.path.join(out, "timings.json"), timings)
         if on_step:
             on_step(step.name, "done", timings[step.name], message)
     return timings
-
-
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def _read_json(path):
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)

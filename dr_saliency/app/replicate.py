@@ -23,6 +23,8 @@ import numpy as np
 
 from dr_saliency.app import demo as demo_lib
 from dr_saliency.core import maps
+from dr_saliency.core.errors import FolderInUseError
+from dr_saliency.core.files import differences, read_json, write_json, write_text
 from dr_saliency.refinement.loop import run_params
 
 #: The combination rules every seed is scored with, from the same stored maps: ours (the
@@ -124,13 +126,13 @@ def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
     if os.path.isfile(path):
         if on_step:
             on_step("score", "skip", None, f"already done ({path})")
-        return _read_json(path)
+        return read_json(path)
     if on_step:
         on_step("score", "start", None, "")
     start = time.time()
     results = os.path.join(seed_dir, "refine.h5")
-    evaluation = _read_json(os.path.join(seed_dir, "evaluation", "evaluation.json"))["metrics"]
-    refined = _read_json(os.path.join(seed_dir, "refine.done.json"))
+    evaluation = read_json(os.path.join(seed_dir, "evaluation", "evaluation.json"))["metrics"]
+    refined = read_json(os.path.join(seed_dir, "refine.done.json"))
     n_refined = refined["written"] + refined["already_done"]
     # A grader that calls no test image referable leaves nothing to localize: the seed is
     # reported with its kappa and no FROC rows, not dropped.
@@ -257,7 +259,7 @@ def write_report(summary, out, formats=("png", "pdf")):
     """``REPLICATE.md`` and the per-seed gain figure; returns the paths written."""
     from dr_saliency.figures import plots
     paths = [os.path.join(out, "REPLICATE.md")]
-    _write_text(paths[0], report_markdown(summary))
+    write_text(paths[0], report_markdown(summary))
     fig = plots.seed_gains_figure(_gain_panels(summary))
     for fmt in formats:
         path = os.path.join(out, f"gains.{fmt}")
@@ -295,28 +297,17 @@ def _nan(value):
 def _claim(out, settings):
     path = os.path.join(out, "replicate.json")
     if os.path.isfile(path):
-        stored = _read_json(path).get("settings")
+        stored = read_json(path).get("settings")
         fresh = json.loads(json.dumps(settings, default=_json_default))
         if stored != fresh:
-            diffs = _differences(stored or {}, fresh)
-            raise ValueError("Expected an empty folder or one holding this same experiment "
-                             f"(refusing to mix; use another --out). Received: {out} holds one "
-                             f"with {'; '.join(diffs) or 'other settings'}")
+            diffs = differences(stored or {}, fresh, "folder")
+            raise FolderInUseError("Expected an empty folder or one holding this same experiment "
+                                   f"(refusing to mix). Received: {out} holds one with "
+                                   f"{'; '.join(diffs) or 'other settings'}", out, diffs)
     os.makedirs(out, exist_ok=True)
     # Recorded now, so that an interrupted run is also protected against mixing.
     if not os.path.isfile(path):
         _write_json(path, {"settings": settings, "seeds": [], "per_seed": {}, "across": {}})
-
-
-def _differences(stored, given, prefix=""):
-    out = []
-    for key in sorted(set(stored) | set(given)):
-        a, b = stored.get(key, "<missing>"), given.get(key, "<missing>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}={b!r} (folder has {a!r})")
-    return out
 
 
 def _json_default(value):
@@ -328,16 +319,4 @@ def _json_default(value):
 
 
 def _write_json(path, data):
-    _write_text(path, json.dumps(data, indent=2, default=_json_default))
-
-
-def _write_text(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    write_json(path, data, default=_json_default)

@@ -5,8 +5,8 @@ carry the facts, and the message names the library's keyword, never a command-li
 command line (:mod:`dr_saliency.app.cli`) turns each into the advice its own flags give.
 """
 
-__all__ = ["BadImageError", "EmptySplitError", "ImageSizeError", "NoValidationError",
-           "OutOfMemoryError", "PartialResultsError", "RunExistsError"]
+__all__ = ["BadImageError", "EmptySplitError", "FolderInUseError", "ImageSizeError",
+           "NoValidationError", "OutOfMemoryError", "PartialResultsError", "RunExistsError"]
 
 
 class BadImageError(ValueError):
@@ -50,6 +50,16 @@ class RunExistsError(ValueError):
     def __init__(self, message, run_dir):
         super().__init__(message)
         self.run_dir = run_dir
+
+
+class FolderInUseError(ValueError):
+    """An output folder holds work made with other settings, and mixing is refused.
+    ``differences`` lists them; ``can_overwrite``: the job can redo the folder instead."""
+
+    def __init__(self, message, path, differences=(), can_overwrite=False):
+        super().__init__(message)
+        self.path, self.differences = path, tuple(differences)
+        self.can_overwrite = can_overwrite
 
 
 class NoValidationError(ValueError):

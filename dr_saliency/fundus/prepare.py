@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 
 from dr_saliency._version import __version__
+from dr_saliency.core.errors import FolderInUseError
+from dr_saliency.core.files import write_json
 from dr_saliency.fundus.datasets.folder import LESION_TYPES, write_labels, write_sample
 from dr_saliency.fundus.fov import DEFAULT_SIZE, MIN_SIZE, preprocess_image
 
@@ -113,21 +115,17 @@ def _check_params(out, size, overwrite):
             raise ValueError(f"Expected a readable {PARAMS_FILE} with a size in {out} to resume. "
                              f"Received: path={path!r} ({err})") from None
         if previous_size != size:
-            raise ValueError(
+            raise FolderInUseError(
                 f"Expected size={previous_size} to resume into {out}, which an earlier run made at "
-                f"that size (see {PARAMS_FILE}); choose another output folder or pass "
-                f"overwrite=True to redo it. Received: size={size}")
+                f"that size (see {PARAMS_FILE}); or overwrite=True to redo it. Received: size={size}",
+                out, [f"size={size} (folder has {previous_size})"], can_overwrite=True)
     elif not os.path.exists(path) and not overwrite and os.path.isdir(os.path.join(out, "images")) \
             and os.listdir(os.path.join(out, "images")):
-        raise ValueError(f"Expected an empty output folder or one written by preprocess_dataset "
-                         f"(with {PARAMS_FILE}); {out}/images/ holds files of unknown size. "
-                         f"Received: out={out!r}")
+        raise FolderInUseError(f"Expected an empty output folder or one written by "
+                               f"preprocess_dataset (with {PARAMS_FILE}); {out}/images/ holds files "
+                               f"of unknown size. Received: out={out!r}", out, can_overwrite=True)
     os.makedirs(out, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"size": size, "dr_saliency": __version__}, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, {"size": size, "dr_saliency": __version__})
 
 
 def _previous_rows(out, ids):

@@ -29,6 +29,8 @@ import re
 import cv2
 import numpy as np
 
+from dr_saliency.core.errors import FolderInUseError
+from dr_saliency.core.files import differences, write_json
 from dr_saliency.fundus.datasets.folder import LABELS_FILE, LESION_TYPES, write_labels, write_sample
 from dr_saliency.fundus.imio import read_image, read_mask
 
@@ -963,17 +965,17 @@ def _claim_folder(out, params, overwrite):
             with open(path, encoding="utf-8") as f:
                 previous = json.load(f)
         except (OSError, ValueError):
-            raise ValueError(
-                f"Expected an empty folder or a synthetic dataset to resume (pass overwrite=True to write "
-                f"into it anyway). Received: out={out!r}, a non-empty folder without a readable {PARAMS_FILE}"
-            ) from None
+            raise FolderInUseError(
+                f"Expected an empty folder or a synthetic dataset to resume (or overwrite=True to write "
+                f"into it anyway). Received: out={out!r}, a non-empty folder without a readable {PARAMS_FILE}",
+                out, can_overwrite=True) from None
         if previous == params:
             return
-        diff = ", ".join(f"{k}={previous.get(k)!r} (now {v!r})" for k, v in params.items() if previous.get(k) != v)
-        raise ValueError(
-            f"Expected a synthetic dataset written with the same parameters to resume (pass overwrite=True "
-            f"to replace it). Received: out={out!r}, written with {diff}"
-        )
+        diffs = differences(previous, params, "folder")
+        raise FolderInUseError(
+            "Expected a synthetic dataset written with the same parameters to resume (or "
+            f"overwrite=True to replace it). Received: out={out!r}, {'; '.join(diffs)}",
+            out, diffs, can_overwrite=True)
     if overwrite and os.path.isdir(out):
         for sub in ["images", "fov"] + [os.path.join("masks", t) for t in LESION_TYPES]:
             folder = os.path.join(out, sub)
@@ -984,10 +986,7 @@ def _claim_folder(out, params, overwrite):
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
     os.makedirs(out, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(params, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, params)
 
 
 def _apportion(total, weights):

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from dr_saliency.core.files import write_json
 from dr_saliency.core.errors import BadImageError, NoValidationError, OutOfMemoryError, RunExistsError
 from dr_saliency.grader import metrics as metrics_lib
 from dr_saliency.grader import model as model_lib
@@ -444,10 +445,10 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False,
     steps = config.steps_per_epoch or max(1, len(train_recs) // config.batch_size)
     os.makedirs(run_dir, exist_ok=True)
     if not resume:
-        _write_json(os.path.join(run_dir, "config.json"),
+        write_json(os.path.join(run_dir, "config.json"),
                     {"config": dataclasses.asdict(config), "data": data_path,
                      "n_train": len(train_recs), "n_val": len(val_recs)})
-        _write_json(os.path.join(run_dir, "split.json"),
+        write_json(os.path.join(run_dir, "split.json"),
                     {"train": [r.id for r in train_recs], "val": [r.id for r in val_recs]})
 
     net = build_compiled(config, steps, strategy)
@@ -499,10 +500,3 @@ def write_curves(run_dir):
     path = os.path.join(run_dir, "curves.png")
     fig.savefig(path, dpi=120)
     return path
-
-
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)

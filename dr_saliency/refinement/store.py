@@ -79,6 +79,7 @@ import urllib.parse
 import h5py
 import numpy as np
 
+from dr_saliency.core.files import differences
 from dr_saliency.refinement.result import RefineResult
 
 try:  # POSIX; without it (Windows) stores are not locked against concurrent use
@@ -312,18 +313,6 @@ def _canonical(params):
     return json.loads(json.dumps(params, sort_keys=True, default=_json_default))
 
 
-def _differences(stored, given):
-    """``key=given (file has stored)`` for every parameter that differs."""
-    absent = object()
-
-    def show(value):
-        return "(absent)" if value is absent else json.dumps(value)
-
-    return [f"{key}={show(given.get(key, absent))} (file has {show(stored.get(key, absent))})"
-            for key in sorted(set(stored) | set(given))
-            if stored.get(key, absent) != given.get(key, absent)]
-
-
 def _check_result(result):
     maps = np.asarray(result.maps)
     if maps.ndim != 3 or maps.shape[0] < 1:
@@ -472,7 +461,7 @@ class ResultStore:
             raise ValueError(
                 "Expected the parameters this result file was made with (refusing to mix results "
                 "made differently; use another output file). Received: "
-                + "; ".join(_differences(self._params, given)) + f" (path={self.path!r})")
+                + "; ".join(differences(self._params, given)) + f" (path={self.path!r})")
         self._complete, self._incomplete = set(), set()
         for name in f:
             try:
