@@ -90,7 +90,7 @@ def test_oracle_maps_score_high_and_report_has_every_group(refined):
     records, _ = localize.match_ids(ResultStore(store).complete_ids(), open_dataset(data))
     items = localize.collect(store, records, localize.CandidateOptions(exclude_disc=False))
     assert all(i.candidates["s0"].shape[1] == 3 for i in items)
-    report = localize.evaluate(items, n_boot=50)
+    report = localize.froc_report(items, n_boot=50)
     assert "all" in report and "type HE" in report
     assert any(k.startswith("stage ") for k in report)
     # The oracle map marks every lesion: s_0 finds most lesions at a few FP per image.
@@ -102,7 +102,7 @@ def test_oracle_maps_score_high_and_report_has_every_group(refined):
 def test_write_froc_files_and_table(refined, tmp_path):
     data, store = refined
     records, _ = localize.match_ids(ResultStore(store).complete_ids(), open_dataset(data))
-    report = localize.evaluate(localize.collect(store, records), n_boot=20)
+    report = localize.froc_report(localize.collect(store, records), n_boot=20)
     paths = reports.write_froc(report, str(tmp_path), params={"x": 1})
     names = {os.path.basename(p) for p in paths}
     assert {"metrics.json", "curves.csv", "froc_stages.png", "froc_types.pdf"} <= names
@@ -151,7 +151,7 @@ def test_decay_0_scores_s_exactly_as_s0_in_every_group(refined, normalize, combi
     data, store = refined
     records, _ = localize.records_for(store, open_dataset(data))
     items = localize.collect(store, records, decay=0.0, combine=combine, normalize=normalize)
-    report = localize.evaluate(items, n_boot=20)
+    report = localize.froc_report(items, n_boot=20)
     assert {"all", "stage 2", "type EX"} <= set(report) or len(report) > 3
     for name, entry in report.items():
         a, b = entry["s0"]["froc"], entry["S"]["froc"]

@@ -56,7 +56,8 @@ def assert_same(read, written):
         np.testing.assert_allclose(got, want, rtol=0, atol=np.abs(want).max() * 2.0 ** -11)
     np.testing.assert_array_equal(read.masks, written.masks)
     np.testing.assert_array_equal(read.predictions, written.predictions)
-    np.testing.assert_allclose(read.final_map, written.final_map, rtol=0, atol=2.0 ** -11)
+    np.testing.assert_allclose(read.final_map, written.final_map, rtol=0,
+                               atol=np.abs(written.final_map).max() * 2.0 ** -11)
     if written.images is None:
         assert read.images is None
     else:
@@ -122,6 +123,24 @@ def test_image_ids_with_special_characters(path):
             store.is_complete("")
         with pytest.raises(TypeError, match="str image id. Received: image_id=3"):
             store.read(3)
+
+
+def test_a_raw_scale_final_map_keeps_float16_relative_precision(path):
+    # With normalize="none", S is on the gradients' raw scale (about 1e-3 here): stored unscaled,
+    # most of its pixels would be float16 subnormals with a few bits left.
+    result = make_result(0)
+    result.final_map = (result.final_map * 2e-3).astype(np.float32)
+    with ResultStore(path, "a", params=PARAMS) as store:
+        store.write("raw", result)
+    with ResultStore(path) as store:
+        read = store.read("raw")
+        np.testing.assert_array_equal(store.read_final_map("raw"), read.final_map)
+    positive = result.final_map > result.final_map.max() / 100
+    np.testing.assert_allclose(read.final_map[positive], result.final_map[positive], rtol=2.0 ** -10)
+    with h5py.File(path, "r+") as f:  # files written before the scale read as scale 1
+        del f["raw/final_map"].attrs["scale"]
+    with ResultStore(path) as store:
+        assert store.read_final_map("raw").max() <= 1.0
 
 
 def test_read_final_maps_and_params(path):

@@ -62,7 +62,7 @@ N_BOOT = 200
 
 def score(store, records, scoring, candidates):
     items = localize.collect(store, records, localize.CandidateOptions(**candidates), **scoring)
-    entry = localize.evaluate(items, stages=(), types=(), n_boot=N_BOOT, seed=0)["all"]
+    entry = localize.froc_report(items, stages=(), types=(), n_boot=N_BOOT, seed=0)["all"]
     return {"AS10 S": entry["S"]["froc"].average_sensitivity(10),
             "AS10 s0": entry["s0"]["froc"].average_sensitivity(10),
             "gain AS10": entry["paired"].average_sensitivity.relative,

@@ -147,7 +147,7 @@ def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
             break
         items = localize.collect(results, records, **kwargs,
                                  on_image=progress(f"score ({rule})", len(records)))
-        report = localize.evaluate(items, stages=(2, 3, 4), n_boot=n_boot, seed=seed)
+        report = localize.froc_report(items, stages=(2, 3, 4), n_boot=n_boot, seed=seed)
         scores["rules"][rule] = {row["group"]: _row(row) for row in localize.summary_rows(report)}
     _write_json(path, scores)
     if on_step:

@@ -76,19 +76,19 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
             (:func:`dr_saliency.lesions.localize.records_for`).
         out_dir: str, where metrics.json, curves.csv and the FROC figures go.
         options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
-        stages, tolerance, n_boot: as :func:`dr_saliency.lesions.localize.evaluate`.
+        stages, tolerance, n_boot: as :func:`dr_saliency.lesions.localize.froc_report`.
         decay, combine, normalize: rescore the stored maps this way (None: the run's setting).
         params: extra entries recorded in metrics.json under "params".
         on_image: optional callable(k) as images are done.
 
     Returns:
-        (report, paths): the :func:`~dr_saliency.lesions.localize.evaluate` report and the files
+        (report, paths): the :func:`~dr_saliency.lesions.localize.froc_report` report and the files
         written.
     """
     options = localize.CandidateOptions() if options is None else options
     items = localize.collect(results, records, options, decay=decay, combine=combine,
                              normalize=normalize, on_image=on_image)
-    report = localize.evaluate(items, stages=stages, tolerance=tolerance, n_boot=n_boot)
+    report = localize.froc_report(items, stages=stages, tolerance=tolerance, n_boot=n_boot)
     recorded = {"results": os.path.abspath(results), "tolerance": tolerance, "n_boot": n_boot,
                 "combine": combine, "decay": decay, "normalize": normalize,
                 "candidates": vars(options), **(params or {})}

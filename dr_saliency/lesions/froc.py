@@ -35,7 +35,7 @@ implementations agree to the last digit:
 Per lesion type, pass that type's masks: the candidates are the same for every type, and a
 candidate that hits no lesion *of that type* is a false positive of that type's curve (the usual
 per-type FROC; a haemorrhage detection counts against the exudate curve). Per DR stage, pass the
-images of that stage (:func:`dr_saliency.lesions.localize.evaluate` makes both groupings).
+images of that stage (:func:`dr_saliency.lesions.localize.froc_report` makes both groupings).
 
 Everything is computed on integer counts (false positives, found lesions) and divided at the end,
 so the bootstrap (which weights images by their multiplicity in a resample) gives, replicate by

@@ -184,7 +184,7 @@ def lesion_union(lesions, types=LESION_TYPES):
     return np.logical_or.reduce(masks) if masks else None
 
 
-def evaluate(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot=1000, seed=0):
+def froc_report(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot=1000, seed=0):
     """FROC of s_0 and S: all images, per DR stage and per lesion type, with bootstraps.
 
     Groups: ``"all"`` (every image, every lesion type), ``"stage N"`` for each stage in

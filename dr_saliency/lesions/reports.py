@@ -26,7 +26,7 @@ def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
     """Write a FROC evaluation: metrics.json, curves.csv and figures per stage and per type.
 
     Args:
-        report: :func:`dr_saliency.lesions.localize.evaluate` output.
+        report: :func:`dr_saliency.lesions.localize.froc_report` output.
         out_dir: str, created if missing.
         params: dict stored in metrics.json under "params".
         formats: figure formats.

@@ -10,7 +10,8 @@ One HDF5 file per run. Layout::
         map_scales   (k,)             float32: per-map maximum of |s_i| (1 for an all-zero map)
         masks        (k, H, W)        bool, gzip
         predictions  (n + 1,)         float32
-        final_map    (H, W)           float16, gzip (S is in [0, 1])
+        final_map    (H, W)           float16, gzip: S / final_map.attrs["scale"] (its maximum;
+                                      absent in files written before it: scale 1)
         images       (n + 1, H, W, 3) uint8, gzip, only when the run kept images
 
 Maps are stored divided by their own maximum because guided-backprop gradients can be far below
@@ -548,6 +549,8 @@ class ResultStore:
         scales = np.abs(maps).max(axis=(1, 2)).astype(np.float32)
         scales[scales == 0] = 1
         stored_maps = (maps / scales[:, None, None]).astype(np.float16)
+        # S is on the maps' raw scale unless the run normalised them: scaled the same way.
+        final_scale = np.float32(np.abs(final_map).max() or 1)
         group_params = json.dumps(_canonical(getattr(result, "params", None) or {}), sort_keys=True)
         k, h, w = maps.shape
         gzip = dict(compression="gzip", compression_opts=_GZIP_LEVEL)
@@ -563,7 +566,9 @@ class ResultStore:
                 g.create_dataset("map_scales", data=scales)
                 g.create_dataset("masks", data=masks, chunks=(1, h, w), **gzip)
                 g.create_dataset("predictions", data=predictions)
-                g.create_dataset("final_map", data=final_map.astype(np.float16), shuffle=True, **gzip)
+                g.create_dataset("final_map", data=(final_map / final_scale).astype(np.float16),
+                                 shuffle=True, **gzip)
+                g["final_map"].attrs["scale"] = final_scale
                 if images is not None:
                     g.create_dataset("images", data=images, chunks=(1, h, w, 3), **gzip)
                 g.attrs["image_id"] = image_id
@@ -622,9 +627,14 @@ class ResultStore:
         if image_id not in self._complete:
             raise KeyError(f"no complete result for image_id={image_id!r} in {self.path!r}")
         if self._h5 is not None:
-            return self._h5[name]["final_map"][()].astype(np.float32)
+            return _final_map(self._h5[name])
         with self._open_read() as f:
-            return f[name]["final_map"][()].astype(np.float32)
+            return _final_map(f[name])
+
+
+def _final_map(g):
+    dataset = g["final_map"]
+    return dataset[()].astype(np.float32) * np.float32(dataset.attrs.get("scale", 1.0))
 
 
 def _read_group(g):
@@ -634,7 +644,7 @@ def _read_group(g):
         masks=g["masks"][()],
         predictions=g["predictions"][()],
         images=g["images"][()] if "images" in g else None,
-        final_map=g["final_map"][()].astype(np.float32),
+        final_map=_final_map(g),
         stop_reason=str(g.attrs["stop_reason"]),
         iterations=int(g.attrs["iterations"]),
         params=json.loads(g.attrs["params"]))
