@@ -369,6 +369,10 @@ def test_a_custom_erase_step_replaces_binarise_and_inpaint():
     with pytest.raises(ValueError, match=r"erase to return a bool mask of shape \(24, 24\)"):
         refine(lesion_image(3), explain=FakeGrader(True).explain,
                erase=type("Bad", (PaintWhite,), {"__call__": lambda self, i, s, f: (s, i)})())
+    with pytest.raises(ValueError, match=r"erase to return a uint8 image of shape \(24, 24, 3\) "
+                                         r"or None. Received: ndarray \(24, 24\)"):
+        refine(lesion_image(3), explain=FakeGrader(True).explain,
+               erase=type("Bad", (PaintWhite,), {"__call__": lambda self, i, s, f: (s > 0, i[..., 0])})())
 
 
 def test_result_type_is_a_plain_dataclass():

@@ -209,12 +209,12 @@ def refine_batch(images, fov_masks=None, *, explain, predict=None, erase=None, c
         raise TypeError(f"Expected a callable predict or None. Received: predict={predict!r}")
     current, fovs = _check_batch(images, fov_masks)
     traces = [_Trace(image, keep_images) for image in current]
-    grader = _Calls(explain, predict, fovs, config.stop_at)
+    calls = _Calls(explain, predict, fovs, config.stop_at)
 
     active, i = list(range(len(current))), 0
     while active:
         want = "all" if i == 0 else "referable" if i < config.max_iterations else "none"
-        maps, predictions = grader.look(current, active, want)
+        maps, predictions = calls.look(current, active, want)
         still_active = []
         for j, smap, p in zip(active, maps, predictions):
             trace = traces[j]
@@ -226,12 +226,13 @@ def refine_batch(images, fov_masks=None, *, explain, predict=None, erase=None, c
             mask, erased = erase(current[j], smap, fovs[j])
             trace.maps.append(smap)
             trace.masks.append(_check_mask(mask, smap.shape, j))
-            if stop is not None:  # i == 0: s_0 and its mask are kept, nothing is erased
+            if stop is not None:  # i == 0: s_0 and its mask are kept; the erased image (a few ms
+                # of inpainting) is dropped, so the erase step stays one call
                 trace.stop_reason = stop
             elif erased is None:
                 trace.stop_reason = "empty_mask"
             else:
-                current[j] = erased
+                current[j] = _check_erased(erased, current[j].shape, j)
                 trace.keep(erased)
                 still_active.append(j)
         active, i = still_active, i + 1
@@ -252,6 +253,14 @@ def _check_mask(mask, shape, index):
                          f"Received: mask.shape={mask.shape}, mask.dtype={mask.dtype} "
                          f"for images[{index}]")
     return mask
+
+
+def _check_erased(image, shape, index):
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != shape:
+        raise ValueError(f"Expected erase to return a uint8 image of shape {shape} or None. "
+                         f"Received: {type(image).__name__} "
+                         f"{getattr(image, 'shape', '')} for images[{index}]")
+    return image
 
 
 class _Trace:

@@ -21,7 +21,7 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
     """Refine the saliency maps of records into the result store ``out``; resumable.
 
     Images already complete in ``out`` are skipped, so rerunning the same command continues an
-    interrupted run. Images of a batch advance together (:func:`refine.refine_batch`).
+    interrupted run. Images of a batch advance together (:func:`dr_saliency.refinement.loop.refine_batch`).
 
     Args:
         records: sequence of dataset records (``id``, ``load_image()``, ``load_fov(image)``).
