@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from dr_saliency.core.checks import check_image
+from dr_saliency.core.checks import check_fov, check_image
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -508,7 +508,7 @@ def preprocess_image(image, size, *, masks=None, fov=None):
     if masks is not None and not isinstance(masks, dict):
         raise TypeError(f"Expected a dict of masks or None. Received: masks of type {type(masks).__name__}")
     masks = None if masks is None else {k: _check_mask(m, shape, f"masks[{k!r}]") for k, m in masks.items()}
-    fov = fov_mask(image) if fov is None else _check_mask(fov, shape, "fov")
+    fov = fov_mask(image) if fov is None else check_fov(fov, shape, "fov")
     box = square_crop_box(fov)
     out_fov = apply_geometry(fov, box, size, kind="fov")
     out_image = apply_geometry(image, box, size, kind="image")
