@@ -157,10 +157,46 @@ def test_accepts_other_real_dtypes():
     (dict(threshold=float("nan")), "Expected a finite threshold. Received: threshold=nan"),
     (dict(max_candidates=0), "Received: max_candidates=0"),
     (dict(border=-2), "Expected a finite border >= 0. Received: border=-2"),
+    (dict(method="blobs"), "Expected method in ('peaks', 'components'). Received: method='blobs'"),
+    (dict(level=1.0), "Expected level in (0, 1). Received: level=1.0"),
 ])
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         detect_candidates(np.ones((8, 8), np.float32), **kwargs)
+
+
+def _ring(shape, centre, radius, value=1.0):
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    d = np.hypot(rows - centre[0], cols - centre[1])
+    return np.where((d > radius - 0.5) & (d < radius + 1.0), value, 0).astype(np.float32)
+
+
+def test_components_put_the_candidate_inside_an_outlined_lesion():
+    # A guided-backprop map outlines a lesion: a ring of radius 4 around (20, 20). Its peaks lie
+    # on the ring; its region's centroid is the lesion's centre.
+    smap = _ring((64, 64), (20, 20), 4) + 0.5 * spikes((64, 64), [(40, 45, 1.0)])
+    peaks = detect_candidates(smap, sigma=0)
+    assert np.hypot(peaks[0, 0] - 20, peaks[0, 1] - 20) >= 3
+    found = detect_candidates(smap, sigma=0, method="components", level=0.2)
+    assert positions(found) == [(20, 20), (40, 45)]
+    assert found[:, 2].tolist() == [1.0, 0.5]  # each region's largest value, sorted
+
+
+def test_components_join_near_arcs_and_respect_level_and_exclusions():
+    smap = _ring((64, 64), (30, 30), 6)
+    smap[30, 22:39] = 0  # the ring broken into two arcs, 1 px apart at the break
+    assert len(detect_candidates(smap, sigma=0, method="components", min_distance=1)) == 2
+    assert positions(detect_candidates(smap, sigma=0, method="components")) == [(30, 30)]
+    weak = smap + 0.1 * spikes((64, 64), [(5, 5, 1.0)])
+    assert len(detect_candidates(weak, sigma=0, method="components", level=0.2)) == 1
+    assert len(detect_candidates(weak, sigma=0, method="components", level=0.05)) == 2
+    # A centroid in an excluded region (a ring around the disc) moves to the region's nearest
+    # allowed pixel.
+    exclude = np.zeros((64, 64), bool)
+    exclude[28:33, 28:33] = True
+    (row, col, _), = detect_candidates(smap, sigma=0, method="components", exclude=exclude)
+    assert not exclude[int(row), int(col)] and smap[int(row), int(col)] > 0
+    assert detect_candidates(np.zeros((8, 8), np.float32), method="components").shape == (0, 3)
 
 
 def test_bad_inputs():

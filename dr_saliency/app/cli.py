@@ -417,6 +417,7 @@ def _stages(value):
 
 def _candidate_options(func):
     """The options that turn a map into lesion candidates (shared by froc, figures, demo)."""
+    from dr_saliency.lesions.candidates import CANDIDATE_METHODS
     from dr_saliency.lesions.localize import CandidateOptions
 
     c = CandidateOptions()
@@ -431,6 +432,11 @@ def _candidate_options(func):
                      help="No candidates within this distance of the FOV edge (px)."),
         click.option("--exclude-disc/--keep-disc", default=c.exclude_disc,
                      help="No candidates on the optic disc (the dataset's mask or an estimate)."),
+        click.option("--cand-method", default=c.method, type=click.Choice(CANDIDATE_METHODS),
+                     help="peaks: local maxima of the smoothed map; components: centroids of "
+                          "its regions above --cand-level of the image's maximum."),
+        click.option("--cand-level", default=c.level, type=float,
+                     help="components: region threshold, fraction of the image's maximum."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -442,7 +448,8 @@ def _candidate_config(values):
 
     return CandidateOptions(sigma=values.pop("cand_sigma"), min_distance=values.pop("min_distance"),
                             max_candidates=values.pop("max_candidates"),
-                            border=values.pop("border"), exclude_disc=values.pop("exclude_disc"))
+                            border=values.pop("border"), exclude_disc=values.pop("exclude_disc"),
+                            method=values.pop("cand_method"), level=values.pop("cand_level"))
 
 
 @cli.command("froc")

@@ -36,7 +36,10 @@ from scipy import ndimage
 from dr_saliency.core.checks import check_fov, check_image, check_saliency_map, is_int, is_real
 
 __all__ = [
+    "CANDIDATE_METHODS",
     "DEFAULT_BORDER",
+    "DEFAULT_LEVEL",
+    "DEFAULT_METHOD",
     "DEFAULT_DISC_RADIUS_FRACTION",
     "DEFAULT_DISC_SIGMA_FRACTION",
     "DEFAULT_MAX_CANDIDATES",
@@ -60,6 +63,18 @@ about the radius of a small haemorrhage."""
 
 DEFAULT_THRESHOLD = 0.0
 """Candidates need a smoothed value above this (and above 0)."""
+
+CANDIDATE_METHODS = ("peaks", "components")
+"""Where a candidate sits: at a local maximum of the smoothed map (``"peaks"``), or at the centroid
+of a connected region of it above a fraction of the image's maximum (``"components"``). A
+guided-backprop map outlines a lesion: its maxima lie on the edge, the centroid of the outline
+inside the lesion."""
+
+DEFAULT_METHOD = "peaks"
+
+DEFAULT_LEVEL = 0.2
+"""``"components"``: the regions are where the smoothed map exceeds this fraction of its maximum
+over the allowed pixels of the image."""
 
 DEFAULT_MAX_CANDIDATES = 200
 """Cap per image (the highest scores are kept): FROC is read at <= 8-10 false positives per image,
@@ -101,7 +116,11 @@ class OpticDisc(collections.namedtuple("OpticDisc", ["center", "radius", "mask"]
     __slots__ = ()
 
 
-def _check_options(sigma, min_distance, threshold, max_candidates, border):
+def _check_options(sigma, min_distance, threshold, max_candidates, border, method, level):
+    if method not in CANDIDATE_METHODS:
+        raise ValueError(f"Expected method in {CANDIDATE_METHODS}. Received: method={method!r}")
+    if not is_real(level) or not 0 < level < 1:
+        raise ValueError(f"Expected level in (0, 1). Received: level={level!r}")
     if not is_real(sigma) or not 0 <= sigma < np.inf:
         raise ValueError(f"Expected a finite sigma >= 0. Received: sigma={sigma!r}")
     if not is_int(min_distance) or min_distance < 1:
@@ -177,10 +196,12 @@ def _suppress_equal_neighbours(rows, cols, scores, min_distance):
 
 def detect_candidates(saliency_map, fov_mask=None, *, sigma=DEFAULT_SIGMA,
                       min_distance=DEFAULT_MIN_DISTANCE, threshold=DEFAULT_THRESHOLD,
-                      max_candidates=DEFAULT_MAX_CANDIDATES, exclude=None, border=DEFAULT_BORDER):
-    """Scored lesion candidates: the local maxima of a lightly smoothed saliency map.
+                      max_candidates=DEFAULT_MAX_CANDIDATES, exclude=None, border=DEFAULT_BORDER,
+                      method=DEFAULT_METHOD, level=DEFAULT_LEVEL):
+    """Scored lesion candidates: the local maxima of a lightly smoothed saliency map, or the
+    centroids of its salient regions.
 
-    Steps, in order:
+    Steps of ``method="peaks"``, in order:
 
     1. The map is set to 0 outside the FOV (the contract of a saliency map, enforced) and smoothed
        with a Gaussian of standard deviation ``sigma`` px (``scipy.ndimage.gaussian_filter``,
@@ -205,6 +226,13 @@ def detect_candidates(saliency_map, fov_mask=None, *, sigma=DEFAULT_SIGMA,
     The score is the *smoothed* map's value at the candidate, so that it is the value the maximum
     was found on (an isolated one-pixel spike in the original map does not outrank a lesion).
 
+    ``method="components"`` replaces steps 2, 4 and 5: the regions are the allowed pixels where
+    the smoothed map exceeds ``level`` times its maximum over the allowed pixels; regions closer
+    than ``min_distance`` px are joined (a lesion's outline broken into arcs is one region); each
+    region gives one candidate at its centroid (rounded; the pixel nearest it within the region
+    when the rounded centroid falls outside the allowed pixels) with the region's largest
+    smoothed value as its score. Candidates are sorted as in step 5 and capped as in step 6.
+
     Args:
         saliency_map: (H, W) float32 (any real dtype) saliency map, larger = more salient, finite.
         fov_mask: (H, W) bool field of view, or None for the whole image.
@@ -216,6 +244,8 @@ def detect_candidates(saliency_map, fov_mask=None, *, sigma=DEFAULT_SIGMA,
         exclude: (H, W) bool, True where candidates are not allowed (e.g. the optic disc), or None.
         border: float >= 0, FOV pixels within this Euclidean distance (px) of a non-FOV pixel or of
             the image border are not allowed; 0 = none.
+        method: one of :data:`CANDIDATE_METHODS`.
+        level: in (0, 1), the region threshold of ``"components"`` (fraction of the maximum).
 
     Returns:
         (K, 3) float64 array of ``(row, col, score)`` rows, sorted by score descending (ties: row,
@@ -228,29 +258,63 @@ def detect_candidates(saliency_map, fov_mask=None, *, sigma=DEFAULT_SIGMA,
     smap = check_saliency_map(saliency_map)
     fov = check_fov(fov_mask, smap.shape)
     excluded = None if exclude is None else check_fov(exclude, smap.shape, name="exclude")
-    _check_options(sigma, min_distance, threshold, max_candidates, border)
+    _check_options(sigma, min_distance, threshold, max_candidates, border, method, level)
 
     smap = np.where(fov, smap.astype(np.float64), 0.0)
     smoothed = ndimage.gaussian_filter(smap, float(sigma), mode="nearest") if sigma > 0 else smap
-    window_max = ndimage.maximum_filter(smoothed, size=2 * min_distance + 1, mode="nearest")
-    peaks = (smoothed == window_max) & (smoothed > threshold) & (smoothed > 0)
 
     allowed = fov.copy()
     if excluded is not None:
         allowed &= ~excluded
     if border > 0:
         allowed &= _away_from_edge(fov, border)
-    peaks &= allowed
 
-    rows, cols = _plateau_points(peaks)
-    scores = smoothed[rows, cols]
-    order = np.lexsort((cols, rows, -scores))
-    rows, cols, scores = rows[order], cols[order], scores[order]
-    keep = _suppress_equal_neighbours(rows, cols, scores, min_distance)
-    result = np.column_stack([rows[keep], cols[keep], scores[keep]]).astype(np.float64)
+    if method == "components":
+        rows, cols, scores = _components(smoothed, allowed, level, min_distance, threshold)
+        order = np.lexsort((cols, rows, -scores))
+        result = np.column_stack([rows[order], cols[order], scores[order]]).astype(np.float64)
+    else:
+        window_max = ndimage.maximum_filter(smoothed, size=2 * min_distance + 1, mode="nearest")
+        peaks = (smoothed == window_max) & (smoothed > threshold) & (smoothed > 0) & allowed
+        rows, cols = _plateau_points(peaks)
+        scores = smoothed[rows, cols]
+        order = np.lexsort((cols, rows, -scores))
+        rows, cols, scores = rows[order], cols[order], scores[order]
+        keep = _suppress_equal_neighbours(rows, cols, scores, min_distance)
+        result = np.column_stack([rows[keep], cols[keep], scores[keep]]).astype(np.float64)
     if max_candidates is not None:
         result = result[:max_candidates]
     return result.reshape(-1, 3)
+
+
+def _components(smoothed, allowed, level, min_distance, threshold):
+    """Rows, cols and scores of the regions' candidates (see ``detect_candidates``)."""
+    values = np.where(allowed, smoothed, 0.0)
+    peak = values.max(initial=0.0)
+    empty = np.empty(0, dtype=np.int64)
+    if not peak > 0:
+        return empty, empty, np.empty(0)
+    region = (values > level * peak) & (values > threshold)
+    # Join regions closer than min_distance: label the dilated mask, keep the original pixels.
+    joined = cv2.dilate(region.view(np.uint8), np.ones((2 * min_distance - 1,) * 2, np.uint8)) \
+        if min_distance > 1 else region.view(np.uint8)
+    labels, n = ndimage.label(joined, structure=_EIGHT_CONNECTED)
+    labels = np.where(region, labels, 0)
+    index = np.arange(1, n + 1)
+    present = ndimage.sum_labels(region, labels, index) > 0
+    index = index[present]
+    if index.size == 0:
+        return empty, empty, np.empty(0)
+    scores = ndimage.maximum(values, labels, index)
+    centres = np.asarray(ndimage.center_of_mass(region, labels, index)).reshape(-1, 2)
+    rows = np.floor(centres[:, 0] + 0.5).astype(np.int64)
+    cols = np.floor(centres[:, 1] + 0.5).astype(np.int64)
+    outside = ~allowed[rows, cols]
+    for k in np.flatnonzero(outside):  # a ring around the disc or the rim: nearest region pixel
+        pr, pc = np.nonzero(labels == index[k])
+        nearest = np.argmin((pr - centres[k, 0]) ** 2 + (pc - centres[k, 1]) ** 2)
+        rows[k], cols[k] = pr[nearest], pc[nearest]
+    return rows, cols, np.asarray(scores, dtype=np.float64)
 
 
 def disc_mask(shape, center, radius):

@@ -32,7 +32,8 @@ class CandidateOptions:
     """How a saliency map becomes lesion candidates (see ``candidates.detect_candidates``).
 
     Attributes:
-        sigma, min_distance, max_candidates, border: as ``detect_candidates`` (border in px).
+        sigma, min_distance, max_candidates, border, method, level: as ``detect_candidates``
+            (border in px).
         exclude_disc: bool, no candidates on the optic disc (the dataset's disc mask where it
             has one, else ``candidates.estimate_optic_disc``).
         disc_radius_fraction: float, radius of the estimated disc, fraction of the FOV radius.
@@ -49,6 +50,8 @@ class CandidateOptions:
     border: int = 6
     exclude_disc: bool = True
     disc_radius_fraction: float = cand_lib.DEFAULT_DISC_RADIUS_FRACTION
+    method: str = cand_lib.DEFAULT_METHOD
+    level: float = cand_lib.DEFAULT_LEVEL
 
 
 @dataclasses.dataclass
@@ -161,7 +164,8 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
                 found[name] = cand_lib.detect_candidates(
                     smap.astype(np.float32), fov, sigma=options.sigma,
                     min_distance=options.min_distance, max_candidates=options.max_candidates,
-                    exclude=exclude, border=options.border)
+                    exclude=exclude, border=options.border, method=options.method,
+                    level=options.level)
             out.append(ImageCandidates(rec.id, rec.grade, rec.load_lesions(), found,
                                        result.stop_reason, result.iterations))
             if on_image:
