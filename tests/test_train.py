@@ -271,3 +271,14 @@ def test_validation_without_referable_images_logs_nan_auc(tmp_path, capsys):
                     verbose=0)
     assert "no referable image" in capsys.readouterr().err
     assert np.isnan(train_lib.read_log(run)["val_auc"][0])
+
+
+def test_profiles_are_valid_configs_and_reference_is_the_papers_input_size():
+    for name, values in train_config.PROFILES.items():
+        TrainConfig(**values).validate()
+    reference = TrainConfig(**train_config.REFERENCE_PROFILE)
+    assert reference.input_size == 512 and reference.weights is None
+    from dr_saliency.app.demo import PROFILES as DEMO_PROFILES
+
+    assert DEMO_PROFILES["reference"]["size"] == reference.input_size
+    assert DEMO_PROFILES["reference"]["train"] is train_config.REFERENCE_PROFILE

@@ -62,7 +62,8 @@ def model_cmd(input_size, width, weights, dropout, export_path):
               help="Folder for everything the demo makes; a rerun reuses finished steps.")
 @click.option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
               help="quick: 2,000 synthetic images at 256 px, a narrow VGG-16 trained from "
-                   "scratch (about 8 minutes on 2 CPU cores); smoke: the same steps on tiny "
+                   "scratch (about 8 minutes on 2 CPU cores); reference: 2,000 images at 512 px, "
+                   "a quarter-width VGG-16 (about an hour); smoke: the same steps on tiny "
                    "data in under a minute, to check an installation (numbers meaningless).")
 def demo_cmd(out_dir, profile):
     """The whole method end to end on synthetic data: synth -> train -> evaluate -> refine
@@ -102,7 +103,8 @@ def _on_progress(label, length):
 @click.option("--out", "out_dir", default="replicate_out", type=click.Path(file_okay=False),
               help="Experiment folder (one sub-folder per seed); a rerun continues it.")
 @click.option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
-              help="The demo's profiles: quick (~7 min a seed on 2 CPU cores) or smoke.")
+              help="The demo's profiles: quick (~7 min a seed on 2 CPU cores), reference (about "
+                   "an hour a seed) or smoke.")
 @click.option("--bootstrap", "n_boot", default=1000, type=int,
               help="Bootstrap replicates of the paired intervals.")
 def replicate_cmd(seeds, out_dir, profile, n_boot):
@@ -230,8 +232,9 @@ def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
               help="Continue the run in this folder from its last finished epoch.")
 @click.option("--profile", type=click.Choice(list(train_config.PROFILES)), default="paper",
               help="paper: the paper's settings (512 px, ImageNet, 500 epochs); quick: a narrow "
-                   "network from scratch that trains on a CPU in minutes. Options given "
-                   "explicitly override the profile.")
+                   "network from scratch that trains on a CPU in minutes; reference: 512 px, "
+                   "quarter width, from scratch, within 45 minutes on 2 CPU cores. Options "
+                   "given explicitly override the profile.")
 @click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
 @click.option("--input-size", type=int, help="Input side in pixels." + _profiles("input_size"))
 @click.option("--width", type=float, help="Filter multiplier." + _profiles("width"))

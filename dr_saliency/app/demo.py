@@ -11,14 +11,17 @@ import time
 
 from dr_saliency.app import wiring
 from dr_saliency.core.files import read_json, write_json
-from dr_saliency.grader.config import QUICK_PROFILE, TrainConfig
+from dr_saliency.grader.config import QUICK_PROFILE, REFERENCE_PROFILE, TrainConfig
 
 #: Profiles of the demo. "quick": a narrow VGG-16 at 256 px trained from scratch on a synthetic
-#: set; about 8 minutes on a 2-core CPU (docs/performance.md).
+#: set; about 8 minutes on a 2-core CPU (docs/performance.md). "reference": the paper's 512 px
+#: with a quarter-width VGG-16 (the reference training profile), about an hour.
 #: "smoke": the same steps in seconds (tiny data and network, one epoch) for tests; its numbers
 #: mean nothing.
 PROFILES = {
     "quick": dict(n_images=2000, size=256, seed=2026, train={}, refine_batch=8, figure_rows=4),
+    "reference": dict(n_images=2000, size=512, seed=2026, train=REFERENCE_PROFILE,
+                      refine_batch=4, figure_rows=4),
     "smoke": dict(n_images=40, size=128, seed=0, refine_batch=4, figure_rows=2,
                   train=dict(input_size=128, width=1 / 16, epochs=1, batch_size=4)),
 }
