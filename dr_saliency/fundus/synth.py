@@ -40,7 +40,7 @@ __all__ = [
     "comparison_figure",
 ]
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 2
 MIN_SIZE = 128
 REFERENCE_SIZE = 512
 # A lesion's mask holds the pixels it changed by at least this many grey levels (any channel),
@@ -92,15 +92,13 @@ STAGE_RULES = {
 }
 
 # Lesion radius (long semi-axis for elongated shapes) in pixels at 512, uniform in the range.
-# Version 3 brought these toward the lesion sizes measured on IDRiD at 512 px (docs/synthetic.md:
-# median areas MA 6, HE 31, EX 6, SE 213 px); v2's were 3-8 times larger.
 LESION_RADIUS = {
-    "MA": (1.3, 2.3),
-    "HE_dot": (2.5, 5.0),
-    "HE_blot": (4.0, 10.0),
-    "HE_flame": (5.0, 12.0),
-    "EX": (1.5, 5.0),
-    "SE": (5.5, 13.0),
+    "MA": (2.0, 3.0),
+    "HE_dot": (4.0, 6.5),
+    "HE_blot": (6.0, 13.0),
+    "HE_flame": (7.0, 15.0),
+    "EX": (2.5, 8.0),
+    "SE": (8.0, 18.0),
     "NVE": (14.0, 30.0),
 }
 # Haemorrhage shapes and how often each is drawn; a share of haemorrhages sits against a vessel.
@@ -110,12 +108,11 @@ HE_NEAR_VESSEL = 0.3
 EX_GROUPS = {"cluster": 0.55, "ring": 0.25, "single": 0.2}
 # Lesion opacity at its centre, uniform in the range: the low end gives weakly discriminative
 # lesions, the high end strongly discriminative ones.
-# Version 3 lowered them toward the contrasts measured on IDRiD (docs/synthetic.md).
 LESION_CONTRAST = {
-    "MA": (0.3, 0.75),
-    "HE": (0.25, 0.75),
-    "EX": (0.2, 0.6),
-    "SE": (0.25, 0.55),
+    "MA": (0.45, 0.9),
+    "HE": (0.3, 0.9),
+    "EX": (0.35, 0.9),
+    "SE": (0.35, 0.7),
     "NV": (0.5, 0.8),
 }
 # Per-channel (R, G, B) absorption of red lesions and vessels: green most, red least, so that
@@ -372,7 +369,7 @@ class _Fundus:
         a = rng.uniform(0, 2 * np.pi)
         ramp = ((rows - float(self.fov_c[0])) * math.sin(a) + (cols - float(self.fov_c[1])) * math.cos(a)) / R
         gain = (rng.uniform(0.72, 1.12)
-                * (1.0 - rng.uniform(0.3, 0.55) * np.minimum(r_norm, 1.0) ** rng.uniform(2.0, 4.0))
+                * (1.0 - rng.uniform(0.15, 0.45) * np.minimum(r_norm, 1.0) ** rng.uniform(2.0, 4.0))
                 * (1.0 + rng.uniform(0.03, 0.18) * ramp)
                 * (1.0 + rng.uniform(0.04, 0.1) * _smooth_noise(rng, n, 3)))
         offset = None
@@ -393,8 +390,7 @@ class _Fundus:
         # clear of the olive that a high green alone would give.
         red = rng.uniform(0.62, 0.95)
         g = rng.uniform(0.36, 0.66)
-        # (v3: less blue, as measured on IDRiD and DIARETDB1: mean B 15 against v2's 41.)
-        base = np.array([red, red * g, red * ((g - 0.3) * rng.uniform(0.2, 0.6) + rng.uniform(0.0, 0.04))], np.float32)
+        base = np.array([red, red * g, red * ((g - 0.3) * rng.uniform(0.5, 1.3) + rng.uniform(0.0, 0.08))], np.float32)
         # Fine choroidal texture: blurred white noise (uniform, variance 1/12), rescaled to unit
         # deviation.
         sigma = 1.2 * s + 0.3
