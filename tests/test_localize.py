@@ -160,3 +160,23 @@ def test_decay_0_scores_s_exactly_as_s0_in_every_group(refined, normalize, combi
         assert entry["paired"].average_sensitivity.difference == 0.0, name
 
 
+
+
+def test_froc_command_scores_a_store_with_the_chosen_candidates(refined, tmp_path, capsys):
+    from tests.test_cli import run_main
+
+    data, store = refined
+    as10 = {}
+    for method in ("peaks", "components"):
+        out = str(tmp_path / method)
+        code, stdout, err = run_main(["froc", store, data, "--out", out, "--bootstrap", "20",
+                                      "--cand-method", method, "--cand-level", "0.3"], capsys)
+        assert code == 0, err
+        assert "| all |" in stdout and f"Wrote {out}" in stdout
+        metrics = json.load(open(os.path.join(out, "metrics.json")))
+        assert metrics["params"]["candidates"]["method"] == method
+        assert metrics["params"]["data"] == os.path.abspath(data)
+        as10[method] = metrics["groups"]["all"]["S"]["froc"]["average_sensitivity"]
+    # The oracle's maps are the lesion masks: peaks find most lesions; one region per group of
+    # touching lesions finds fewer (as on real maps, docs/choices.md).
+    assert as10["peaks"] > 0.5 and 0 < as10["components"] < as10["peaks"]
