@@ -24,7 +24,7 @@ def test_run_replicate_checks_its_arguments(tmp_path):
         replicate.run_replicate(str(tmp_path), [1, 1])
     with pytest.raises(ValueError, match=r"n_boot >= 10. Received: n_boot=2"):
         replicate.run_replicate(str(tmp_path), [1], n_boot=2)
-    with pytest.raises(ValueError, match=r"profile in \['quick', 'smoke'\]. Received: profile='x'"):
+    with pytest.raises(ValueError, match=r"profile in \['quick', 'reference', 'smoke'\]. Received: profile='x'"):
         replicate.run_replicate(str(tmp_path), [1], profile="x")
 
 
