@@ -162,6 +162,7 @@ def test_decay_0_scores_s_exactly_as_s0_in_every_group(refined, normalize, combi
 
 
 
+@pytest.mark.slow
 def test_froc_command_scores_a_store_with_the_chosen_candidates(refined, tmp_path, capsys):
     from tests.test_cli import run_main
 
