@@ -4,7 +4,7 @@ For each seed the demo's pipeline runs into ``OUT/seed_<K>/`` with that seed for
 synthetic data and the training (synth -> train -> evaluate -> refine the referable test
 images). The stored maps are then scored under every combination rule of :data:`RULES` (no
 re-refinement: S is recombined from the stored maps), s_0 and S always on one scale and with
-the same candidates (``refine.scored_maps``). Per seed: the grader's kappa and AUC, the stop
+the same candidates (``core.maps.scored_maps``). Per seed: the grader's kappa and AUC, the stop
 reasons, AS10 of s_0 and S and the paired-bootstrap gain per stage and lesion type
 (``seed_<K>/scores.json``). Across seeds: mean, standard deviation and range of every figure
 (``replicate.json``, ``REPLICATE.md``) and a figure of the per-seed gains (``gains.png``/``.pdf``).
