@@ -9,7 +9,6 @@ import dataclasses
 import os
 import time
 
-from dr_saliency.app import wiring
 from dr_saliency.core.files import read_json, write_json
 from dr_saliency.grader.config import QUICK_PROFILE, REFERENCE_PROFILE, TrainConfig
 
@@ -116,6 +115,7 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
         return f"test kappa {m['kappa']:.3f}, referable AUC {m['auc']:.3f}"
 
     def refine_step():
+        from dr_saliency.app import wiring
         from dr_saliency.fundus.datasets import open_dataset, select_records
 
         records = select_records(open_dataset(paths["data"]), split="test")
@@ -128,6 +128,7 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
                 f"({summary['not_referable']} not referable); stop reasons {summary['stop_reasons']}")
 
     def froc_step():
+        from dr_saliency.app import wiring
         from dr_saliency.fundus.datasets import open_dataset
         from dr_saliency.lesions.localize import records_for
 
