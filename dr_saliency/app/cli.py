@@ -15,7 +15,7 @@ from dr_saliency._version import __version__
 from dr_saliency.core import errors
 from dr_saliency.core import maps
 from dr_saliency.explain import options as xo
-from dr_saliency.fundus.datasets import LAYOUTS, SPLITS
+from dr_saliency.fundus.datasets import LAYOUTS, SPLITS, select_records
 from dr_saliency.fundus.synth import STAGE_MIXES
 from dr_saliency.grader import config as train_config
 from dr_saliency.refinement import erase as erase_lib
@@ -383,7 +383,6 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, method
     command skips images already complete in --out.
     """
     from dr_saliency.app import wiring
-    from dr_saliency.fundus.datasets import select_records
 
     explanation = xo.Explanation(method=method, sign=sign, reduce=reduce, target=target,
                                  steps=ig_steps, layer=gradcam_layer)

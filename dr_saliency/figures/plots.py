@@ -590,7 +590,7 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
     is left out and the masks are drawn on a dark background.
 
     Args:
-        result: :class:`dr_saliency.refinement.loop.RefineResult`: ``maps`` (k, H, W), ``masks`` (k, H, W)
+        result: :class:`dr_saliency.refinement.result.RefineResult`: ``maps`` (k, H, W), ``masks`` (k, H, W)
             bool, ``predictions`` (n + 1,), ``images`` (n + 1, H, W, 3) uint8 or None,
             ``final_map`` (H, W), ``stop_reason``, ``iterations`` (n).
         image: (H, W, 3) uint8 RGB ``I_0``, used when ``result.images`` is None.

@@ -316,11 +316,12 @@ class _Calls:
             return maps, predictions
         predictions = self._predict(current, active)
         maps = [None] * len(active)
-        referable = [m for m, p in enumerate(predictions) if p > self.stop_at]
-        if want == "referable" and referable:
-            sub_maps, _ = self._explain(current, [active[m] for m in referable])
-            for m, smap in zip(referable, sub_maps):
-                maps[m] = smap
+        if want == "referable":
+            referable = [m for m, p in enumerate(predictions) if p > self.stop_at]
+            if referable:
+                sub_maps, _ = self._explain(current, [active[m] for m in referable])
+                for m, smap in zip(referable, sub_maps):
+                    maps[m] = smap
         return maps, predictions
 
     def _explain(self, current, indices):
@@ -328,9 +329,10 @@ class _Calls:
         fovs = self.fovs[indices]
         out = self.explain_fn(batch, fovs)
         predictions = None
+        pair = isinstance(out, tuple) and len(out) == 2
         if self.explain_predicts is None:
-            self.explain_predicts = isinstance(out, tuple) and len(out) == 2
-        if isinstance(out, tuple) and len(out) == 2:
+            self.explain_predicts = pair
+        if pair:
             out, predictions = out
             predictions = self._check_predictions(predictions, indices, "explain")
         elif self.explain_predicts:

@@ -58,7 +58,7 @@ Concurrency: a store open for appending holds an exclusive ``flock`` on the file
 reading a shared one; a second writer, or a reader while a run writes, gets a clear ``OSError``
 (as HDF5's own file locking would give; HDF5 cannot be read while another process writes it).
 
-numpy / h5py (and :class:`dr_saliency.refinement.loop.RefineResult`): no TensorFlow here.
+numpy / h5py (and :class:`dr_saliency.refinement.result.RefineResult`): no TensorFlow here.
 
 Public API::
 
@@ -531,7 +531,7 @@ class ResultStore:
 
         Args:
             image_id: str, e.g. ``"IDRiD_01"``.
-            result: a :class:`~dr_saliency.refinement.loop.RefineResult` (or an object with its fields).
+            result: a :class:`~dr_saliency.refinement.result.RefineResult` (or an object with its fields).
             overwrite: replace a complete result of the same id instead of raising.
 
         Raises:
@@ -602,7 +602,7 @@ class ResultStore:
         """The stored result of one image.
 
         Returns:
-            :class:`~dr_saliency.refinement.loop.RefineResult` with ``maps`` (k, H, W) float32 (float16
+            :class:`~dr_saliency.refinement.result.RefineResult` with ``maps`` (k, H, W) float32 (float16
             precision), ``masks`` bool, ``predictions`` float32, ``images`` uint8 or None,
             ``final_map`` float32, ``stop_reason``, ``iterations`` and the image's ``params``.
 
@@ -616,20 +616,20 @@ class ResultStore:
                              "incomplete (interrupted run?); append to the file to redo it")
         if image_id not in self._complete:
             raise KeyError(f"no result for image_id={image_id!r} in {self.path!r}")
-        if self._h5 is not None:
-            return _read_group(self._h5[name])
-        with self._open_read() as f:
-            return _read_group(f[name])
+        return self._from_group(name, _read_group)
 
     def read_final_map(self, image_id):
         """S of one image, (H, W) float32, without reading the rest."""
-        name = _group_name(image_id)
         if image_id not in self._complete:
             raise KeyError(f"no complete result for image_id={image_id!r} in {self.path!r}")
+        return self._from_group(_group_name(image_id), _final_map)
+
+    def _from_group(self, name, read):
+        """``read(group)`` on the open file, or on the file opened for this read."""
         if self._h5 is not None:
-            return _final_map(self._h5[name])
+            return read(self._h5[name])
         with self._open_read() as f:
-            return _final_map(f[name])
+            return read(f[name])
 
 
 def _final_map(g):
