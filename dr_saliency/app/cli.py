@@ -21,6 +21,7 @@ from dr_saliency.grader import config as train_config
 from dr_saliency.refinement import erase as erase_lib
 from dr_saliency.refinement import loop as loop_lib
 from dr_saliency.app.demo import PROFILES as DEMO_PROFILES
+from dr_saliency.app.photos import DEFAULT_TOP
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {message}", err=True)
@@ -44,17 +45,37 @@ def cli(debug):
 @click.option("--weights", default="none",
               help='"imagenet", "none", or the path of a VGG-16 HDF5 weights file.')
 @click.option("--dropout", default=0.5, type=float, help="Dropout after fc1 and fc2.")
+@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False),
+              help="Describe (and export) this grader's model file instead of building one.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False),
               help="Also write the full model as legacy HDF5 (.h5) here.")
-def model_cmd(input_size, width, weights, dropout, export_path):
-    """Build the VGG-16 grader and print its layers, output shapes and parameter count."""
+@click.option("--half", is_flag=True,
+              help="Export the weights as float16: half the file, float32 arithmetic "
+                   "(the bundled grader's format).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --export file.")
+def model_cmd(input_size, width, weights, dropout, source, export_path, half, overwrite):
+    """Build the VGG-16 grader (or load one) and print its layers, output shapes and parameter
+    count."""
     from dr_saliency.grader import model as model_lib
-    net = model_lib.build_model((input_size, input_size, 3), weights=_weights_arg(weights),
-                                dropout=dropout, width=width)
+    if export_path and os.path.exists(export_path) and not overwrite:
+        raise ValueError(f"Expected a new file to export to (pass --overwrite to replace it). "
+                         f"Received: --export {export_path!r}, which exists")
+    if half and not export_path:
+        raise click.UsageError("--half applies to --export; give --export PATH")
+    if source:
+        built = [name for name in ("input_size", "width", "weights", "dropout")
+                 if click.get_current_context().get_parameter_source(name).name != "DEFAULT"]
+        if built:
+            raise click.UsageError(f"--from loads a model; it takes no "
+                                   f"{', '.join('--' + n.replace('_', '-') for n in built)}")
+        net = model_lib.load_model(source)
+    else:
+        net = model_lib.build_model((input_size, input_size, 3), weights=_weights_arg(weights),
+                                    dropout=dropout, width=width)
     _print_model(net, model_lib)
     if export_path:
-        model_lib.export_model(net, export_path)
-        click.echo(f"Wrote {export_path}")
+        model_lib.export_model(net, export_path, half=half)
+        click.echo(f"Wrote {export_path} ({os.path.getsize(export_path) / 2 ** 20:.1f} MiB)")
 
 
 @cli.command("demo")
@@ -166,6 +187,23 @@ class _Bar:
 
     def __exit__(self, *exc):
         return None if self.bar is None else self.bar.__exit__(*exc)
+
+
+def _bar_progress(label, length):
+    """``on_progress`` for the library: a terminal progress bar, opened until its last step."""
+    bar = _Bar(length, label)
+    update = bar.__enter__()
+    state = {"done": 0}
+
+    def step(k=1):
+        update(k)
+        state["done"] += k
+        if state["done"] >= length:
+            bar.__exit__(None, None, None)
+
+    if length == 0:
+        bar.__exit__(None, None, None)
+    return step
 
 
 def _fractions(ctx, param, value):
@@ -312,6 +350,91 @@ def _ids(value):
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _refine_options(func):
+    """The options of the saliency method, the loop and the erase step (refine and explain)."""
+    options = [
+        click.option("--method", default=xo.DEFAULT_METHOD, type=click.Choice(xo.METHODS),
+                     help="Saliency method (guided: the paper's guided back-propagation)."),
+        click.option("--sign", default=xo.DEFAULT_SIGN, type=click.Choice(xo.SIGNS),
+                     help="Which part of the gradient is evidence (negative: what lowers the "
+                          "grade)."),
+        click.option("--reduce", default=xo.DEFAULT_REDUCE, type=click.Choice(xo.REDUCTIONS),
+                     help="How the three colour channels become one map."),
+        click.option("--target", default=xo.DEFAULT_TARGET, type=click.Choice(xo.TARGETS),
+                     help="Differentiate the output, or the negated output (the other reading "
+                          "of 'negative gradients')."),
+        click.option("--ig-steps", default=xo.DEFAULT_IG_STEPS, type=int,
+                     help="Integrated gradients: path intervals."),
+        click.option("--gradcam-layer", default=xo.DEFAULT_GRADCAM_LAYER, help="Grad-CAM layer."),
+        click.option("--max-iterations", default=loop_lib.DEFAULT_MAX_ITERATIONS, type=int,
+                     help="Cap on inpaintings per image; 0 gives plain s_0 maps."),
+        click.option("--stop-at", default=loop_lib.DEFAULT_STOP_AT, type=float,
+                     help="Stop when the prediction is at or below this (1: non-referable)."),
+        click.option("--decay", default=maps.DEFAULT_DECAY, type=float,
+                     help="Weight decay**i of map s_i in the final map S."),
+        click.option("--combine", default=maps.DEFAULT_COMBINE,
+                     type=click.Choice(maps.COMBINE_MODES),
+                     help="mean: the paper's weighted mean; max; masked: each map counts fully "
+                          "only inside its own inpainted mask."),
+        click.option("--normalize", default=maps.DEFAULT_NORMALIZE,
+                     type=click.Choice(maps.NORMALIZE_MODES),
+                     help="Scale of the maps in S (and in scoring): map: each by its own robust "
+                          "maximum; image: all by s_0's; none: raw gradients."),
+        click.option("--binarize", "binarize_rule", default=erase_lib.DEFAULT_RULE,
+                     type=click.Choice(erase_lib.BINARIZE_RULES), help="Rule that makes a mask."),
+        click.option("--level", "binarize_level", type=float,
+                     help="top_fraction: fraction of FOV pixels; fraction_of_max: fraction of "
+                          f"the maximum.  [default: {erase_lib.DEFAULT_LEVELS}]"),
+        click.option("--smooth-sigma", default=erase_lib.DEFAULT_SMOOTH_SIGMA, type=float,
+                     help="Gaussian smoothing of the map before binarising (px)."),
+        click.option("--dilation", default=erase_lib.DEFAULT_DILATION, type=int,
+                     help="Dilation of the mask (px)."),
+        click.option("--min-component-size", default=erase_lib.DEFAULT_MIN_COMPONENT_SIZE,
+                     type=int, help="Drop mask components smaller than this (px)."),
+        click.option("--inpaint", "inpaint_method", default=erase_lib.DEFAULT_INPAINT_METHOD,
+                     type=click.Choice(list(erase_lib.INPAINT_METHODS)),
+                     help="ns: Navier-Stokes (the paper's); telea."),
+        click.option("--inpaint-radius", default=erase_lib.DEFAULT_INPAINT_RADIUS, type=int),
+        click.option("--inpaint-inside-fov/--inpaint-whole-image", "inpaint_inside_fov",
+                     default=True,
+                     help="Fill masked pixels from inside the field of view only (the black "
+                          "surround never bleeds in at the rim)."),
+        click.option("--batch-size", default=xo.DEFAULT_BATCH_SIZE, type=int,
+                     help="Images refined together."),
+        click.option("--skip-bad", is_flag=True,
+                     help="Report and skip bad images instead of failing."),
+        click.option("--quiet", is_flag=True, help="No line per image."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+_REFINE_KEYS = ("method", "sign", "reduce", "target", "ig_steps", "gradcam_layer",
+                "max_iterations", "stop_at", "decay", "combine", "normalize", "binarize_rule",
+                "binarize_level", "smooth_sigma", "dilation", "min_component_size",
+                "inpaint_method", "inpaint_radius", "inpaint_inside_fov")
+
+
+def _refine_settings(values):
+    """(Explanation, RefineConfig, Eraser) from the values of :func:`_refine_options`; the
+    keys used are removed from ``values``."""
+    v = {k: values.pop(k) for k in _REFINE_KEYS}
+    explanation = xo.Explanation(method=v["method"], sign=v["sign"], reduce=v["reduce"],
+                                 target=v["target"], steps=v["ig_steps"],
+                                 layer=v["gradcam_layer"])
+    config = loop_lib.RefineConfig(
+        max_iterations=v["max_iterations"], stop_at=v["stop_at"],
+        combination=maps.Combination(decay=v["decay"], combine=v["combine"],
+                                     normalize=v["normalize"]))
+    erase = erase_lib.Eraser(rule=v["binarize_rule"], level=v["binarize_level"],
+                             smooth_sigma=v["smooth_sigma"], dilation=v["dilation"],
+                             min_component_size=v["min_component_size"],
+                             method=v["inpaint_method"], radius=v["inpaint_radius"],
+                             inside_fov=v["inpaint_inside_fov"])
+    return explanation, config, erase
+
+
 @cli.command("refine")
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
@@ -322,60 +445,10 @@ def _ids(value):
 @click.option("--ids", help="Only these ids: comma-separated, or @FILE with one per line.")
 @click.option("--only-referable", is_flag=True,
               help="Store only images predicted above --stop-at (the paper refines these).")
-@click.option("--method", default=xo.DEFAULT_METHOD, type=click.Choice(xo.METHODS),
-              help="Saliency method (guided: the paper's guided back-propagation).")
-@click.option("--sign", default=xo.DEFAULT_SIGN, type=click.Choice(xo.SIGNS),
-              help="Which part of the gradient is evidence (negative: what lowers the grade).")
-@click.option("--reduce", default=xo.DEFAULT_REDUCE, type=click.Choice(xo.REDUCTIONS),
-              help="How the three colour channels become one map.")
-@click.option("--target", default=xo.DEFAULT_TARGET, type=click.Choice(xo.TARGETS),
-              help="Differentiate the output, or the negated output (the other reading of "
-                   "'negative gradients').")
-@click.option("--ig-steps", default=xo.DEFAULT_IG_STEPS, type=int,
-              help="Integrated gradients: path intervals.")
-@click.option("--gradcam-layer", default=xo.DEFAULT_GRADCAM_LAYER, help="Grad-CAM layer.")
-@click.option("--max-iterations", default=loop_lib.DEFAULT_MAX_ITERATIONS, type=int,
-              help="Cap on inpaintings per image; 0 gives plain s_0 maps.")
-@click.option("--stop-at", default=loop_lib.DEFAULT_STOP_AT, type=float,
-              help="Stop when the prediction is at or below this (1: non-referable).")
-@click.option("--decay", default=maps.DEFAULT_DECAY, type=float,
-              help="Weight decay**i of map s_i in the final map S.")
-@click.option("--combine", default=maps.DEFAULT_COMBINE,
-              type=click.Choice(maps.COMBINE_MODES),
-              help="mean: the paper's weighted mean; max; masked: each map counts fully only "
-                   "inside its own inpainted mask.")
-@click.option("--normalize", default=maps.DEFAULT_NORMALIZE,
-              type=click.Choice(maps.NORMALIZE_MODES),
-              help="Scale of the maps in S (and in scoring): map: each by its own robust "
-                   "maximum; image: all by s_0's; none: raw gradients.")
-@click.option("--binarize", "binarize_rule", default=erase_lib.DEFAULT_RULE,
-              type=click.Choice(erase_lib.BINARIZE_RULES), help="Rule that makes a mask.")
-@click.option("--level", "binarize_level", type=float,
-              help="top_fraction: fraction of FOV pixels; fraction_of_max: fraction of the "
-                   f"maximum.  [default: {erase_lib.DEFAULT_LEVELS}]")
-@click.option("--smooth-sigma", default=erase_lib.DEFAULT_SMOOTH_SIGMA, type=float,
-              help="Gaussian smoothing of the map before binarising (px).")
-@click.option("--dilation", default=erase_lib.DEFAULT_DILATION, type=int,
-              help="Dilation of the mask (px).")
-@click.option("--min-component-size", default=erase_lib.DEFAULT_MIN_COMPONENT_SIZE,
-              type=int, help="Drop mask components smaller than this (px).")
-@click.option("--inpaint", "inpaint_method", default=erase_lib.DEFAULT_INPAINT_METHOD,
-              type=click.Choice(list(erase_lib.INPAINT_METHODS)),
-              help="ns: Navier-Stokes (the paper's); telea.")
-@click.option("--inpaint-radius", default=erase_lib.DEFAULT_INPAINT_RADIUS, type=int)
-@click.option("--inpaint-inside-fov/--inpaint-whole-image", "inpaint_inside_fov", default=True,
-              help="Fill masked pixels from inside the field of view only (the black surround "
-                   "never bleeds in at the rim).")
-@click.option("--batch-size", default=xo.DEFAULT_BATCH_SIZE, type=int,
-              help="Images refined together.")
 @click.option("--keep-images", is_flag=True, help="Also store the inpainted images I_1..I_n.")
-@click.option("--skip-bad", is_flag=True, help="Report and skip bad images instead of failing.")
-@click.option("--quiet", is_flag=True, help="No line per image.")
-def refine_cmd(model_path, data, out, layout, split, ids, only_referable, method, sign, reduce,
-               target, ig_steps, gradcam_layer, max_iterations, stop_at, decay, combine,
-               normalize, binarize_rule, binarize_level, smooth_sigma, dilation,
-               min_component_size, inpaint_method, inpaint_radius, inpaint_inside_fov,
-               batch_size, keep_images, skip_bad, quiet):
+@_refine_options
+def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_images,
+               **values):
     """Iterative saliency map refinement of DATA's images with MODEL, into an HDF5 result file.
 
     Each image: saliency map, binarise, inpaint, grade again, until the grade is at or below
@@ -384,15 +457,8 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, method
     """
     from dr_saliency.app import wiring
 
-    explanation = xo.Explanation(method=method, sign=sign, reduce=reduce, target=target,
-                                 steps=ig_steps, layer=gradcam_layer)
-    config = loop_lib.RefineConfig(
-        max_iterations=max_iterations, stop_at=stop_at,
-        combination=maps.Combination(decay=decay, combine=combine, normalize=normalize))
-    erase = erase_lib.Eraser(rule=binarize_rule, level=binarize_level, smooth_sigma=smooth_sigma,
-                             dilation=dilation, min_component_size=min_component_size,
-                             method=inpaint_method, radius=inpaint_radius,
-                             inside_fov=inpaint_inside_fov)
+    explanation, config, erase = _refine_settings(values)
+    quiet, skip_bad = values.pop("quiet"), values.pop("skip_bad")
     records = select_records(_open(data, layout, skip_bad), split=split, ids=_ids(ids))
     with _Bar(len(records), "Refining") as update:
         def on_image(rec, result, message):
@@ -401,13 +467,56 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, method
                 click.echo(f"{rec.id}: {message}")
 
         summary = wiring.refine_run(model_path, records, out, explanation=explanation,
-                                    config=config, erase=erase, batch_size=batch_size,
+                                    config=config, erase=erase, batch_size=values["batch_size"],
                                     keep_images=keep_images, only_referable=only_referable,
                                     skip_bad=skip_bad, on_image=on_image)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
     click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
                f"{summary['already_done']} already done, {summary['not_referable']} not referable, "
                f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: {out}")
+
+
+@cli.command("explain")
+@click.argument("inputs", metavar="IMAGE_OR_FOLDER...", nargs=-1, required=True,
+                type=click.Path(exists=True))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: results.h5, figures/, explain.csv and explain.json; a rerun "
+                   "continues it (same settings only).")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
+              help="A grader's model file (.h5). Default: the bundled grader, trained on "
+                   "synthetic images only (see data/README.md).")
+@click.option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(min=1),
+              help="Candidate lesions listed per photograph.")
+@_refine_options
+def explain_cmd(inputs, out_dir, model_path, top, **values):
+    """Grade and explain your own fundus photographs (any size; JPEG, PNG, TIFF, ...).
+
+    Each photograph: field of view, square crop and resize to the model's input, the refinement
+    loop, then s_0, S and the top candidate lesions mapped back onto the photograph. Writes a
+    figure per photograph and one table for all of them.
+    """
+    from dr_saliency.app import photos
+
+    explanation, config, erase = _refine_settings(values)
+    quiet = values.pop("quiet")
+
+    def on_image(image_id, message):
+        if not quiet:
+            click.echo(f"{image_id}: {message}")
+
+    summary = photos.explain_photos(
+        list(inputs), out_dir, model_path=model_path, explanation=explanation, config=config,
+        erase=erase, batch_size=values["batch_size"], top=top, skip_bad=values["skip_bad"],
+        on_image=on_image, on_progress=_bar_progress)
+    if summary["ignored"]:
+        click.echo(f"Ignored {len(summary['ignored'])} file(s) that are not images by their "
+                   f"suffix: {', '.join(os.path.basename(p) for p in summary['ignored'][:5])}"
+                   + (" ..." if len(summary["ignored"]) > 5 else ""), err=True)
+    for path, reason in summary["skipped"]:
+        click.echo(f"Skipped {path}: {reason}", err=True)
+    click.echo(f"{len(summary['rows'])} photographs explained ({summary['written']} refined now, "
+               f"{summary['already_done']} already done), {len(summary['skipped'])} skipped, in "
+               f"{summary['seconds']:.0f} s: {summary['paths'][0]}")
 
 
 def _stages(value):

@@ -24,7 +24,7 @@ import numpy as np
 from dr_saliency.app import demo as demo_lib
 from dr_saliency.core import maps
 from dr_saliency.core.errors import FolderInUseError
-from dr_saliency.core.files import differences, read_json, write_json, write_text
+from dr_saliency.core.files import differences, read_json, write_figure, write_json, write_text
 from dr_saliency.refinement.loop import run_params
 
 #: The combination rules every seed is scored with, from the same stored maps: ours (the
@@ -263,9 +263,7 @@ def write_report(summary, out, formats=("png", "pdf")):
     fig = plots.seed_gains_figure(_gain_panels(summary))
     for fmt in formats:
         path = os.path.join(out, f"gains.{fmt}")
-        tmp = f"{path}.tmp.{fmt}"
-        fig.savefig(tmp, dpi=150)
-        os.replace(tmp, path)
+        write_figure(fig, path, dpi=150)
         paths.append(path)
     return paths
 

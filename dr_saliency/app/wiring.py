@@ -14,7 +14,7 @@ from dr_saliency.lesions import localize, reports
 from dr_saliency.refinement.loop import run_params
 from dr_saliency.refinement.run import refine_dataset
 
-__all__ = ["froc_run", "model_reference", "refine_run"]
+__all__ = ["froc_run", "load_refiner", "model_reference", "refine_run"]
 
 
 def model_reference(model_path, out):
@@ -25,6 +25,35 @@ def model_reference(model_path, out):
     """
     return os.path.relpath(os.path.abspath(model_path),
                            os.path.dirname(os.path.abspath(out))).replace(os.sep, "/")
+
+
+def load_refiner(model_path, out, *, explanation=None, batch_size=DEFAULT_BATCH_SIZE):
+    """The grader in ``model_path`` as the loop's explainer and predictor.
+
+    Args:
+        model_path: str, a full model file (:func:`dr_saliency.grader.model.load_model`).
+        out: str, the result file the run writes (the model is recorded relative to it).
+        explanation: :class:`~dr_saliency.explain.options.Explanation`, or None (guided
+            back-propagation, the negative gradient).
+        batch_size: images per pass.
+
+    Returns:
+        dict with ``explain`` and ``predict`` (callables), ``size`` (the model's input side) and
+        ``params`` (what a result file records of the model and the explanation).
+    """
+    explanation = Explanation() if explanation is None else explanation
+    if not isinstance(explanation, Explanation):
+        raise TypeError(f"Expected an Explanation or None. Received: explanation={explanation!r}")
+    from dr_saliency.explain.explainer import make_explainer, make_predictor
+    from dr_saliency.grader.model import load_model
+
+    net = load_model(model_path)
+    explain = make_explainer(net, explanation.method, explanation.sign, explanation.reduce,
+                             explanation.target, batch_size=batch_size,
+                             **explanation.method_options())
+    return {"explain": explain, "predict": make_predictor(net, batch_size=batch_size),
+            "size": int(net.input_shape[1]),
+            "params": {"model": model_reference(model_path, out), **explanation.to_params()}}
 
 
 def refine_run(model_path, records, out, *, explanation=None, config=None, erase=None,
@@ -47,23 +76,13 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
     Returns:
         the summary dict of :func:`~dr_saliency.refinement.run.refine_dataset`.
     """
-    explanation = Explanation() if explanation is None else explanation
-    if not isinstance(explanation, Explanation):
-        raise TypeError(f"Expected an Explanation or None. Received: explanation={explanation!r}")
     run_params(config, erase)  # bad settings fail now, before the model is loaded
-    from dr_saliency.explain.explainer import make_explainer, make_predictor
-    from dr_saliency.grader.model import load_model
-
-    net = load_model(model_path)
-    explain = make_explainer(net, explanation.method, explanation.sign, explanation.reduce,
-                             explanation.target, batch_size=batch_size,
-                             **explanation.method_options())
+    grader = load_refiner(model_path, out, explanation=explanation, batch_size=batch_size)
     return refine_dataset(
-        records, out, explain=explain, predict=make_predictor(net, batch_size=batch_size),
-        erase=erase, config=config, size=int(net.input_shape[1]),
-        params={"model": model_reference(model_path, out), **explanation.to_params()},
-        batch_size=batch_size, keep_images=keep_images, only_referable=only_referable,
-        skip_bad=skip_bad, on_image=on_image)
+        records, out, explain=grader["explain"], predict=grader["predict"], erase=erase,
+        config=config, size=grader["size"], params=grader["params"], batch_size=batch_size,
+        keep_images=keep_images, only_referable=only_referable, skip_bad=skip_bad,
+        on_image=on_image)
 
 
 def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), tolerance=0.0,

@@ -9,7 +9,7 @@ with other settings name the differences with :func:`differences`.
 import json
 import os
 
-__all__ = ["differences", "read_json", "write_json", "write_text"]
+__all__ = ["differences", "read_json", "write_figure", "write_json", "write_text"]
 
 
 def write_text(path, text):
@@ -29,6 +29,18 @@ def write_json(path, data, *, default=None):
         default: optional ``json.dump`` hook for other types.
     """
     write_text(path, json.dumps(data, indent=2, default=default))
+
+
+def write_figure(fig, path, *, dpi=150):
+    """Save a matplotlib figure to ``path`` atomically; the format follows the suffix."""
+    stem, ext = os.path.splitext(path)
+    tmp = f"{stem}.tmp{os.getpid()}{ext}"
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_json(path, missing=None):

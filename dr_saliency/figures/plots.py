@@ -517,8 +517,9 @@ def heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), outline_maps=False
     Args:
         rows: list of dicts, one per image, with keys ``image`` ((H, W, 3) uint8 RGB), ``s0`` and
             ``S`` ((H, W) float maps), and optionally ``fov`` ((H, W) bool), ``lesions`` ((H, W)
-            bool union of lesion masks, a dict of masks, or None) and ``label`` (str, e.g.
-            ``"synth_00012, stage 3, 3.1 -> 0.9"``; a newline is allowed).
+            bool union of lesion masks, a dict of masks, or None), ``label`` (str, e.g.
+            ``"synth_00012, stage 3, 3.1 -> 0.9"``; a newline is allowed) and ``points``
+            ((K, 2) ``(row, col)`` of lesion candidates, marked and numbered 1..K on ``S``).
         titles: three column titles (mathtext allowed).
         outline_maps: also outline the lesions on the two maps.
         panel_size: float, side of one panel in inches.
@@ -548,22 +549,47 @@ def heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), outline_maps=False
                                         _auto_width(image.shape[:2])))
         maps = [overlay_panel(image, row[key], fov=row.get("fov"),
                               lesions=lesions if outline_maps else None) for key in ("s0", "S")]
-        panels.append(([shown, *maps], row.get("label")))
+        points = np.asarray(row.get("points", np.zeros((0, 2))), dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2 or not np.all(np.isfinite(points)):
+            raise ValueError(f"Expected rows[{r}]['points'] as a (K, 2) array of (row, col). "
+                             f"Received: shape={points.shape}")
+        panels.append(([shown, *maps], row.get("label"), points))
 
     fig = _figure(3 * panel_size + 0.9, panel_size * len(rows) + 0.3)
     axes = fig.subplots(len(rows), 3, squeeze=False)
     fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.01, hspace=0.01)
-    for r, (images, label) in enumerate(panels):
+    for r, (images, label, points) in enumerate(panels):
         for c, shown in enumerate(images):
             ax = axes[r, c]
             ax.imshow(shown, interpolation="antialiased")
             _bare(ax)
             if r == 0:
                 ax.set_title(titles[c])
+        _mark_points(axes[r, 2], points, images[0].shape[:2])
         if label:
             axes[r, 0].set_ylabel(str(label), fontsize=8)
     _saliency_colorbar(fig, axes, shrink=min(0.9, 0.9 / len(rows) ** 0.5), aspect=15, pad=0.02)
     return fig
+
+
+def _mark_points(ax, points, shape):
+    """Open circles numbered by rank at (row, col) points; the axes keep the image's extent."""
+    if not len(points):
+        return
+    radius = max(shape) / 40
+    for k, (row, col) in enumerate(points, start=1):
+        ax.add_patch(_circle((col, row), radius))
+        ax.annotate(str(k), (col + radius, row - radius), color=LESION_COLOUR, fontsize=6,
+                    fontweight="bold", ha="left", va="bottom")
+    ax.set_xlim(-0.5, shape[1] - 0.5)
+    ax.set_ylim(shape[0] - 0.5, -0.5)
+
+
+def _circle(centre, radius):
+    """An unfilled circle patch in the lesion colour (``centre`` as (x, y))."""
+    from matplotlib.patches import Circle
+
+    return Circle(centre, radius, fill=False, edgecolor=LESION_COLOUR, linewidth=0.9)
 
 
 def _strip_columns(k, max_columns):

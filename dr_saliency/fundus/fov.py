@@ -14,6 +14,7 @@ Public API::
     fov_mask(image, *, threshold=None) -> (H, W) bool
     square_crop_box(fov) -> SquareBox
     apply_geometry(array, box, size, kind="image" | "mask" | "fov") -> resized array
+    restore_geometry(array, box, shape) -> the array on the original pixel grid
     preprocess_image(image, size, *, masks=None, fov=None) -> (image, masks, fov)
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "apply_geometry",
     "fov_mask",
     "preprocess_image",
+    "restore_geometry",
     "square_crop_box",
 ]
 
@@ -477,6 +479,54 @@ def _keep_components(mask, box, size, out):
     owner_sorted = owner[order]
     last = np.r_[owner_sorted[1:] != owner_sorted[:-1], True]
     out.flat[pairs[order][last] % (size * size)] = True
+
+
+def restore_geometry(array, box, shape):
+    """Put a map of the preprocessed square back onto the original image's pixel grid.
+
+    The inverse of :func:`apply_geometry`: each original pixel takes the bilinearly interpolated
+    value at its centre's position in the square (:meth:`SquareBox.to_target`'s mapping, without
+    the rounding), and 0 where that position lies outside the square. A bool array (a mask) is
+    resampled by nearest neighbour and stays bool.
+
+    Args:
+        array: ``(size, size)`` real map (float32 for saliency) or bool mask of the square.
+        box: :class:`SquareBox` the square was made with.
+        shape: ``(H, W)`` of the original image.
+
+    Returns:
+        ``(H, W)`` float32 for a real map, bool for a mask.
+
+    Raises:
+        TypeError: for a box that is not a :class:`SquareBox`.
+        ValueError: for an array that is not square and 2-D, or a bad shape.
+    """
+    if not isinstance(box, SquareBox):
+        raise TypeError(f"Expected a SquareBox (from square_crop_box). Received: box={box!r}")
+    array = np.asarray(array)
+    if array.ndim != 2 or array.shape[0] != array.shape[1] or array.shape[0] < 1:
+        raise ValueError(f"Expected a square (size, size) array. Received: array.shape={array.shape}")
+    if (not isinstance(shape, (tuple, list)) or len(shape) < 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+                   for v in shape[:2])):
+        raise ValueError(f"Expected shape (H, W) of positive ints. Received: shape={shape!r}")
+    height, width = int(shape[0]), int(shape[1])
+    size = array.shape[0]
+    s = box.scale(size)
+    # Original pixel centre x + 0.5 lands at square coordinate (x + 0.5 - left) * s, whose pixel
+    # centres are at integers + 0.5: hence the -0.5. WARP_INVERSE_MAP: this matrix maps output
+    # (original) pixels to input (square) coordinates.
+    matrix = np.array([[s, 0, (0.5 - box.left) * s - 0.5],
+                       [0, s, (0.5 - box.top) * s - 0.5]], dtype=np.float64)
+    flags = cv2.WARP_INVERSE_MAP
+    if array.dtype == bool:
+        out = cv2.warpAffine(array.view(np.uint8), matrix, (width, height),
+                             flags=flags | cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=0)
+        return out.astype(bool)
+    return cv2.warpAffine(np.ascontiguousarray(array, dtype=np.float32), matrix, (width, height),
+                          flags=flags | cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)
 
 
 def preprocess_image(image, size, *, masks=None, fov=None):

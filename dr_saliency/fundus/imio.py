@@ -26,11 +26,14 @@ def _truncated_jpeg(path):
         return b"\xff\xd9" not in f.read()
 
 
-def read_image(path):
+def read_image(path, *, orient=False):
     """Read a colour image file as RGB.
 
     Args:
         path: str, any format OpenCV decodes (PNG, JPEG, TIFF, ...).
+        orient: apply the file's EXIF orientation, as photo viewers show it. Off for datasets,
+            whose lesion masks are drawn on the stored pixel grid; on for a user's own
+            photographs (``dr-saliency explain``).
 
     Returns:
         ``(H, W, 3)`` uint8 RGB. 16-bit files are scaled to 8 bits; grey images are replicated
@@ -42,7 +45,10 @@ def read_image(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"Expected an existing image file. Received: path={path!r}")
-    data = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    # IMREAD_UNCHANGED ignores EXIF orientation; IMREAD_COLOR | IMREAD_ANYDEPTH applies it and
+    # still keeps 16 bits (grey and alpha become 3-channel BGR either way).
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH if orient else cv2.IMREAD_UNCHANGED
+    data = cv2.imread(path, flags)
     if data is None or data.size == 0 or _truncated_jpeg(path):
         raise ValueError(f"Could not decode the image file (unreadable or truncated). Received: path={path!r}")
     if data.dtype == np.uint16:

@@ -374,7 +374,7 @@ def load_checkpoint(model, path):
     return {}
 
 
-def export_model(model, path):
+def export_model(model, path, *, half=False):
     """Write the full model as legacy HDF5, loadable without custom objects.
 
     ``keras.models.load_model(path, compile=False)`` restores architecture and weights. The model
@@ -385,6 +385,10 @@ def export_model(model, path):
     Args:
         model: a built ``keras.Model`` (only built-in Keras layers).
         path: str ending in ``.h5`` (and not ``.weights.h5``).
+        half: store the weights as float16, half the file size (the bundled grader's format).
+            Keras casts them back to the model's float32 variables on loading, so the model
+            computes in float32 with weights rounded to float16 (relative error 2^-11;
+            data/README.md gives the measured effect on a trained grader).
 
     Raises:
         ValueError: for a wrong suffix.
@@ -395,7 +399,7 @@ def export_model(model, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    tmp = path[:-3] + ".tmp.h5"
+    tmp = path[:-3] + f".tmp{os.getpid()}.h5"
     # Keras logs that HDF5 is a legacy format; it is the format docs/file-formats.md pins, so the
     # notice is noise for our users.
     absl_logger = logging.getLogger("absl")
@@ -403,22 +407,50 @@ def export_model(model, path):
     absl_logger.setLevel(logging.ERROR)
     try:
         clone.save(tmp)
+        if half:
+            _halve_weights(tmp)
+        os.replace(tmp, path)
     finally:
         absl_logger.setLevel(level)
-    os.replace(tmp, path)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _halve_weights(path):
+    """Rewrite a legacy HDF5 model file with its float32 weights stored as float16."""
+    # HDF5 does not give back the space of a deleted dataset, so the file is copied, not edited.
+    half_path = path + ".half"
+    with h5py.File(path, "r") as src, h5py.File(half_path, "w") as dst:
+        def copy(name, obj):
+            if isinstance(obj, h5py.Group):
+                target = dst.require_group(name)
+            else:
+                data = obj[()]
+                if name.startswith("model_weights/") and data.dtype == np.float32:
+                    data = data.astype(np.float16)
+                target = dst.create_dataset(name, data=data)
+            target.attrs.update(obj.attrs)
+        dst.attrs.update(src.attrs)
+        src.visititems(copy)
+    os.replace(half_path, path)
 
 
 def load_model(path):
-    """Load a model exported by :func:`export_model` (or any Keras model file), uncompiled.
+    """Load a grader: a model exported by :func:`export_model` (or a training run's model.h5).
+
+    The file must hold a grader: one square RGB input of at least ``MIN_INPUT_SIZE`` pixels and
+    one output unit. Keras' safe mode stays on, so a file whose model holds a ``Lambda`` layer with
+    Python code is refused without running that code.
 
     Args:
         path: str, a ``.h5`` or ``.keras`` model file.
 
     Returns:
-        ``keras.Model``.
+        ``keras.Model``, uncompiled.
 
     Raises:
-        ValueError: when the file is missing or is not a Keras model (e.g. a weights-only file).
+        ValueError: when the file is missing, is not a Keras model (e.g. a weights-only file or
+            a text file), holds unsafe code, or is a model that is not a grader.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -429,10 +461,55 @@ def load_model(path):
             f"model.h5), not a weights-only checkpoint. Received: path={path!r}"
         )
     try:
-        return keras.models.load_model(path, compile=False)
+        net = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a file that is not a model
-        raise ValueError(f"Could not load a Keras model from the file ({type(exc).__name__}: {exc}). "
-                         f"Received: path={path!r}") from exc
+        message = " ".join(str(exc).split())
+        if len(message) > 300:
+            message = message[:300] + "..."
+        raise ValueError(f"Could not load a Keras model from the file ({type(exc).__name__}: "
+                         f"{message}). Received: path={path!r}") from exc
+    _check_grader(net, path)
+    return net
+
+
+def _check_grader(net, path):
+    inputs, outputs = getattr(net, "inputs", None) or [], getattr(net, "outputs", None) or []
+    in_shape = tuple(inputs[0].shape) if len(inputs) == 1 else None
+    out_shape = tuple(outputs[0].shape) if len(outputs) == 1 else None
+    square = (in_shape is not None and len(in_shape) == 4 and in_shape[3] == 3
+              and in_shape[1] is not None and in_shape[1] == in_shape[2]
+              and in_shape[1] >= MIN_INPUT_SIZE)
+    if not square or out_shape is None or out_shape[1:] != (1,):
+        raise ValueError(
+            f"Expected a DR grader: one square RGB input of at least {MIN_INPUT_SIZE} px "
+            "(None, S, S, 3) and one output (None, 1). Received: "
+            f"path={path!r} with input shape {in_shape if in_shape else len(inputs)} and "
+            f"output shape {out_shape if out_shape else len(outputs)}")
+
+
+#: File name of the bundled grader: the repository's ``data/grader.h5``, installed with the
+#: package as ``dr_saliency/bundled/grader.h5``. Its model card is ``data/README.md``.
+BUNDLED_MODEL = "grader.h5"
+
+
+def bundled_model_path():
+    """Path of the grader that ships with the package (``dr-saliency explain`` without --model).
+
+    Returns:
+        str, the installed copy (``dr_saliency/bundled/``), or in a source checkout the
+        repository's ``data/`` copy.
+
+    Raises:
+        ValueError: when neither exists (an installation without it).
+    """
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    places = (os.path.join(package, "bundled", BUNDLED_MODEL),
+              os.path.join(os.path.dirname(package), "data", BUNDLED_MODEL))
+    for path in places:
+        if os.path.isfile(path):
+            return path
+    raise ValueError("Expected the bundled grader in the installation (reinstall the package, or "
+                     f"name a model file). Received: no file at {' or '.join(places)}")
 
 
 def summarize(model):

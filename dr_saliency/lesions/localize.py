@@ -155,17 +155,10 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
             result = store.read(rec.id)
             image = rec.load_image()
             fov = np.asarray(rec.load_fov(image), bool)
-            exclude = _disc(rec, image, fov, options) if options.exclude_disc else None
             scoring = Combination.from_params(result.params, decay=decay, combine=combine,
                                               normalize=normalize)
-            first, final = scoring.scored(result.maps, result.masks, fov)
-            found = {}
-            for name, smap in (("s0", first), ("S", final)):
-                found[name] = cand_lib.detect_candidates(
-                    smap.astype(np.float32), fov, sigma=options.sigma,
-                    min_distance=options.min_distance, max_candidates=options.max_candidates,
-                    exclude=exclude, border=options.border, method=options.method,
-                    level=options.level)
+            found, _ = image_candidates(result, image, fov, options, scoring=scoring,
+                                        disc=_disc(rec, image, fov, options))
             out.append(ImageCandidates(rec.id, rec.grade, rec.load_lesions(), found,
                                        result.stop_reason, result.iterations))
             if on_image:
@@ -173,7 +166,38 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
     return out
 
 
+def image_candidates(result, image, fov, options=None, *, scoring=None, disc=None):
+    """Candidates of s_0 and S of one refined image, and the two maps they come from.
+
+    Args:
+        result: the image's :class:`~dr_saliency.refinement.result.RefineResult`.
+        image: ``(H, W, 3)`` uint8, the refined image (for the optic disc estimate).
+        fov: ``(H, W)`` bool field of view.
+        options: :class:`CandidateOptions` (None: the defaults).
+        scoring: :class:`~dr_saliency.core.maps.Combination` (None: the run's own setting).
+        disc: optional ``(H, W)`` bool optic disc to exclude; None estimates it when
+            ``options.exclude_disc``.
+
+    Returns:
+        ``(candidates, maps)``: dicts ``{"s0": ..., "S": ...}`` of ``(K, 3)`` float64
+        ``(row, col, score)`` arrays and of the ``(H, W)`` float32 maps on one scale.
+    """
+    options = options or CandidateOptions()
+    scoring = Combination.from_params(result.params) if scoring is None else scoring
+    if options.exclude_disc and disc is None:
+        disc = _disc(None, image, fov, options)
+    maps = dict(zip(MAP_NAMES, scoring.scored(result.maps, result.masks, fov)))
+    found = {name: cand_lib.detect_candidates(
+        smap.astype(np.float32), fov, sigma=options.sigma, min_distance=options.min_distance,
+        max_candidates=options.max_candidates, exclude=disc if options.exclude_disc else None,
+        border=options.border, method=options.method, level=options.level)
+        for name, smap in maps.items()}
+    return found, maps
+
+
 def _disc(rec, image, fov, options):
+    if not options.exclude_disc:
+        return None
     disc = rec.load_optic_disc() if hasattr(rec, "load_optic_disc") else None
     if disc is not None and disc.any():
         return disc

@@ -6,6 +6,7 @@ No TensorFlow: the explainer and predictor are callables (:func:`dr_saliency.app
 makes them from a model).
 """
 
+import dataclasses
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ from dr_saliency.refinement.store import ResultStore
 
 def refine_dataset(records, out, *, explain, predict=None, erase=None, config=None, size=None,
                    params=None, batch_size=4, keep_images=False, only_referable=False,
-                   skip_bad=False, on_image=None):
+                   skip_bad=False, on_image=None, image_params=None):
     """Refine the saliency maps of records into the result store ``out``; resumable.
 
     Images already complete in ``out`` are skipped, so rerunning the same command continues an
@@ -38,6 +39,8 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
         skip_bad: report and skip unreadable or wrongly sized images instead of failing.
         on_image: optional callable(record, result or None, message) after each image: result
             is None for a skipped image and ``message`` says why.
+        image_params: optional callable(record) -> dict of facts about the image (after its
+            ``load_image()``), stored with its result's params (e.g. a photograph's geometry).
 
     Returns:
         dict: ``written``, ``already_done``, ``not_referable`` (not stored), ``skipped``
@@ -76,6 +79,9 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
                         on_image(rec, None, f"not referable (p0={result.predictions[0]:.2f} <= "
                                             f"{stop_at:g}): not stored")
                     continue
+                if image_params:
+                    result = dataclasses.replace(result, params={**result.params,
+                                                                 **image_params(rec)})
                 store.write(rec.id, result)
                 summary["written"] += 1
                 reasons = summary["stop_reasons"]
