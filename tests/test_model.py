@@ -277,6 +277,90 @@ def test_export_and_load_model_errors(tmp_path):
         model_lib.load_model(str(junk))
 
 
+def test_half_export_stores_float16_and_predicts_like_the_original(tmp_path):
+    net = model_lib.build_model(**TINY)
+    rng = np.random.default_rng(4)
+    # He-like random weights everywhere (the built output layer starts at zero).
+    net.set_weights([rng.normal(0, (2 / max(1, np.prod(w.shape[:-1]))) ** 0.5, w.shape)
+                     .astype(np.float32) for w in net.get_weights()])
+    full, half = str(tmp_path / "full.h5"), str(tmp_path / "half.h5")
+    model_lib.export_model(net, full)
+    model_lib.export_model(net, half, half=True)
+    def weights(path):
+        found = {}
+        with h5py.File(path, "r") as f:
+            f["model_weights"].visititems(
+                lambda name, obj: found.update({name: obj.dtype}) if isinstance(obj, h5py.Dataset)
+                else None)
+            return found, sum(f["model_weights"][n].nbytes for n in found)
+
+    (full_dtypes, full_bytes), (half_dtypes, half_bytes) = weights(full), weights(half)
+    assert set(full_dtypes.values()) == {np.dtype(np.float32)}
+    assert set(half_dtypes.values()) == {np.dtype(np.float16)} and half_dtypes.keys() == full_dtypes.keys()
+    assert half_bytes * 2 == full_bytes
+    loaded = model_lib.load_model(half)
+    assert all(w.dtype == "float32" for w in loaded.weights)
+    x = np.random.default_rng(2).normal(0, 40, size=(3, 128, 128, 3)).astype(np.float32)
+    expected = net.predict(x, verbose=0)
+    got = loaded.predict(x, verbose=0)
+    # float16 weights: relative error 2^-11 per weight.
+    np.testing.assert_allclose(got, expected, rtol=5e-3, atol=5e-3 * np.abs(expected).max())
+    assert not np.array_equal(got, expected)
+    assert not [n for n in os.listdir(tmp_path) if "tmp" in n]
+
+
+def test_load_model_refuses_files_that_are_not_graders(tmp_path):
+    inputs = keras.Input((128, 128, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    two = str(tmp_path / "two.h5")
+    keras.Model(inputs, keras.layers.Dense(2)(pooled)).save(two)
+    with pytest.raises(ValueError, match=r"Expected a DR grader.*Received: path='.*two.h5' with "
+                                         r"input shape \(None, 128, 128, 3\) and output shape "
+                                         r"\(None, 2\)"):
+        model_lib.load_model(two)
+    small = str(tmp_path / "small.h5")
+    tiny_in = keras.Input((64, 96, 3))
+    keras.Model(tiny_in, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(tiny_in))).save(small)
+    with pytest.raises(ValueError, match=r"input shape \(None, 64, 96, 3\)"):
+        model_lib.load_model(small)
+    text = tmp_path / "notes.h5"
+    text.write_text("a text file")
+    with pytest.raises(ValueError, match=r"Could not load a Keras model.*Received: path="):
+        model_lib.load_model(str(text))
+
+
+def test_load_model_refuses_a_lambda_layer_without_running_it(tmp_path):
+    flag = str(tmp_path / "ran")
+    inputs = keras.Input((128, 128, 3))
+    x = keras.layers.Lambda(lambda t: t * 2 + (open(flag, "w").close() or 0))(inputs)
+    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x))
+    path = str(tmp_path / "lambda.h5")
+    keras.Model(inputs, out).save(path)
+    if os.path.exists(flag):
+        os.remove(flag)  # tracing the model while building it ran the lambda once
+    with pytest.raises(ValueError, match=r"without Python code: it holds a Lambda layer, refused "
+                                         r"without running it\. Received: path="):
+        model_lib.load_model(path)
+    assert not os.path.exists(flag)
+
+
+def test_bundled_grader_is_found_and_loads():
+    path = model_lib.bundled_model_path()
+    assert os.path.basename(path) == model_lib.BUNDLED_MODEL
+    net = model_lib.load_model(path)
+    assert net.input_shape == (None, 512, 512, 3) and net.output_shape == (None, 1)
+    # Small enough for the repository (data/README.md: at most ~20 MB).
+    assert os.path.getsize(path) < 20 * 2 ** 20
+
+
+def test_bundled_grader_missing_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(model_lib.os.path, "isfile", lambda p: False)
+    with pytest.raises(ValueError, match=r"Expected the bundled grader in the installation.*"
+                                         r"Received: no file at .*bundled/grader.h5 or "
+                                         r".*data/grader.h5"):
+        model_lib.bundled_model_path()
+
+
 def test_summarize_lists_every_layer():
     net = model_lib.build_model(**TINY)
     rows = model_lib.summarize(net)

@@ -463,6 +463,9 @@ def load_model(path):
     try:
         net = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a file that is not a model
+        if "Lambda" in str(exc):
+            raise ValueError("Expected a model file without Python code: it holds a Lambda layer, "
+                             f"refused without running it. Received: path={path!r}") from exc
         message = " ".join(str(exc).split())
         if len(message) > 300:
             message = message[:300] + "..."
