@@ -499,3 +499,22 @@ def test_no_pyplot():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5])
+def test_froc_figure_legends_sit_under_their_panels_inside_the_figure(froc_pair, n):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.froc_figure({f"stage {i}": froc_pair for i in range(n)}, title="FROC")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    page = fig.bbox
+    for ax in fig.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        # Below the panel and its x tick labels (display y grows upwards): not over the data or
+        # the top y tick ("1.0").
+        assert legend.y1 <= ax.get_window_extent(renderer).y0
+        labels = ax.xaxis.get_tightbbox(renderer)  # None on a panel without x tick labels
+        assert labels is None or legend.y1 <= labels.y0 + 1
+        assert page.x0 <= legend.x0 and legend.x1 <= page.x1 and page.y0 <= legend.y0

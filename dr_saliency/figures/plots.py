@@ -249,6 +249,7 @@ def froc_figure(panels, *, max_fp=10, title=None):
         ValueError: no or more than 6 panels, an empty panel, ``max_fp`` not > 1/8.
     """
     from matplotlib.ticker import NullLocator
+    from matplotlib.transforms import offset_copy
 
     checked = _check_froc_panels(panels)
     if not is_real(max_fp) or not FROC_RATES[0] < max_fp < np.inf:
@@ -261,7 +262,8 @@ def froc_figure(panels, *, max_fp=10, title=None):
     ticks = list(rates) + ([max_fp] if max_fp >= 1.6 * rates[-1] else [])
 
     n_rows, n_cols = _grid_shape(len(checked))
-    fig = _figure(2.65 * n_cols + 0.3, 2.55 * n_rows + (0.25 if title else 0))
+    # Each row of panels has its legends under it: 0.45 in of the height.
+    fig = _figure(2.65 * n_cols + 0.3, 3.0 * n_rows + (0.25 if title else 0))
     axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True, sharey=True)
     for extra in axes.ravel()[len(checked):]:
         extra.remove()
@@ -302,8 +304,6 @@ def froc_figure(panels, *, max_fp=10, title=None):
         if drawn == 0:
             ax.text(0.5, 0.5, "no lesions", transform=ax.transAxes, ha="center", va="center",
                     color="0.35")
-        else:
-            ax.legend(loc="best", handlelength=2.6, borderaxespad=0.4, framealpha=0.9)
         ax.grid(True, which="major", color="0.9", lw=0.6)
         ax.set_axisbelow(True)
         # Tick labels and axis labels on the outer panels; a panel with no panel below it (the
@@ -312,6 +312,14 @@ def froc_figure(panels, *, max_fp=10, title=None):
         ax.tick_params(labelbottom=below_missing, labelleft=col == 0)
         if below_missing:
             ax.set_xlabel("mean false positives per image")
+        if drawn:
+            # Under the panel, below its tick and axis labels (an offset in points, so it holds
+            # at any panel size): never over the curves or the y axis's top tick. Constrained
+            # layout makes the room.
+            below = offset_copy(ax.transAxes, fig=fig, y=-30 if below_missing else -4,
+                                units="points")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below,
+                      handlelength=2.6, borderaxespad=0.0, frameon=False)
         if col == 0:
             ax.set_ylabel("sensitivity")
     ax0 = axes[0, 0]
