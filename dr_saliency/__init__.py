@@ -20,6 +20,7 @@ _EXPORTS = {
     "open_dataset": "dr_saliency.fundus.datasets",
     "fov_mask": "dr_saliency.fundus.fov",
     "preprocess_image": "dr_saliency.fundus.fov",
+    "restore_geometry": "dr_saliency.fundus.fov",
     "preprocess_dataset": "dr_saliency.fundus.prepare",
     "select_records": "dr_saliency.fundus.datasets",
     "TrainConfig": "dr_saliency.grader.config",
@@ -47,6 +48,8 @@ _EXPORTS = {
     "detect_candidates": "dr_saliency.lesions.candidates",
     "froc": "dr_saliency.lesions.froc",
     "refine_run": "dr_saliency.app.wiring",
+    "explain_photos": "dr_saliency.app.photos",
+    "bundled_model_path": "dr_saliency.grader.model",
 }
 
 __all__ = ["__version__", *_EXPORTS]
