@@ -49,6 +49,7 @@ def _photos(folder):
     return {"wide": wide.shape[:2], "tall": tall.shape[:2]}
 
 
+@pytest.mark.slow
 def test_explain_writes_maps_table_and_figures_on_the_photographs_pixels(tmp_path, grader):
     shots, out = str(tmp_path / "shots"), str(tmp_path / "out")
     shapes = _photos(shots)
@@ -137,6 +138,11 @@ def test_explain_errors_are_one_line(tmp_path, grader, capsys):
     code, _, err = run_main(["explain", shots, "--out", out, "--model", str(text)], capsys)
     assert code == 1 and err.count("\n") == 1 and "Could not load a Keras model" in err
 
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(open(grader, "rb").read()[:5000])
+    code, _, err = run_main(["explain", shots, "--out", out, "--model", str(cut)], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Could not load a Keras model" in err
+
     weights = str(tmp_path / "w.weights.h5")
     model_lib.save_checkpoint(model_lib.build_model((128, 128, 3), weights=None, width=1 / 16),
                               weights)
@@ -162,3 +168,27 @@ def test_explain_bundled_examples_prints_nothing_from_tensorflow(tmp_path):
     n = len([f for f in os.listdir(examples) if os.path.isfile(os.path.join(examples, f))])
     assert f"{n} photographs explained" in proc.stdout
     assert len(os.listdir(os.path.join(out, "figures"))) == n
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_bundled_grader_and_its_card(tmp_path):
+    import shutil
+
+    # Built from a copy, so that the build leaves nothing in the repository.
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(REPO, "dr_saliency"), src / "dr_saliency",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    os.makedirs(src / "data")
+    for name in ("setup.py", "setup.cfg", "README.md", "MANIFEST.in", "requirements.txt",
+                 "data/grader.h5", "data/README.md"):
+        shutil.copy(os.path.join(REPO, name), src / name)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "-q", "-w", str(tmp_path), str(src)], capture_output=True, text=True,
+                          timeout=600, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    import zipfile
+    (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
+    names = zipfile.ZipFile(os.path.join(tmp_path, wheel)).namelist()
+    assert "dr_saliency/bundled/grader.h5" in names and "dr_saliency/bundled/README.md" in names
+    info = zipfile.ZipFile(os.path.join(tmp_path, wheel)).getinfo("dr_saliency/bundled/grader.h5")
+    assert info.file_size == os.path.getsize(os.path.join(REPO, "data", "grader.h5"))
