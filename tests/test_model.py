@@ -381,3 +381,47 @@ def test_tensorflow_startup_notices_are_dropped_but_other_stderr_is_replayed(cap
     assert capsys.readouterr().err == "/x/y.py:3: UserWarning: something the user should see\n"
     _tf._replay(captured, keep_all=True)
     assert capsys.readouterr().err == captured
+
+
+def test_precisions_agree_with_the_light_config_module():
+    from dr_saliency.grader import config
+    assert config.PRECISIONS == model_lib.PRECISIONS
+
+
+def test_cast_model_sets_policies_keeps_weights_and_the_output_in_float32():
+    net = model_lib.build_model(**TINY)
+    rng = np.random.default_rng(5)
+    net.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in net.get_weights()])
+    half = model_lib.cast_model(net, "bfloat16", keep_float32=("block1_conv1",))
+    policies = {layer.name: layer.dtype_policy.name for layer in half.layers
+                if layer.name != "image"}
+    assert policies["block1_conv1"] == "float32" and policies["dr_stage"] == "float32"
+    assert policies["block2_conv1"] == "mixed_bfloat16" and policies["fc1"] == "mixed_bfloat16"
+    assert all(w.dtype == "float32" for w in half.weights)
+    for a, b in zip(net.get_weights(), half.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = rng.normal(0, 40, size=(2, 128, 128, 3)).astype(np.float32)
+    expected, got = net.predict(x, verbose=0), half.predict(x, verbose=0)
+    assert got.dtype == np.float32
+    # bfloat16 keeps 8 significant bits: close, not equal.
+    np.testing.assert_allclose(got, expected, rtol=0.05, atol=0.05 * np.abs(expected).max())
+    back = model_lib.cast_model(half, "float32")
+    assert {layer.dtype_policy.name for layer in back.layers} == {"float32"}
+    np.testing.assert_allclose(back.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_with_precision_and_its_errors(tmp_path):
+    net = model_lib.build_model(**TINY)
+    assert model_lib.with_precision(net, "fp32") is net
+    half = model_lib.with_precision(net, "bf16")
+    assert half is not net and half.get_layer("fc1").dtype_policy.name == "mixed_bfloat16"
+    # A file always describes a float32 grader, whatever the model computed in.
+    path = str(tmp_path / "m.h5")
+    model_lib.export_model(half, path)
+    assert {layer.dtype_policy.name for layer in model_lib.load_model(path).layers} == {"float32"}
+    with pytest.raises(ValueError, match=r"precision in \('fp32', 'bf16'\)\. Received: precision='fp16'"):
+        model_lib.with_precision(net, "fp16")
+    with pytest.raises(ValueError, match=r'compute "float32" or "bfloat16"\. Received: compute=\'half\''):
+        model_lib.cast_model(net, "half")
+    with pytest.raises(ValueError, match=r"keep_float32 to name layers.*\['conv9'\]"):
+        model_lib.cast_model(net, "bfloat16", keep_float32=("conv9",))

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dr_saliency.grader import model as model_lib
 from dr_saliency.grader import train as train_lib
 from dr_saliency.grader import config as train_config
 from dr_saliency.grader.config import TrainConfig
@@ -64,6 +65,7 @@ def test_min_input_size_agrees_with_model():
     ("optimizer", "rmsprop", r"optimizer in .*Received: optimizer='rmsprop'"),
     ("dropout", 1.0, r"dropout in \[0, 1\).*Received: dropout=1.0"),
     ("strategy", "horovod", r"Received: strategy='horovod'"),
+    ("precision", "fp16", r"precision in \('fp32', 'bf16'\).*Received: precision='fp16'"),
 ])
 def test_config_validation(field, value, match):
     config = TrainConfig(**{field: value})
@@ -174,6 +176,17 @@ def test_train_writes_run_folder_and_refuses_to_overwrite(tiny_data, tmp_path):
     with pytest.raises(RunExistsError, match=r"without a training run \(or resume=True"):
         train_lib.train(open_dataset(tiny_data), run, TrainConfig(**TINY))
     assert os.path.getmtime(os.path.join(run, "last.weights.h5")) == before
+
+
+@pytest.mark.slow
+def test_bfloat16_training_writes_a_float32_model(tiny_data, tmp_path):
+    run = str(tmp_path / "run")
+    config = TrainConfig(**dict(TINY, epochs=1, precision="bf16"))
+    summary = train_lib.train(open_dataset(tiny_data), run, config, verbose=0)
+    assert json.load(open(os.path.join(run, "config.json")))["config"]["precision"] == "bf16"
+    net = model_lib.load_model(summary["model_path"])
+    assert {layer.dtype_policy.name for layer in net.layers} == {"float32"}
+    assert np.isfinite(train_lib.read_log(run)["loss"]).all()
 
 
 @pytest.mark.slow

@@ -49,14 +49,15 @@ FIGURE_SIDE = 1024
 
 def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config=None,
                    erase=None, batch_size=DEFAULT_BATCH_SIZE, top=DEFAULT_TOP, options=None,
-                   skip_bad=False, on_image=None, on_progress=None):
+                   skip_bad=False, on_image=None, on_progress=None, precision="fp32"):
     """Refine a researcher's photographs and report the maps and candidates on their pixels.
 
     Args:
         inputs: list of photograph files and folders (:func:`~dr_saliency.fundus.photos.find_photos`).
         out_dir: str, the output folder (created; a rerun continues it).
         model_path: str, a grader's model file; None: the bundled grader.
-        explanation, config, erase, batch_size: as :func:`dr_saliency.app.wiring.refine_run`.
+        explanation, config, erase, batch_size, precision: as
+            :func:`dr_saliency.app.wiring.refine_run`.
         top: int >= 1, candidate lesions listed per photograph.
         options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
         skip_bad: report and skip photographs that cannot be used instead of failing.
@@ -89,7 +90,7 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
     store_path = os.path.join(out_dir, RESULTS_FILE)
     start = time.time()
     grader = wiring.load_refiner(model_path, store_path, explanation=explanation,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, precision=precision)
     photos = [Photo(image_id, path, grader["size"]) for image_id, path in found]
     skipped = []
     update = on_progress("Refining", len(photos)) if on_progress else (lambda k=1: None)

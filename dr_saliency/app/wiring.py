@@ -27,7 +27,8 @@ def model_reference(model_path, out):
                            os.path.dirname(os.path.abspath(out))).replace(os.sep, "/")
 
 
-def load_refiner(model_path, out, *, explanation=None, batch_size=DEFAULT_BATCH_SIZE):
+def load_refiner(model_path, out, *, explanation=None, batch_size=DEFAULT_BATCH_SIZE,
+                 precision="fp32"):
     """The grader in ``model_path`` as the loop's explainer and predictor.
 
     Args:
@@ -36,29 +37,35 @@ def load_refiner(model_path, out, *, explanation=None, batch_size=DEFAULT_BATCH_
         explanation: :class:`~dr_saliency.explain.options.Explanation`, or None (guided
             back-propagation, the negative gradient).
         batch_size: images per pass.
+        precision: the network's arithmetic, "fp32" or "bf16"
+            (:func:`dr_saliency.grader.model.with_precision`); recorded when not "fp32".
 
     Returns:
         dict with ``explain`` and ``predict`` (callables), ``size`` (the model's input side) and
-        ``params`` (what a result file records of the model and the explanation).
+        ``params`` (what a result file records of the model, the explanation and the precision).
     """
     explanation = Explanation() if explanation is None else explanation
     if not isinstance(explanation, Explanation):
         raise TypeError(f"Expected an Explanation or None. Received: explanation={explanation!r}")
     from dr_saliency.explain.explainer import make_explainer, make_predictor
-    from dr_saliency.grader.model import load_model
+    from dr_saliency.grader.model import load_model, with_precision
 
-    net = load_model(model_path)
+    net = with_precision(load_model(model_path), precision)
     explain = make_explainer(net, explanation.method, explanation.sign, explanation.reduce,
                              explanation.target, batch_size=batch_size,
                              **explanation.method_options())
+    # Recorded only when not the default, so that result files made before the option existed
+    # (float32) still resume and compare equal.
+    extra = {} if precision == "fp32" else {"precision": precision}
     return {"explain": explain, "predict": make_predictor(net, batch_size=batch_size),
             "size": int(net.input_shape[1]),
-            "params": {"model": model_reference(model_path, out), **explanation.to_params()}}
+            "params": {"model": model_reference(model_path, out), **explanation.to_params(),
+                       **extra}}
 
 
 def refine_run(model_path, records, out, *, explanation=None, config=None, erase=None,
                batch_size=DEFAULT_BATCH_SIZE, keep_images=False, only_referable=False,
-               skip_bad=False, on_image=None):
+               skip_bad=False, on_image=None, precision="fp32"):
     """Refine ``records`` with the grader in ``model_path`` into the result file ``out``.
 
     Args:
@@ -72,12 +79,14 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
         batch_size: images per pass and per refinement batch.
         keep_images, only_referable, skip_bad, on_image: as
             :func:`dr_saliency.refinement.run.refine_dataset`.
+        precision: as :func:`load_refiner`.
 
     Returns:
         the summary dict of :func:`~dr_saliency.refinement.run.refine_dataset`.
     """
     run_params(config, erase)  # bad settings fail now, before the model is loaded
-    grader = load_refiner(model_path, out, explanation=explanation, batch_size=batch_size)
+    grader = load_refiner(model_path, out, explanation=explanation, batch_size=batch_size,
+                          precision=precision)
     return refine_dataset(
         records, out, explain=grader["explain"], predict=grader["predict"], erase=erase,
         config=config, size=grader["size"], params=grader["params"], batch_size=batch_size,

@@ -9,6 +9,8 @@ MIN_INPUT_SIZE = 128
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("default", "mirrored", "multiworker")
+#: Equal to dr_saliency.grader.model.PRECISIONS (a test checks), repeated to keep TensorFlow out.
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclasses.dataclass
@@ -33,6 +35,7 @@ class TrainConfig:
         seed: int, seeds weights, the split, shuffling and augmentation.
         strategy: "default", "mirrored" (local GPUs) or "multiworker" (TF_CONFIG cluster).
         steps_per_epoch: int or None (None: training images / batch size).
+        precision: "fp32" or "bf16" (bfloat16 arithmetic, float32 weights; docs/performance.md).
     """
 
     input_size: int = 512
@@ -52,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"
     steps_per_epoch: object = None
+    precision: str = "fp32"
 
     def validate(self):
         """Check every field; raise ValueError naming the first bad one."""
@@ -70,6 +74,7 @@ class TrainConfig:
             (self.strategy in STRATEGIES, f"strategy in {STRATEGIES}", "strategy"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch >= 1",
              "steps_per_epoch"),
+            (self.precision in PRECISIONS, f"precision in {PRECISIONS}", "precision"),
         ]
         for ok, expected, name in checks:
             if not ok:

@@ -180,6 +180,84 @@ def build_model(input_shape=(512, 512, 3), *, weights="imagenet", dropout=0.5, w
     return model
 
 
+#: Arithmetic of a grader's forward and backward passes: "fp32", or "bf16" (Keras'
+#: ``mixed_bfloat16``: bfloat16 activations and convolutions, float32 variables, with the layers of
+#: :data:`BF16_FLOAT32_LAYERS` and the output kept in float32). docs/performance.md measures both.
+PRECISIONS = ("fp32", "bf16")
+
+#: Layers that stay float32 under ``precision="bf16"``: where bfloat16 costs the maps most
+#: fidelity for the least time (docs/performance.md, "bfloat16"). The output unit is always
+#: float32 (a regression output, and Keras' advice for mixed precision).
+BF16_FLOAT32_LAYERS = ("block1_conv1", "block1_conv2")
+
+
+def cast_model(model, compute="float32", *, keep_float32=()):
+    """A copy of a model whose layers compute in ``compute``, sharing nothing with the original.
+
+    Each layer's dtype policy becomes ``"mixed_bfloat16"`` (``compute="bfloat16"``) or
+    ``"float32"``, except the layers named in ``keep_float32`` and the output layer, which stay
+    float32; variables are float32 either way, and the weights are copied. The input stays
+    float32 (the first bfloat16 layer casts it).
+
+    Args:
+        model: a Functional ``keras.Model`` (a grader).
+        compute: ``"float32"`` or ``"bfloat16"``.
+        keep_float32: names of layers that stay float32 under ``"bfloat16"``.
+
+    Returns:
+        ``keras.Model`` with the same weights and layer names.
+
+    Raises:
+        ValueError: for another ``compute``, or a name in ``keep_float32`` that is not a layer.
+    """
+    if compute not in ("float32", "bfloat16"):
+        raise ValueError(f'Expected compute "float32" or "bfloat16". Received: compute={compute!r}')
+    names = {layer.name for layer in model.layers}
+    unknown = sorted(set(keep_float32) - names)
+    if unknown:
+        raise ValueError(f"Expected keep_float32 to name layers of the model. Received: {unknown}")
+    config = model.get_config()
+    outputs = config.get("output_layers", [])
+    # One output is stored as [name, node, tensor]; several as a list of those.
+    outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
+    output_layers = {entry[0] for entry in outputs}
+    mixed = "mixed_bfloat16" if compute == "bfloat16" else "float32"
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            continue
+        policy = "float32" if (layer["name"] in keep_float32 or layer["name"] in output_layers) \
+            else mixed
+        layer["config"]["dtype"] = {"module": "keras", "class_name": "DTypePolicy",
+                                    "config": {"name": policy}, "registered_name": None}
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def with_precision(model, precision="fp32"):
+    """The grader computing in ``precision`` (one of :data:`PRECISIONS`).
+
+    Args:
+        model: a grader (any policy).
+        precision: ``"fp32"`` or ``"bf16"``.
+
+    Returns:
+        ``keras.Model``: ``model`` itself when it already computes in float32 and ``precision`` is
+        "fp32"; otherwise a copy (:func:`cast_model`).
+
+    Raises:
+        ValueError: for an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"Expected precision in {PRECISIONS}. Received: precision={precision!r}")
+    if precision == "bf16":
+        return cast_model(model, "bfloat16", keep_float32=BF16_FLOAT32_LAYERS)
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers
+           if hasattr(layer, "dtype_policy")):
+        return model
+    return cast_model(model, "float32")
+
+
 def imagenet_weights_path(cache_dir=None):
     """Download (once) Keras' VGG-16 ImageNet weights and return the local path.
 
@@ -397,6 +475,7 @@ def export_model(model, path, *, half=False):
     if not path.endswith(".h5") or path.endswith(WEIGHTS_SUFFIX):
         raise ValueError(f"Expected a model path ending in '.h5' (not '.weights.h5'). Received: path={path!r}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    model = with_precision(model, "fp32")  # a file always describes a float32 grader
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     tmp = path[:-3] + f".tmp{os.getpid()}.h5"

@@ -292,6 +292,7 @@ def build_compiled(config, steps_per_epoch, strategy):
         net = model_lib.build_model((config.input_size, config.input_size, 3),
                                     weights=config.weights, dropout=config.dropout,
                                     width=config.width)
+        net = model_lib.with_precision(net, config.precision)
         # "mean_squared_error", not "mse": Keras 3 cannot reload an .h5 compiled with the alias.
         net.compile(optimizer=make_optimizer(config, steps_per_epoch), loss="mean_squared_error")
     return net
