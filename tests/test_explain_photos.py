@@ -192,3 +192,20 @@ def test_wheel_ships_the_bundled_grader_and_its_card(tmp_path):
     assert "dr_saliency/bundled/grader.h5" in names and "dr_saliency/bundled/README.md" in names
     info = zipfile.ZipFile(os.path.join(tmp_path, wheel)).getinfo("dr_saliency/bundled/grader.h5")
     assert info.file_size == os.path.getsize(os.path.join(REPO, "data", "grader.h5"))
+
+
+def test_load_refiner_records_a_precision_other_than_fp32(tmp_path, grader):
+    from dr_saliency.app import wiring
+
+    out = str(tmp_path / "r.h5")
+    plain = wiring.load_refiner(grader, out)
+    assert "precision" not in plain["params"] and plain["size"] == 128
+    half = wiring.load_refiner(grader, out, precision="bf16")
+    assert half["params"]["precision"] == "bf16"
+    assert {k: v for k, v in half["params"].items() if k != "precision"} == plain["params"]
+    image, _ = fundus((128, 128), radius=60)
+    fov = np.ones((1, 128, 128), bool)
+    maps32, p32 = plain["explain"](image[None], fov)
+    maps16, p16 = half["explain"](image[None], fov)
+    assert maps16.dtype == np.float32 and p16.dtype == np.float32
+    assert abs(float(p16[0]) - float(p32[0])) < 0.1

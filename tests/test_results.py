@@ -232,13 +232,16 @@ def test_bad_results_and_files_are_rejected(path, tmp_path):
 def test_a_second_writer_or_a_reader_during_a_run_is_refused(path):
     with ResultStore(path, "a") as store:
         store.write("x", make_result(0))
-        with pytest.raises(OSError, match="locked by another process"):
+        # The writer is named: its process id and command.
+        with pytest.raises(OSError, match=rf"no other process is using.*in use by process "
+                                          rf"{os.getpid()} on .*\(.*since "):
             ResultStore(path, "a")
-        with pytest.raises(OSError, match="locked by another process"):
+        with pytest.raises(OSError, match=rf"no other process is writing.*process {os.getpid()}"):
             ResultStore(path, "r")
     with ResultStore(path) as reader, ResultStore(path) as other_reader:
         assert reader.complete_ids() == other_reader.complete_ids() == ["x"]
-        with pytest.raises(OSError, match="locked by another process"):
+        # Readers hold it now; the last writer, long gone, is not named.
+        with pytest.raises(OSError, match=r"in use by another process \(a refine run"):
             ResultStore(path, "a")
 
 
@@ -448,3 +451,33 @@ def test_a_writer_killed_at_random_moments_resumes_without_losing_results(path):
             for image_id in ids[n_complete:]:
                 assert_same(store.read(image_id), make_result(int(image_id[6:]), size=128))
             n_complete = len(ids)
+
+
+def test_the_file_records_each_run_and_which_did_not_finish(path):
+    with ResultStore(path, "a", params={"decay": 0.9}) as store:
+        first = store.begin_run(3)
+        store.write("a", make_result(0))
+        store.finish_run(first, {"written": 1})
+        second = store.begin_run(5, done=1)  # then "killed"
+        store.write("b", make_result(1))
+    with ResultStore(path) as store:
+        runs = store.runs
+        assert [r["planned"] for r in runs] == [3, 5] and runs[1]["done"] == 1
+        assert runs[0]["written"] == 1 and "finished" in runs[0] and "finished" not in runs[1]
+        assert store.unfinished_runs() == [runs[1]] and second == 1
+        assert store.complete_ids() == ["a", "b"]
+    with pytest.raises(ValueError, match="Received: mode='r'"):
+        ResultStore(path).begin_run(1)
+
+
+def test_a_file_without_results_takes_new_parameters(path):
+    # A run that failed before its first image left an empty file with its (wrong) settings.
+    with ResultStore(path, "a", params={"model": "wrong.h5"}) as store:
+        store.begin_run(4)
+    with ResultStore(path, "a", params={"model": "right.h5"}) as store:
+        assert store.params == {"model": "right.h5"} and store.runs == []
+        store.write("a", make_result(0))
+    assert read_params(path) == {"model": "right.h5"}
+    # Once it holds a result, other settings are refused as before.
+    with pytest.raises(ValueError, match=r'model="other.h5" \(file has "right.h5"\)'):
+        ResultStore(path, "a", params={"model": "other.h5"})

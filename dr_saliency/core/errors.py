@@ -5,7 +5,7 @@ carry the facts, and the message names the library's keyword, never a command-li
 command line (:mod:`dr_saliency.app.cli`) turns each into the advice its own flags give.
 """
 
-__all__ = ["BadImageError", "EmptySplitError", "FolderInUseError", "ImageSizeError",
+__all__ = ["BadImageError", "BusyError", "EmptySplitError", "FolderInUseError", "ImageSizeError",
            "NoValidationError", "OutOfMemoryError", "PartialResultsError", "RunExistsError"]
 
 
@@ -72,3 +72,12 @@ class OutOfMemoryError(ValueError):
     def __init__(self, message, batch_size):
         super().__init__(message)
         self.batch_size, self.suggested = batch_size, max(1, batch_size // 2)
+
+
+class BusyError(OSError):
+    """Another process is writing the output (``path``); ``holder`` names it (process id, host,
+    command, start time). An ``OSError``: waiting, not another option, is the way around it."""
+
+    def __init__(self, message, path, holder):
+        super().__init__(message)
+        self.path, self.holder = path, holder

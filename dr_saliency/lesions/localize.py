@@ -109,19 +109,37 @@ def records_for(results, dataset, *, allow_partial=False):
     """The annotated records to evaluate for a result file, and notes on what is left out.
 
     :func:`match_ids` on the file's complete images; images of an interrupted run that are not
-    complete are left out and counted in the first note.
+    complete are left out and counted in the first note. A file whose last refine run did not
+    finish (its record in the file has no end) holds only part of what the run planned.
 
     Args:
         results: str, result file.
         dataset: the dataset the results were made from.
-        allow_partial: as :func:`match_ids`.
+        allow_partial: as :func:`match_ids`; also evaluate the results of an unfinished run.
 
     Returns:
         (records, notes) as :func:`match_ids`.
+
+    Raises:
+        PartialResultsError: a run that did not finish, without ``allow_partial``.
+        ValueError: as :func:`match_ids`.
     """
     with ResultStore(results) as store:
         ids, incomplete = store.complete_ids(), store.n_incomplete
-    records, notes = match_ids(ids, dataset, allow_partial=allow_partial)
+        unfinished = store.unfinished_runs()
+    if unfinished:
+        last = unfinished[-1]
+        message = (f"the refine run started {last['started']} did not finish: it planned "
+                   f"{last['planned']} images, and {len(ids)} are complete in {results!r} "
+                   "(rerun the same refine command to finish it)")
+        if not allow_partial:
+            raise PartialResultsError("Expected results of finished refine runs (or "
+                                      f"allow_partial=True). Received: {message}", ())
+        notes = [f"Partial results: {message}."]
+    else:
+        notes = []
+    records, more = match_ids(ids, dataset, allow_partial=allow_partial)
+    notes += more
     if incomplete:
         notes.insert(0, f"{incomplete} image(s) of an interrupted run are incomplete and left "
                         f"out; {len(ids)} complete.")

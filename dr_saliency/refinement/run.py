@@ -61,6 +61,9 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
         done = set(store.complete_ids())
         todo = [r for r in records if r.id not in done]
         summary["already_done"] = len(records) - len(todo)
+        # The file records each run; one that never finishes tells the FROC its images are
+        # not all there.
+        run = store.begin_run(len(records), summary["already_done"])
         for first in range(0, len(todo), batch_size):
             batch = []
             for rec in todo[first:first + batch_size]:
@@ -88,7 +91,10 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
                 reasons[result.stop_reason] = reasons.get(result.stop_reason, 0) + 1
                 if on_image:
                     on_image(rec, result, describe(result))
-    summary["seconds"] = time.time() - start
+        summary["seconds"] = time.time() - start
+        store.finish_run(run, {"written": summary["written"],
+                               "not_referable": summary["not_referable"],
+                               "skipped": len(summary["skipped"])})
     return summary
 
 

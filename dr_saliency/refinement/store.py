@@ -71,6 +71,7 @@ Public API::
     read_params(path) -> dict
 """
 
+import datetime
 import io
 import json
 import os
@@ -80,7 +81,9 @@ import urllib.parse
 import h5py
 import numpy as np
 
+from dr_saliency.core.errors import BusyError
 from dr_saliency.core.files import differences
+from dr_saliency.core.locks import describe_holder, lock_file
 from dr_saliency.refinement.result import RefineResult
 
 try:  # POSIX; without it (Windows) stores are not locked against concurrent use
@@ -296,6 +299,10 @@ def _group_name(image_id):
     return "%2E" if name == "." else name
 
 
+def _now():
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
 def _image_id(group_name):
     return urllib.parse.unquote(group_name)
 
@@ -383,6 +390,8 @@ class ResultStore:
         self.mode = mode
         self._journal_path = self.path + JOURNAL_SUFFIX
         self._lock_fd = None
+        self._writer = None  # mode "a": the lock file naming this process
+        self._reset_params = None
         self._h5 = None  # mode "r": the file, open for the store's lifetime
         given = None if params is None else _canonical(params)
         if mode == "r" and not os.path.exists(self.path):
@@ -395,6 +404,8 @@ class ResultStore:
                 self._recover()
             with self._open_read() as f:
                 self._load_index(f, given)
+            if self._reset_params is not None:
+                self._reset(self._reset_params)
             if mode == "r":
                 self._h5 = self._open_read()
         except BaseException:
@@ -419,15 +430,19 @@ class ResultStore:
     def _lock(self):
         if fcntl is None:  # pragma: no cover
             return
-        self._lock_fd = os.open(self.path, os.O_RDONLY)
+        self._lock_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         kind = fcntl.LOCK_EX if self.mode == "a" else fcntl.LOCK_SH
         try:
             fcntl.flock(self._lock_fd, kind | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OSError(
+            holder = describe_holder(self.path + ".lock")
+            raise BusyError(
                 f"Expected a result file no other process is {'using' if self.mode == 'a' else 'writing'}"
-                f". Received: path={self.path!r}, locked by another process (a refine run in "
-                "progress? wait for it to finish)") from None
+                f". Received: path={self.path!r}, in use by {holder} (a refine run in "
+                "progress? wait for it to finish)", self.path, holder) from None
+        if self.mode == "a":
+            # Holds no extra lock (the flock above does): it names this process to others.
+            self._writer = lock_file(self.path, "a result file").__enter__()
 
     def _recover(self):
         """Roll back an interrupted write (needs the exclusive lock and write permission)."""
@@ -458,6 +473,12 @@ class ResultStore:
             raise ValueError(f"Expected a dr_saliency result file (format {FORMAT!r}). "
                              f"Received: path={self.path!r} with format={f.attrs.get('format')!r}")
         self._params = json.loads(f.attrs["params"])
+        self._runs = json.loads(f.attrs.get("runs", "[]"))
+        if given is not None and given != self._params and self.mode == "a" and len(f) == 0:
+            # A file that holds no result (a run that failed before its first image) blocks
+            # nothing: it takes the new parameters.
+            self._reset_params = given
+            return
         if given is not None and given != self._params:
             raise ValueError(
                 "Expected the parameters this result file was made with (refusing to mix results "
@@ -473,11 +494,24 @@ class ResultStore:
                 complete = False
             (self._complete if complete else self._incomplete).add(_image_id(name))
 
+    def _reset(self, params):
+        """Give a file without results new parameters (and an empty run record)."""
+        def body(f):
+            f.attrs["params"] = json.dumps(params, sort_keys=True)
+            f.attrs["runs"] = "[]"
+
+        self._transaction(body, "the new parameters")
+        self._params, self._runs = params, []
+        self._complete, self._incomplete = set(), set()
+
     def close(self):
         """Close the file and release the lock (idempotent)."""
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -555,34 +589,43 @@ class ResultStore:
         k, h, w = maps.shape
         gzip = dict(compression="gzip", compression_opts=_GZIP_LEVEL)
 
+        def body(f):
+            if name in f:
+                del f[name]
+            g = f.create_group(name)
+            g.create_dataset("maps", data=stored_maps, chunks=(1, h, w), shuffle=True, **gzip)
+            g.create_dataset("map_scales", data=scales)
+            g.create_dataset("masks", data=masks, chunks=(1, h, w), **gzip)
+            g.create_dataset("predictions", data=predictions)
+            g.create_dataset("final_map", data=(final_map / final_scale).astype(np.float16),
+                             shuffle=True, **gzip)
+            g["final_map"].attrs["scale"] = final_scale
+            if images is not None:
+                g.create_dataset("images", data=images, chunks=(1, h, w, 3), **gzip)
+            g.attrs["image_id"] = image_id
+            g.attrs["stop_reason"] = result.stop_reason
+            g.attrs["iterations"] = int(result.iterations)
+            g.attrs["params"] = group_params
+            f.flush()
+            # Written last: with the journal it is belt and braces, but it keeps "complete"
+            # meaningful for any file written without one.
+            g.attrs["complete"] = True
+
+        self._transaction(body, f"the result of {image_id!r}")
+        self._complete.add(image_id)
+        self._incomplete.discard(image_id)
+
+    def _transaction(self, body, what):
+        """Run ``body(h5file)`` as one crash-safe transaction (see the module docstring)."""
         journaled = None
         try:
             journaled = _JournaledFile(self.path, self._journal_path)
             with h5py.File(journaled, "r+") as f:
-                if name in f:
-                    del f[name]
-                g = f.create_group(name)
-                g.create_dataset("maps", data=stored_maps, chunks=(1, h, w), shuffle=True, **gzip)
-                g.create_dataset("map_scales", data=scales)
-                g.create_dataset("masks", data=masks, chunks=(1, h, w), **gzip)
-                g.create_dataset("predictions", data=predictions)
-                g.create_dataset("final_map", data=(final_map / final_scale).astype(np.float16),
-                                 shuffle=True, **gzip)
-                g["final_map"].attrs["scale"] = final_scale
-                if images is not None:
-                    g.create_dataset("images", data=images, chunks=(1, h, w, 3), **gzip)
-                g.attrs["image_id"] = image_id
-                g.attrs["stop_reason"] = result.stop_reason
-                g.attrs["iterations"] = int(result.iterations)
-                g.attrs["params"] = group_params
-                f.flush()
-                # Written last: with the journal it is belt and braces, but it keeps "complete"
-                # meaningful for any file written without one.
-                g.attrs["complete"] = True
+                body(f)
             # h5py.File.close() has flushed all HDF5 metadata through the journaled file, unless
             # a write failed during the close (h5py only prints those).
             if journaled.error is not None:
-                raise OSError(f"Expected to write the result of {image_id!r}. Received: "
+                raise OSError(f"Expected to write {what}. Received: "
                               f"{type(journaled.error).__name__}: {journaled.error} "
                               f"(path={self.path!r}; the file was rolled back)") from journaled.error
         except BaseException:
@@ -593,8 +636,38 @@ class ResultStore:
             raise
         journaled.close_files()
         os.remove(self._journal_path)  # the commit point
-        self._complete.add(image_id)
-        self._incomplete.discard(image_id)
+
+    # --- the record of the refine runs that wrote the file
+
+    @property
+    def runs(self):
+        """The refine runs that wrote this file, oldest first: list of dicts with ``started``
+        (ISO time), ``planned`` (images the run set out to do), ``done`` (images already complete
+        when it started) and, once it finished, ``finished`` (ISO time) and its counts."""
+        return [dict(r) for r in self._runs]
+
+    def unfinished_runs(self):
+        """The recorded runs that never finished (interrupted, or failed), as :attr:`runs`."""
+        return [dict(r) for r in self._runs if "finished" not in r]
+
+    def begin_run(self, planned, done=0):
+        """Record that a run starts with ``planned`` images to do; returns its index."""
+        if self.mode != "a":
+            raise ValueError(f"Expected a store opened with mode='a'. Received: mode={self.mode!r}")
+        entry = {"started": _now(), "planned": int(planned), "done": int(done)}
+        self._set_runs(self._runs + [entry])
+        return len(self._runs) - 1
+
+    def finish_run(self, index, counts):
+        """Mark run ``index`` finished, with its ``counts`` (dict of JSON-ready numbers)."""
+        runs = [dict(r) for r in self._runs]
+        runs[index].update(counts, finished=_now())
+        self._set_runs(runs)
+
+    def _set_runs(self, runs):
+        text = json.dumps(runs, sort_keys=True, default=_json_default)
+        self._transaction(lambda f: f.attrs.__setitem__("runs", text), "the run record")
+        self._runs = runs
 
     # --- reading
 
