@@ -14,7 +14,8 @@ from dr_saliency.grader import model as model_lib
 from dr_saliency.grader import train as train_lib
 from dr_saliency.grader import config as train_config
 from dr_saliency.grader.config import TrainConfig
-from dr_saliency.core.errors import BadImageError, EmptySplitError, OutOfMemoryError, RunExistsError
+from dr_saliency.core.errors import (BadImageError, BusyError, EmptySplitError, OutOfMemoryError,
+                                    ProvenanceError, RunExistsError)
 from dr_saliency.fundus.datasets import open_dataset, select_records
 from dr_saliency.fundus.datasets.folder import write_labels, write_sample
 
@@ -295,3 +296,63 @@ def test_profiles_are_valid_configs_and_reference_is_the_papers_input_size():
 
     assert DEMO_PROFILES["reference"]["size"] == reference.input_size
     assert DEMO_PROFILES["reference"]["train"] is train_config.REFERENCE_PROFILE
+
+
+@pytest.mark.slow
+def test_a_run_stopped_before_its_first_checkpoint_is_no_dead_end(tiny_data, tmp_path,
+                                                                  monkeypatch):
+    run = str(tmp_path / "run")
+    config = TrainConfig(**dict(TINY, epochs=1))
+
+    class Killed(train_lib.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise KeyboardInterrupt  # as Ctrl-C during epoch 1
+
+    with monkeypatch.context() as patch:
+        # Stopped during epoch 1: config.json and split.json are written, no checkpoint.
+        patch.setattr(train_lib, "EpochEnd", lambda *args, **kwargs: Killed())
+        with pytest.raises(KeyboardInterrupt):
+            train_lib.train(open_dataset(tiny_data), run, config, verbose=0)
+    assert os.path.isfile(os.path.join(run, "config.json"))
+    assert not os.path.isfile(os.path.join(run, "last.weights.h5"))
+    # The same command starts it afresh; --resume starts it from its own config.json.
+    resumed = train_lib.train(open_dataset(tiny_data), run, resume=True, verbose=0)
+    assert resumed["epochs"] == 1 and train_lib.read_log(run)["epoch"] == [0.0]
+    again = str(tmp_path / "again")
+    os.makedirs(again)
+    with open(os.path.join(again, "config.json"), "w") as f:
+        f.write(open(os.path.join(run, "config.json")).read())
+    summary = train_lib.train(open_dataset(tiny_data), again, config, verbose=0)
+    assert summary["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_split_and_refuses_other_data(tiny_data, tmp_path):
+    run = str(tmp_path / "run")
+    config = TrainConfig(**dict(TINY, epochs=1))
+    train_lib.train(open_dataset(tiny_data), run, config, verbose=0)
+    recorded = json.load(open(os.path.join(run, "config.json")))
+    assert len(recorded["data_fingerprint"]) == 64
+    split = json.load(open(os.path.join(run, "split.json")))
+    # Another dataset (same ids, other pictures): refused by name, unless forced.
+    other = make_folder(tmp_path / "other", seed=7)
+    with pytest.raises(ProvenanceError, match=r"Expected the dataset this run was trained on.*"
+                                              r"fingerprint .* differs from the run's"):
+        train_lib.train(open_dataset(other), run, resume=True, verbose=0)
+    # The stored split is reused, not recomputed (here: a different val_fraction cannot move it).
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump(dict(recorded, config=dict(recorded["config"], val_fraction=0.5, epochs=2)), f)
+    summary = train_lib.train(open_dataset(tiny_data), run, resume=True, verbose=0)
+    assert summary["n_train"] == len(split["train"]) and summary["n_val"] == len(split["val"])
+    assert json.load(open(os.path.join(run, "split.json"))) == split
+
+
+def test_a_second_train_on_one_run_folder_is_refused(tiny_data, tmp_path):
+    from dr_saliency.core.locks import lock_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with lock_folder(str(run), "a training run"):
+        with pytest.raises(BusyError, match=rf"no other process is writing.*process "
+                                            rf"{os.getpid()} on "):
+            train_lib.train(open_dataset(tiny_data), str(run), TrainConfig(**TINY), verbose=0)

@@ -116,13 +116,15 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
 
     def refine_step():
         from dr_saliency.app import wiring
-        from dr_saliency.fundus.datasets import open_dataset, select_records
+        from dr_saliency.fundus.datasets import dataset_fingerprint, open_dataset, select_records
 
-        records = select_records(open_dataset(paths["data"]), split="test")
+        dataset = open_dataset(paths["data"])
+        records = select_records(dataset, split="test")
         update = progress("refine", len(records))
         summary = wiring.refine_run(paths["model"], records, paths["results"],
                                     batch_size=p["refine_batch"], only_referable=True,
-                                    on_image=lambda rec, res, msg: update(1))
+                                    on_image=lambda rec, res, msg: update(1),
+                                    data_fingerprint=dataset_fingerprint(dataset))
         write_json(os.path.join(out, "refine.done.json"), summary, default=str)
         return (f"{summary['written'] + summary['already_done']} referable test images refined "
                 f"({summary['not_referable']} not referable); stop reasons {summary['stop_reasons']}")
@@ -160,11 +162,19 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
 def run_steps(out, steps, *, on_step=None):
     """Run each step whose ``done_file`` is missing; time them into ``out/timings.json``.
 
+    A step skipped as already done keeps the time an earlier run recorded for it. A step whose
+    ``done_file`` appears although the step was interrupted afterwards (Ctrl-C while it closes)
+    is timed all the same, since a rerun skips it.
+
     Returns:
-        dict step name -> seconds (of this run and earlier ones).
+        dict step name -> seconds, every step of ``steps`` in order (None for one done without
+        a recorded time, e.g. by a ``dr-saliency`` command into the folder), then the other
+        steps timings.json holds.
     """
     os.makedirs(out, exist_ok=True)
-    timings = read_json(os.path.join(out, "timings.json")) or {}
+    path = os.path.join(out, "timings.json")
+    recorded = read_json(path) or {}
+    timings = dict(recorded) if isinstance(recorded, dict) else {}
     for step in steps:
         if os.path.isfile(step.done_file):
             if on_step:
@@ -173,9 +183,18 @@ def run_steps(out, steps, *, on_step=None):
         if on_step:
             on_step(step.name, "start", None, "")
         start = time.time()
-        message = step.run()
+        try:
+            message = step.run()
+        except BaseException:
+            # Stopped once its output was complete: a rerun skips the step, so time it now.
+            if os.path.isfile(step.done_file):
+                timings[step.name] = time.time() - start
+                write_json(path, timings)
+            raise
         timings[step.name] = time.time() - start
-        write_json(os.path.join(out, "timings.json"), timings)
+        write_json(path, timings)
         if on_step:
             on_step(step.name, "done", timings[step.name], message)
-    return timings
+    ordered = {step.name: timings.get(step.name) for step in steps}
+    ordered.update((name, seconds) for name, seconds in timings.items() if name not in ordered)
+    return ordered

@@ -9,6 +9,7 @@ TensorFlow is imported inside :func:`refine_run` only, where a model is loaded.
 
 import os
 
+from dr_saliency.core.files import file_sha256
 from dr_saliency.explain.options import DEFAULT_BATCH_SIZE, Explanation
 from dr_saliency.lesions import localize, reports
 from dr_saliency.refinement.loop import run_params
@@ -42,7 +43,9 @@ def load_refiner(model_path, out, *, explanation=None, batch_size=DEFAULT_BATCH_
 
     Returns:
         dict with ``explain`` and ``predict`` (callables), ``size`` (the model's input side) and
-        ``params`` (what a result file records of the model, the explanation and the precision).
+        ``params`` (what a result file records of the model: its path relative to ``out`` and
+        its SHA-256, so that another model copied over the same path is not mixed in; the
+        explanation and the precision).
     """
     explanation = Explanation() if explanation is None else explanation
     if not isinstance(explanation, Explanation):
@@ -59,13 +62,14 @@ def load_refiner(model_path, out, *, explanation=None, batch_size=DEFAULT_BATCH_
     extra = {} if precision == "fp32" else {"precision": precision}
     return {"explain": explain, "predict": make_predictor(net, batch_size=batch_size),
             "size": int(net.input_shape[1]),
-            "params": {"model": model_reference(model_path, out), **explanation.to_params(),
+            "params": {"model": model_reference(model_path, out),
+                       "model_sha256": file_sha256(model_path), **explanation.to_params(),
                        **extra}}
 
 
 def refine_run(model_path, records, out, *, explanation=None, config=None, erase=None,
                batch_size=DEFAULT_BATCH_SIZE, keep_images=False, only_referable=False,
-               skip_bad=False, on_image=None, precision="fp32"):
+               skip_bad=False, on_image=None, precision="fp32", data_fingerprint=None):
     """Refine ``records`` with the grader in ``model_path`` into the result file ``out``.
 
     Args:
@@ -80,6 +84,10 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
         keep_images, only_referable, skip_bad, on_image: as
             :func:`dr_saliency.refinement.run.refine_dataset`.
         precision: as :func:`load_refiner`.
+        data_fingerprint: optional str, the dataset's fingerprint
+            (:func:`dr_saliency.fundus.datasets.dataset_fingerprint`), recorded as ``params["data"]``
+            so that results of another dataset are not appended and ``froc``/``figures`` can
+            check the dataset they are given.
 
     Returns:
         the summary dict of :func:`~dr_saliency.refinement.run.refine_dataset`.
@@ -87,9 +95,12 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
     run_params(config, erase)  # bad settings fail now, before the model is loaded
     grader = load_refiner(model_path, out, explanation=explanation, batch_size=batch_size,
                           precision=precision)
+    params = dict(grader["params"])
+    if data_fingerprint is not None:
+        params["data"] = data_fingerprint
     return refine_dataset(
         records, out, explain=grader["explain"], predict=grader["predict"], erase=erase,
-        config=config, size=grader["size"], params=grader["params"], batch_size=batch_size,
+        config=config, size=grader["size"], params=params, batch_size=batch_size,
         keep_images=keep_images, only_referable=only_referable, skip_bad=skip_bad,
         on_image=on_image)
 

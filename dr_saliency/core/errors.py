@@ -5,7 +5,7 @@ carry the facts, and the message names the library's keyword, never a command-li
 command line (:mod:`dr_saliency.app.cli`) turns each into the advice its own flags give.
 """
 
-__all__ = ["BadImageError", "BusyError", "EmptySplitError", "FolderInUseError", "ImageSizeError",
+__all__ = ["BadImageError", "BusyError", "EmptySplitError", "ProvenanceError", "FolderInUseError", "ImageSizeError",
            "NoValidationError", "OutOfMemoryError", "PartialResultsError", "RunExistsError"]
 
 
@@ -81,3 +81,12 @@ class BusyError(OSError):
     def __init__(self, message, path, holder):
         super().__init__(message)
         self.path, self.holder = path, holder
+
+
+class ProvenanceError(ValueError):
+    """An output was made from other inputs than those given (another dataset, another model);
+    ``differences`` names what differs. ``force=True`` uses it anyway where that makes sense."""
+
+    def __init__(self, message, differences=()):
+        super().__init__(message)
+        self.differences = tuple(differences)

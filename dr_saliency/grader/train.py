@@ -22,13 +22,16 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 
 import numpy as np
 
 from dr_saliency.core.files import write_json
-from dr_saliency.core.errors import BadImageError, NoValidationError, OutOfMemoryError, RunExistsError
+from dr_saliency.core.errors import (BadImageError, ImageSizeError, NoValidationError,
+                                     OutOfMemoryError, ProvenanceError, RunExistsError)
+from dr_saliency.core.locks import lock_folder
 from dr_saliency.grader import metrics as metrics_lib
 from dr_saliency.grader import model as model_lib
 from dr_saliency.core._tf import keras, tf
@@ -84,41 +87,52 @@ def split_records(records, *, val_fraction=0.15, seed=0):
     return train, val
 
 
-def check_files(records, *, skip_bad=False, on_progress=None):
-    """Decode every image once before training, so a bad file fails now and by name.
+def check_files(records, *, skip_bad=False, on_progress=None, size=None):
+    """Decode every image once before training or grading, so a bad file fails now and by name.
 
     Args:
-        records: sequence of records with ``image_path``.
-        skip_bad: bool, drop unreadable images instead of failing.
+        records: sequence of records with ``id`` and ``image_path``.
+        skip_bad: bool, drop unreadable (or wrongly sized) images instead of failing.
         on_progress: optional callable(k) called as images are checked.
+        size: optional int, the side every image must have (the model's input, for grading:
+            an image of another size would be resized silently and graded on other pixels
+            than it was trained on). None: any size (training resizes).
 
     Returns:
-        (good_records, bad) where bad is a list of (path, message).
+        (good_records, bad) where bad is a list of (path, message), in record order.
 
     Raises:
-        ValueError: for the first bad file when ``skip_bad`` is False.
+        BadImageError: for the first unreadable file when ``skip_bad`` is False.
+        ImageSizeError: for the first image whose size is not ``size`` x ``size`` when
+            ``skip_bad`` is False.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     def check(rec):
+        # (message, is a size problem) or None.
         try:
-            read_image(rec.image_path)
-            return None
+            shape = read_image(rec.image_path).shape
         except ValueError as exc:
-            return str(exc)
+            return str(exc), False
+        if size is not None and shape[:2] != (size, size):
+            return (f"Expected a {size}x{size} image (the model's input). Received: "
+                    f"{rec.image_path} of {shape[1]}x{shape[0]}"), True
+        return None
 
     good, bad = [], []
     # OpenCV releases the GIL while decoding, so threads decode in parallel.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for rec, error in zip(records, pool.map(check, records)):
+        for rec, problem in zip(records, pool.map(check, records)):
             if on_progress:
                 on_progress(1)
-            if error is None:
+            if problem is None:
                 good.append(rec)
             elif skip_bad:
-                bad.append((rec.image_path, error))
+                bad.append((rec.image_path, problem[0]))
+            elif problem[1]:
+                raise ImageSizeError(rec.id, problem[0], size)
             else:
-                raise BadImageError(rec.id, error)
+                raise BadImageError(rec.id, problem[0])
     return good, bad
 
 
@@ -214,18 +228,52 @@ def make_dataset(records, config, *, training, seed=0):
 def predict_records(model, records, *, batch_size=16):
     """Predicted stage of every record (in order), decoding and resizing as training does.
 
+    Run :func:`check_files` first to have unreadable files named before any prediction; a file
+    OpenCV reads but TensorFlow cannot (e.g. corrupt JPEG data that libjpeg only warns about)
+    is still named here, after the pipeline fails.
+
     Args:
         model: keras.Model from :func:`dr_saliency.grader.model.build_model` (or a loaded ``model.h5``).
-        records: sequence of records with ``image_path``.
-        batch_size: int.
+        records: sequence of records with ``id`` and ``image_path``.
+        batch_size: int >= 1.
 
     Returns:
         (N,) float32 predictions.
+
+    Raises:
+        ValueError: for a batch size below 1.
+        BadImageError: for the first image TensorFlow cannot decode.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"Expected an int batch_size >= 1. Received: batch_size={batch_size!r}")
     size = int(model.input_shape[1])
-    config = TrainConfig(input_size=size, batch_size=batch_size)
+    config = TrainConfig(input_size=size, batch_size=int(batch_size))
     ds = make_dataset(records, config, training=False).map(lambda x, y: x)
-    return model.predict(ds, verbose=0).reshape(-1).astype(np.float32)
+    try:
+        return model.predict(ds, verbose=0).reshape(-1).astype(np.float32)
+    except tf.errors.OpError as exc:
+        # The pipeline's error names neither the file nor the record: decode them one by one
+        # (only on this failure path) to find it.
+        rec, reason = _first_undecodable(records, size)
+        if rec is None:
+            raise
+        raise BadImageError(rec.id, reason) from exc
+
+
+def _first_undecodable(records, size):
+    """The first record the pipeline's decoder fails on, and TensorFlow's reason; (None, None)."""
+    decode = _decoder(np.array([r.image_path for r in records]), size)
+    for rec in records:
+        try:
+            decode(tf.constant(rec.image_path))
+        except (tf.errors.OpError, ValueError) as exc:
+            # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name: "
+            reason = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
+            reason = re.sub(r"\s*\[Op:.*$", "", re.sub(r"^\{\{.*?\}\}\s*", "", reason))
+            return rec, (f"TensorFlow could not decode the image file ({reason}). "
+                         f"Received: path={rec.image_path!r}")
+    return None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,7 +440,7 @@ def is_run_dir(path):
     return all(os.path.isfile(os.path.join(path, f)) for f in RUN_FILES)
 
 
-def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False,
+def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, force=False,
           data_path=None, on_epoch=None, on_check=None, verbose=None):
     """Train (or resume training of) the grader on a dataset; write the run folder.
 
@@ -401,10 +449,14 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False,
             ``image_path``, ``grade``, ``split``).
         run_dir: str, the run folder (created; must not already hold a run unless resuming).
         config: TrainConfig (ignored when resuming: the run's own config.json is used).
-        resume: bool, continue the run in ``run_dir`` from its last finished epoch.
+        resume: bool, continue the run in ``run_dir`` from its last finished epoch (from epoch 0
+            with its own config.json when it was stopped before its first checkpoint), on the
+            split it recorded in split.json.
         skip_bad: bool, skip unreadable images (reported) instead of failing. Every image is
             decoded once before training, so a bad file fails at once, by name, not mid-epoch.
-        data_path: optional str recorded in config.json (the CLI passes the DATA argument).
+        force: resume on a dataset whose fingerprint differs from the run's.
+        data_path: optional str recorded in config.json (the CLI passes the DATA argument) with
+            the dataset's fingerprint (:func:`dr_saliency.fundus.datasets.dataset_fingerprint`).
         on_epoch: optional callable(epoch, metrics dict) after each epoch.
         on_check: optional callable(k) while image files are checked.
         verbose: Keras fit verbosity (None: progress bar on a terminal, one line per epoch
@@ -414,29 +466,67 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False,
         dict summary: ``epochs`` done, ``best_kappa``, ``best_epoch``, ``skipped`` files,
         ``seconds``, ``model_path``, ``n_train``, ``n_val``.
 
+    The run folder is locked while training (:mod:`dr_saliency.core.locks`): a second train on
+    it is refused, naming the first.
+
     Raises:
         ValueError: for a bad config, a folder that already holds a run (without ``resume``) or
-            is not a run (with ``resume``), unusable data, or an out-of-memory batch size.
+            is not a run (with ``resume``), another dataset on resume (``ProvenanceError``),
+            unusable data, or an out-of-memory batch size.
+        BusyError: another process is training in the folder.
     """
     run_dir = os.fspath(run_dir)
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"Expected a run folder. Received: run_dir={run_dir!r}, a file")
+    config_path = os.path.join(run_dir, "config.json")
+    if resume and not os.path.isfile(config_path):
+        raise ValueError("Expected a training run folder (with config.json) to resume. "
+                         f"Received: run_dir={run_dir!r}")
+    os.makedirs(run_dir, exist_ok=True)
+    with lock_folder(run_dir, "a training run"):
+        return _train(dataset, run_dir, config, resume=resume, skip_bad=skip_bad, force=force,
+                      data_path=data_path, on_epoch=on_epoch, on_check=on_check,
+                      verbose=verbose)
+
+
+def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_epoch, on_check,
+           verbose):
+    """:func:`train` with the run folder locked."""
+    from dr_saliency.fundus.datasets import dataset_fingerprint
+
+    config_path = os.path.join(run_dir, "config.json")
+    started = os.path.isfile(os.path.join(run_dir, "last.weights.h5"))
+    saved = None
     if resume:
-        if not is_run_dir(run_dir):
-            raise ValueError("Expected a training run folder (with config.json and "
-                             f"last.weights.h5) to resume. Received: run_dir={run_dir!r}")
-        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+        with open(config_path, encoding="utf-8") as f:
             saved = json.load(f)
         config = TrainConfig(**saved["config"])
     else:
         config = config or TrainConfig()
-        if os.path.exists(os.path.join(run_dir, "config.json")):
+        if started:
             raise RunExistsError("Expected a folder without a training run (or resume=True to "
                                  f"continue it). Received: run_dir={run_dir!r}", run_dir)
+        # A folder with config.json but no checkpoint was interrupted before its first epoch
+        # ended: nothing was trained, so it is started afresh with this config.
     config.validate()
+    fingerprint = dataset_fingerprint(dataset)
+    if saved is not None and saved.get("data_fingerprint") not in (None, fingerprint) and not force:
+        raise ProvenanceError(
+            "Expected the dataset this run was trained on (or force=True). Received: a dataset "
+            f"whose fingerprint {fingerprint[:12]} differs from the run's "
+            f"{saved['data_fingerprint'][:12]} (the run's data: {saved.get('data')!r})",
+            ["data"])
 
     graded = [r for r in dataset if r.grade is not None]
     bad = []
     graded, bad = check_files(graded, skip_bad=skip_bad, on_progress=on_check)
-    train_recs, val_recs = split_records(graded, val_fraction=config.val_fraction, seed=config.seed)
+    split_path = os.path.join(run_dir, "split.json")
+    if resume and os.path.isfile(split_path):
+        # The split is made once and kept: a resumed run trains and validates on the same images.
+        train_recs, val_recs = _stored_split(split_path, graded, {r.id for r in dataset})
+    else:
+        train_recs, val_recs = split_records(graded, val_fraction=config.val_fraction,
+                                             seed=config.seed)
     val_labels = [r.grade for r in val_recs]
     if not any(g >= metrics_lib.REFERABLE_STAGE for g in val_labels):
         print("Note: the validation split has no referable image (stage >= 2): its AUC is "
@@ -444,13 +534,15 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False,
 
     strategy = get_strategy(config.strategy)
     steps = config.steps_per_epoch or max(1, len(train_recs) // config.batch_size)
-    os.makedirs(run_dir, exist_ok=True)
-    if not resume:
-        write_json(os.path.join(run_dir, "config.json"),
-                    {"config": dataclasses.asdict(config), "data": data_path,
-                     "n_train": len(train_recs), "n_val": len(val_recs)})
-        write_json(os.path.join(run_dir, "split.json"),
-                    {"train": [r.id for r in train_recs], "val": [r.id for r in val_recs]})
+    if not (resume and saved is not None):
+        write_json(config_path,
+                   {"config": dataclasses.asdict(config), "data": data_path,
+                    "data_fingerprint": fingerprint,
+                    "n_train": len(train_recs), "n_val": len(val_recs)})
+    if not (resume and os.path.isfile(split_path)):
+        write_json(split_path,
+                   {"train": [r.id for r in train_recs], "val": [r.id for r in val_recs]})
+    resume = started  # without a checkpoint, a resumed run starts at epoch 0
 
     net = build_compiled(config, steps, strategy)
     initial_epoch, best_kappa = 0, None
@@ -489,6 +581,20 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False,
     return {"epochs": config.epochs, "best_kappa": best_meta["metrics"].get("val_kappa"),
             "best_epoch": best_meta["epoch"], "skipped": bad, "seconds": seconds,
             "model_path": model_path, "n_train": len(train_recs), "n_val": len(val_recs)}
+
+
+def _stored_split(path, graded, all_ids):
+    """The (train, val) records of a run's split.json among the dataset's usable records
+    ``graded``; an id not in the dataset at all (``all_ids``) is an error."""
+    with open(path, encoding="utf-8") as f:
+        split = json.load(f)
+    by_id = {r.id: r for r in graded}
+    missing = [i for i in split["train"] + split["val"] if i not in all_ids]
+    if missing:
+        raise ProvenanceError("Expected every image of the run's split in the dataset. Received: "
+                              f"{len(missing)} missing, e.g. {missing[:3]}", ["split"])
+    return ([by_id[i] for i in split["train"] if i in by_id],
+            [by_id[i] for i in split["val"] if i in by_id])
 
 
 def write_curves(run_dir):

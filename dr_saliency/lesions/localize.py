@@ -17,7 +17,7 @@ import numpy as np
 from dr_saliency.lesions import candidates as cand_lib
 from dr_saliency.lesions import froc as froc_lib
 from dr_saliency.fundus.datasets.base import LESION_TYPES
-from dr_saliency.core.errors import PartialResultsError
+from dr_saliency.core.errors import PartialResultsError, ProvenanceError
 from dr_saliency.core.maps import Combination
 from dr_saliency.refinement.store import ResultStore
 
@@ -105,7 +105,7 @@ def match_ids(store_ids, dataset, *, allow_partial=False):
     return records, notes
 
 
-def records_for(results, dataset, *, allow_partial=False):
+def records_for(results, dataset, *, allow_partial=False, force=False):
     """The annotated records to evaluate for a result file, and notes on what is left out.
 
     :func:`match_ids` on the file's complete images; images of an interrupted run that are not
@@ -116,17 +116,21 @@ def records_for(results, dataset, *, allow_partial=False):
         results: str, result file.
         dataset: the dataset the results were made from.
         allow_partial: as :func:`match_ids`; also evaluate the results of an unfinished run.
+        force: evaluate against a dataset whose fingerprint differs from the one the results
+            were made from (recorded as ``params["data"]`` by refine runs that know it).
 
     Returns:
         (records, notes) as :func:`match_ids`.
 
     Raises:
+        ProvenanceError: another dataset than the results', without ``force``.
         PartialResultsError: a run that did not finish, without ``allow_partial``.
         ValueError: as :func:`match_ids`.
     """
     with ResultStore(results) as store:
         ids, incomplete = store.complete_ids(), store.n_incomplete
-        unfinished = store.unfinished_runs()
+        unfinished, made_from = store.unfinished_runs(), store.params.get("data")
+    check_dataset(made_from, dataset, results, force=force)
     if unfinished:
         last = unfinished[-1]
         message = (f"the refine run started {last['started']} did not finish: it planned "
@@ -144,6 +148,21 @@ def records_for(results, dataset, *, allow_partial=False):
         notes.insert(0, f"{incomplete} image(s) of an interrupted run are incomplete and left "
                         f"out; {len(ids)} complete.")
     return records, notes
+
+
+def check_dataset(made_from, dataset, results, *, force=False):
+    """Refuse a dataset whose fingerprint differs from ``made_from`` (a result file's
+    ``params["data"]``; None: not recorded, nothing to check) unless ``force``."""
+    from dr_saliency.fundus.datasets import dataset_fingerprint
+
+    if made_from is None or force:
+        return
+    given = dataset_fingerprint(dataset)
+    if given != made_from:
+        raise ProvenanceError(
+            f"Expected the dataset {results!r} was made from (or force=True). Received: a "
+            f"dataset whose fingerprint {given[:12]} differs from the results' {made_from[:12]}",
+            ["data"])
 
 
 def _shown(ids, limit=8):

@@ -6,16 +6,21 @@ shows exactly what the network saw. No TensorFlow.
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
 
+from dr_saliency.core.files import read_json, write_figure, write_json
 from dr_saliency.lesions import candidates as cand_lib
 from dr_saliency.refinement.erase import Eraser
 from dr_saliency.figures import plots
-from dr_saliency.lesions.localize import lesion_union
+from dr_saliency.lesions.localize import check_dataset, lesion_union
 from dr_saliency.refinement.store import ResultStore
+
+#: Written last into a figures folder: the chosen ids and the figure files (its presence means
+#: the folder is complete; the next call into the folder removes what it lists and does not
+#: rewrite).
+DONE_FILE = "done.json"
 
 
 def replay_images(image, result, fov=None):
@@ -73,7 +78,8 @@ def pick_examples(store, records, n_rows, stages=(3, 4)):
     return [t[3] for t in scored[:n_rows]]
 
 
-def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("png", "pdf")):
+def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("png", "pdf"),
+                  force=False):
     """Write Figure-1 style panels and one iteration strip per chosen image.
 
     Args:
@@ -83,17 +89,25 @@ def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("pn
         ids: optional list of ids; default: :func:`pick_examples`.
         n_rows: images in the panel figure when picking automatically.
         formats: figure formats.
+        force: draw on a dataset whose fingerprint differs from the one the results were made
+            from (:func:`dr_saliency.lesions.localize.check_dataset`).
+
+    An earlier call into ``out_dir`` listed its figures in ``done.json``: those this call does
+    not rewrite (strips of images not chosen now, formats not asked for now) are removed first,
+    so the folder shows this call's figures only. Files it did not write are never touched.
 
     Returns:
-        list of str paths written (the last is ``done.json`` listing the chosen ids).
+        list of str paths written (the last is ``done.json`` listing the chosen ids and files).
 
     Raises:
-        ValueError: for ids not complete in the results or not in the dataset.
+        ValueError: for ids not complete in the results or not in the dataset, or another
+            dataset than the results' (``ProvenanceError``) without ``force``.
     """
     os.makedirs(out_dir, exist_ok=True)
     by_id = {r.id: r for r in dataset}
     written = []
     with ResultStore(results) as store:
+        check_dataset(store.params.get("data"), dataset, results, force=force)
         complete = set(store.complete_ids())
         if ids:
             missing = [i for i in ids if i not in complete or i not in by_id]
@@ -107,6 +121,9 @@ def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("pn
                       else [by_id[i] for i in sorted(complete) if i in by_id][:n_rows])
         if not chosen:
             raise ValueError("Expected complete results for images of the dataset. Received: none")
+        # Only once the choice is valid: a refused call leaves the earlier figures in place.
+        _remove_stale(out_dir, [f"iterations_{r.id}" for r in chosen] + ["figure1_panels"],
+                      formats)
         rows = []
         for rec in chosen:
             result = store.read(rec.id)
@@ -123,10 +140,34 @@ def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("pn
             written += _save(strip, os.path.join(out_dir, f"iterations_{rec.id}"), formats)
         written += _save(plots.heatmap_panels(rows), os.path.join(out_dir, "figure1_panels"),
                          formats)
-    done = os.path.join(out_dir, "done.json")
-    with open(done, "w", encoding="utf-8") as f:
-        json.dump({"ids": [r.id for r in chosen], "files": written}, f, indent=2)
+    done = os.path.join(out_dir, DONE_FILE)
+    write_json(done, {"ids": [r.id for r in chosen], "files": written})
     return written + [done]
+
+
+def _figure_name(name):
+    # The names write_figures gives: iterations_<id>.<format> and figure1_panels.<format>.
+    stem = os.path.splitext(name)[0]
+    return stem == "figure1_panels" or stem.startswith("iterations_")
+
+
+def _remove_stale(out_dir, stems, formats):
+    """Remove the figures an earlier call listed in ``out_dir/done.json`` that this call (figure
+    ``stems`` in ``formats``) will not rewrite, and that done.json, which no longer holds."""
+    done = os.path.join(out_dir, DONE_FILE)
+    try:
+        listed = read_json(done, {}).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        listed = []  # an unreadable done.json names nothing that can be removed safely
+    keep = {f"{stem}.{fmt}" for stem in stems for fmt in formats}
+    # By name inside out_dir: the listed paths may be relative to another working directory.
+    names = {os.path.basename(str(p)) for p in listed if isinstance(p, str)}
+    if os.path.isfile(done):
+        os.remove(done)
+    for name in sorted(names - keep):
+        path = os.path.join(out_dir, name)
+        if _figure_name(name) and os.path.isfile(path):
+            os.remove(path)
 
 
 def _with_images(result, images):
@@ -137,6 +178,6 @@ def _save(fig, stem, formats):
     paths = []
     for fmt in formats:
         path = f"{stem}.{fmt}"
-        fig.savefig(path, dpi=200)
+        write_figure(fig, path, dpi=200)
         paths.append(path)
     return paths

@@ -94,13 +94,26 @@ def summary_table(report):
     return _table_from_rows(summary_rows(report))
 
 
+def _timing_line(timings):
+    """REPORT.md's line of step times (``- Time per step (s): synth 3, train 95, ...; total
+    130 s.``), every step listed; a step done without a recorded time (None) shows as "not
+    timed" and is left out of the total."""
+    untimed = [k for k, v in timings.items() if v is None]
+    total = sum(v for v in timings.values() if v is not None)
+    shown = ", ".join(f"{k} {v:.0f}" if v is not None else f"{k} not timed"
+                      for k, v in timings.items())
+    return (f"- Time per step (s): {shown}; total {total:.0f} s"
+            + (f" (without {', '.join(untimed)})" if untimed else "") + ".")
+
+
 def write_demo_report(out, *, profile, timings):
     """Write ``REPORT.md`` of a demo folder from the files its steps wrote.
 
     Args:
         out: str, the demo folder (see :func:`dr_saliency.app.demo.run_demo`).
         profile: str, the demo profile.
-        timings: dict step -> seconds (steps run in this or an earlier invocation).
+        timings: dict step -> seconds (steps run in this or an earlier invocation), in step
+            order; None for a step done without a recorded time. Every step is listed.
 
     Returns:
         str, the path of REPORT.md.
@@ -138,8 +151,7 @@ def write_demo_report(out, *, profile, timings):
         lines += [f"- Refinement: {refine['written'] + refine['already_done']} referable test "
                   f"images, stop reasons {refine['stop_reasons']}; "
                   f"{refine['not_referable']} test images graded non-referable were not refined."]
-    lines += [f"- Time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
-              + f"; total {sum(timings.values()):.0f} s.", ""]
+    lines += [_timing_line(timings), ""]
     if metrics:
         lines += ["## Lesion-level FROC, s_0 against S", "",
                   "Score: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 false positives per image; "

@@ -22,6 +22,11 @@ LESION_TYPES = ("MA", "HE", "EX", "SE")
 GRADES = range(0, 5)
 """Diabetic-retinopathy stages 0 (none) to 4 (proliferative), as Kaggle's ``level``."""
 
+SPLIT_VALUES = ("train", "val", "test", "test_public", "test_private")
+"""Values a ``split`` column of a label file may hold (an empty cell: no split): ``train``,
+``val``, ``test``, and EyePACS's two halves of its test set (Kaggle's public and private
+leaderboards), which preprocessing an EyePACS download keeps."""
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm")
 """Suffixes taken as image files (any case); where one stem has several, the first listed wins."""
 
@@ -407,6 +412,31 @@ def parse_grade(text, *, path, line, column, allow_empty=True):
         raise ValueError(f"Expected a grade 0-4 in {path} at line {line}. "
                          f"Received: {column.strip()}={text!r}")
     return int(value)
+
+
+def parse_split(text, *, path, line, image):
+    """Parse a split cell.
+
+    Args:
+        text: str, the cell (stripped); empty means no split.
+        path: str, the file, for the message.
+        line: int, the line number, for the message.
+        image: str, the row's image name, for the message.
+
+    Returns:
+        str, one of :data:`SPLIT_VALUES`, or None.
+
+    Raises:
+        ValueError: for any other value, naming the file, line, image and the allowed values (a
+            row whose split is, say, ``training`` would otherwise be left out of training
+            without a word).
+    """
+    if text == "":
+        return None
+    if text not in SPLIT_VALUES:
+        raise ValueError(f"Expected a split among {', '.join(SPLIT_VALUES)} (or empty) in {path} "
+                         f"at line {line}. Received: image={image!r}, split={text!r}")
+    return text
 
 
 def image_level_rows(table, path, images, problems, *, allow_empty=True):

@@ -16,6 +16,7 @@ from dr_saliency.fundus.datasets.base import (
     Record,
     image_level_rows,
     list_files,
+    parse_split,
     read_table,
 )
 from dr_saliency.fundus.imio import write_image, write_mask
@@ -103,8 +104,8 @@ def load(root, problems):
     A labelled image without a file under ``images/`` is skipped and counted in one warning.
     Lesions: with no ``masks/`` folder at all, every record's ``load_lesions()`` is None; with
     one, a record's lesion dict holds the types whose mask file exists for that image (None
-    when it has none). ``level`` may be empty (grade None); ``split`` is kept as written (empty:
-    None).
+    when it has none). ``level`` may be empty (grade None); ``split`` is one of
+    :data:`~dr_saliency.fundus.datasets.base.SPLIT_VALUES` or empty (None).
 
     Args:
         root: str, the dataset folder.
@@ -115,10 +116,19 @@ def load(root, problems):
 
     Raises:
         ValueError: for a ``labels.csv`` without ``image``/``level`` columns, or a bad row
-            (grade outside 0-4, empty or duplicate image name) unless skipping bad rows.
+            (grade outside 0-4, unknown split, empty or duplicate image name) unless skipping
+            bad rows.
     """
     path = os.path.join(root, LABELS_FILE)
-    table = read_table(path, ["image", "level"], ["split"])
+    table = []
+    for line, row in read_table(path, ["image", "level"], ["split"]):
+        try:
+            row["split"] = parse_split(row.get("split", ""), path=path, line=line,
+                                       image=row["image"])
+        except ValueError as err:
+            problems.bad_row(str(err))
+            continue
+        table.append((line, row))
     images = list_files(os.path.join(root, "images"))
     # Listed once per folder: a stat per row and suffix would be slow on 35,000 rows.
     has_masks = os.path.isdir(os.path.join(root, "masks"))
@@ -130,7 +140,7 @@ def load(root, problems):
         lesion_files = None
         if has_masks:
             lesion_files = {t: masks[t][image_id] for t in LESION_TYPES if image_id in masks[t]} or None
-        records.append(Record(image_id, image_path, grade=grade, split=row.get("split") or None,
+        records.append(Record(image_id, image_path, grade=grade, split=row["split"],
                               lesion_files=lesion_files, fov_file=fovs.get(image_id)))
     problems.missing("folder", n_missing, len(seen), "labelled images", "images/")
     return records
