@@ -42,7 +42,7 @@ setup(
         # Benchmark-only comparison (bench/); never imported by the package.
         "bench": ["tf-keras-vis==0.8.*"],
     },
-    entry_points={"console_scripts": ["dr-saliency = dr_saliency.app.cli:main"]},
+    entry_points={"console_scripts": ["dr-saliency = dr_saliency.app.console:main"]},
     scripts=[],
     classifiers=[
         "Programming Language :: Python :: 3",

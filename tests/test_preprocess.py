@@ -408,7 +408,10 @@ def test_preprocess_dataset_matches_preprocess_image(tmp_path):
 def test_preprocess_dataset_resumes(tmp_path):
     records = _source_dataset(str(tmp_path / "src"), n=3)
     out = str(tmp_path / "out")
-    preprocess_dataset(records[:2], out, size=128, workers=1)
+    preprocess_dataset(records, out, size=128, workers=1)
+    # An interrupted run: one sample missing, labels.csv not yet rewritten.
+    os.remove(os.path.join(out, "images", "img2.png"))
+    os.remove(os.path.join(out, "labels.csv"))
     image0 = os.path.join(out, "images", "img0.png")
     before = os.stat(image0).st_mtime_ns
     calls = []
@@ -417,16 +420,14 @@ def test_preprocess_dataset_resumes(tmp_path):
     assert calls == [2, 1]
     assert os.stat(image0).st_mtime_ns == before
     assert [row["image"] for row in _labels(out)] == ["img0", "img1", "img2"]
-    # A later run over a subset keeps the other complete samples in labels.csv.
-    preprocess_dataset(records[2:], out, size=128, workers=1)
-    assert sorted(row["image"] for row in _labels(out)) == ["img0", "img1", "img2"]
 
 
 def test_preprocess_dataset_refuses_another_size(tmp_path):
     records = _source_dataset(str(tmp_path / "src"), n=1)
     out = str(tmp_path / "out")
     preprocess_dataset(records, out, size=128, workers=1)
-    with pytest.raises(ValueError, match=r"Expected size=128 to resume into .*out.* Received: size=160"):
+    with pytest.raises(ValueError, match=r"Expected the source dataset and size that made the folder to "
+                                         r"resume .* Received: out=.*out.*, size=160 \(folder has 128\)"):
         preprocess_dataset(records, out, size=160, workers=1)
     summary = preprocess_dataset(records, out, size=160, workers=1, overwrite=True)
     assert summary["written"] == 1

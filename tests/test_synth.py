@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dr_saliency.core.errors import FolderInUseError
+from dr_saliency.core.locks import LOCK_NAME
 from dr_saliency.fundus import synth
 from dr_saliency.fundus.datasets.folder import LESION_TYPES
 
@@ -198,6 +199,8 @@ def _files(root):
     out = {}
     for folder, _, names in os.walk(root):
         for name in names:
+            if name == LOCK_NAME:  # names the writer's process and start time, not content
+                continue
             with open(os.path.join(folder, name), "rb") as f:
                 out[os.path.relpath(os.path.join(folder, name), root)] = f.read()
     return out

@@ -27,7 +27,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {message}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Interrupted(Exception):
+    """Ctrl-C inside a command, carried past click's own handling of it (a blank line and
+    "Aborted.") to :func:`main`, which says "Interrupted." for every command alike."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
+
+
+@click.group(cls=_Group,
+             context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="dr-saliency")
 @click.option("--debug", is_flag=True, help="Show full tracebacks and library warnings.")
 def cli(debug):
@@ -300,10 +314,22 @@ def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
 @click.option("--steps-per-epoch", type=int, help="Default: training images / batch size.")
 @_PRECISION_OPTION
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed at the end).")
-def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, **options):
+@click.option("--force", is_flag=True,
+              help="With --resume: continue on a dataset other than the run's (its fingerprint "
+                   "differs).")
+def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, **options):
     """Train the VGG-16 grader on DATA (any layout; normally a preprocessed folder)."""
     if bool(run_dir) == bool(resume_dir):
         raise click.UsageError("Give exactly one of --out RUN_DIR (new run) or --resume RUN_DIR.")
+    if resume_dir:
+        # A resumed run keeps the settings of its config.json; an option given with --resume
+        # would be ignored, so it is refused instead.
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in ["profile", *options]
+                 if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")]
+        if given:
+            raise click.UsageError(f"--resume continues the run with its own settings "
+                                   f"(config.json); it takes no {', '.join(given)}")
     from dr_saliency.grader import train as train_lib
     values = dict(train_config.PROFILES[profile])
     values.update({k: v for k, v in options.items() if v is not None})
@@ -314,7 +340,7 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, **options):
     n_images = sum(1 for r in dataset if r.grade is not None)
     with _Bar(n_images, "Checking images") as update:
         summary = train_lib.train(dataset, run_dir or resume_dir, config,
-                                  resume=bool(resume_dir), skip_bad=skip_bad,
+                                  resume=bool(resume_dir), skip_bad=skip_bad, force=force,
                                   data_path=os.path.abspath(data), on_check=update)
     for path, message in summary["skipped"]:
         click.echo(f"Skipped {path}: {message}", err=True)
@@ -329,18 +355,29 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, **options):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--split", default="test", type=SPLIT_CHOICE, help="Which images of DATA to grade.")
 @click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
-@click.option("--batch-size", default=16, type=int)
-@click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap resamples for 95% CIs.")
+@click.option("--batch-size", default=16, type=click.IntRange(min=1))
+@click.option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=1),
+              help="Bootstrap resamples for 95% CIs.")
 @_PRECISION_OPTION
-def evaluate_cmd(model_path, data, out_dir, split, layout, batch_size, n_boot, precision):
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unreadable images and images not of the model's input size (listed "
+                   "at the end) instead of failing.")
+def evaluate_cmd(model_path, data, out_dir, split, layout, batch_size, n_boot, precision,
+                 skip_bad):
     """Grade DATA with MODEL (a model.h5): kappa, AUC with 95% CI, confusion matrix, ROC."""
     from dr_saliency.grader import evaluate as evaluate_lib
     from dr_saliency.grader import model as model_lib
     net = model_lib.with_precision(model_lib.load_model(model_path), precision)
-    report = evaluate_lib.evaluate(net, _open(data, layout), out_dir, split=split,
-                                   batch_size=batch_size, n_boot=n_boot)
+    dataset = _open(data, layout, skip_bad)
+    n_images = len(select_records(dataset, split=split, graded=True))
+    with _Bar(n_images, "Checking images") as update:
+        report = evaluate_lib.evaluate(net, dataset, out_dir, split=split, batch_size=batch_size,
+                                       n_boot=n_boot, skip_bad=skip_bad, on_check=update)
+    for entry in report["skipped"]:
+        click.echo(f"Skipped {entry['image']}: {entry['reason']}", err=True)
     m = report["metrics"]
-    click.echo(f"{report['n_images']} images ({split}): quadratic kappa {m['kappa']:.3f} "
+    skipped = f", {len(report['skipped'])} skipped" if report["skipped"] else ""
+    click.echo(f"{report['n_images']} images ({split}{skipped}): quadratic kappa {m['kappa']:.3f} "
                f"(95% CI {report['kappa_ci'][0]:.3f}-{report['kappa_ci'][1]:.3f}), referable AUC "
                f"{m['auc']:.3f} (95% CI {report['auc_ci'][0]:.3f}-{report['auc_ci'][1]:.3f}), "
                f"MSE {m['mse']:.3f}, accuracy {m['accuracy']:.3f}. Wrote {out_dir}/evaluation.json")
@@ -466,7 +503,10 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
 
     explanation, config, erase = _refine_settings(values)
     quiet, skip_bad = values.pop("quiet"), values.pop("skip_bad")
-    records = select_records(_open(data, layout, skip_bad), split=split, ids=_ids(ids))
+    from dr_saliency.fundus.datasets import dataset_fingerprint
+
+    dataset = _open(data, layout, skip_bad)
+    records = select_records(dataset, split=split, ids=_ids(ids))
     with _Bar(len(records), "Refining") as update:
         def on_image(rec, result, message):
             update(1)
@@ -477,7 +517,8 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
                                     config=config, erase=erase, batch_size=values["batch_size"],
                                     keep_images=keep_images, only_referable=only_referable,
                                     skip_bad=skip_bad, on_image=on_image,
-                                    precision=values["precision"])
+                                    precision=values["precision"],
+                                    data_fingerprint=dataset_fingerprint(dataset))
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
     click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
                f"{summary['already_done']} already done, {summary['not_referable']} not referable, "
@@ -528,10 +569,16 @@ def explain_cmd(inputs, out_dir, model_path, top, **values):
 
 
 def _stages(value):
+    """--stages: comma-separated DR stages 0-4, each once (in the order given)."""
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        stages = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated stages, got {value!r}")
+        raise click.BadParameter(f"expected comma-separated DR stages 0-4, got {value!r}")
+    wrong = [s for s in stages if not 0 <= s <= 4]
+    if wrong:
+        raise click.BadParameter(f"expected DR stages 0-4, got {', '.join(map(str, wrong))} "
+                                 f"in {value!r}")
+    return tuple(dict.fromkeys(stages))
 
 
 def _candidate_options(func):
@@ -577,7 +624,10 @@ def _candidate_config(values):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
 @click.option("--allow-partial", is_flag=True,
-              help="Evaluate the images present in both RESULTS and DATA when ids differ.")
+              help="Evaluate the images present in both RESULTS and DATA when ids differ, and "
+                   "the results of a refine run that did not finish.")
+@click.option("--force", is_flag=True,
+              help="Use DATA even though it differs from the dataset RESULTS was made from.")
 @click.option("--stages", default="2,3,4", callback=lambda c, p, v: _stages(v),
               help="DR stages reported separately.")
 @click.option("--tolerance", default=0.0, type=float,
@@ -589,8 +639,8 @@ def _candidate_config(values):
 @click.option("--normalize", type=click.Choice(maps.NORMALIZE_MODES),
               help="Scale of s_0 and S, the same for both (default: the run's).")
 @_candidate_options
-def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n_boot, combine,
-             decay, normalize, **candidate_values):
+def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, tolerance, n_boot,
+             combine, decay, normalize, **candidate_values):
     """Lesion-level FROC of s_0 and S against DATA's lesion annotations.
 
     s_0 and S are both recomputed from the stored maps on one scale (--normalize) and pass
@@ -601,9 +651,14 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n
     from dr_saliency.lesions import localize, reports
 
     records, notes = localize.records_for(results, _open(data, layout),
-                                          allow_partial=allow_partial)
+                                          allow_partial=allow_partial, force=force)
     for note in notes:
         click.echo(f"Note: {note}", err=True)
+    present = {r.grade for r in records}
+    for stage in stages:
+        if stage not in present:
+            click.echo(f"Note: no image of stage {stage} among the {len(records)} evaluated: "
+                       f"stage {stage} gets no FROC of its own", err=True)
     with _Bar(len(records), "Candidates") as update:
         report, paths = wiring.froc_run(
             results, records, out_dir, options=_candidate_config(candidate_values),
@@ -623,12 +678,15 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, stages, tolerance, n
 @click.option("--rows", "n_rows", default=4, type=int, help="Images when picking automatically.")
 @click.option("--format", "formats", default="png,pdf",
               help="Comma-separated figure formats.")
-def figures_cmd(results, data, out_dir, layout, ids, n_rows, formats):
+@click.option("--force", is_flag=True,
+              help="Use DATA even though it differs from the dataset RESULTS was made from.")
+def figures_cmd(results, data, out_dir, layout, ids, n_rows, formats, force):
     """Figure-1 panels (image, s_0, S) and per-iteration strips (I_i, s_i, mask_i, p_i)."""
     from dr_saliency.lesions import panels
 
     written = panels.write_figures(results, _open(data, layout), out_dir, ids=_ids(ids),
-                                    n_rows=n_rows, formats=tuple(formats.split(",")))
+                                    n_rows=n_rows, formats=tuple(formats.split(",")),
+                                    force=force)
     click.echo(f"Wrote {len(written) - 1} figure files to {out_dir}")
 
 
@@ -663,9 +721,36 @@ def _advice(exc):
         return "continue it with --resume, or choose another --out"
     if isinstance(exc, errors.NoValidationError):
         return "give the data a 'val' split, or set --val-fraction"
+    if isinstance(exc, errors.ProvenanceError):
+        return "pass --force to use it anyway" if "data" in exc.differences else None
     if isinstance(exc, errors.OutOfMemoryError):
         return f"try a smaller --batch-size, e.g. {exc.suggested}"
     return None
+
+
+def _as_options(message, args):
+    """A library message with each ``keyword=True`` the command has an option for written as
+    that option (``skip_bad=True`` -> ``--skip-bad``).
+
+    Library messages name their keyword, as Python callers need; on the command line only the
+    option can be typed. A keyword the command has no option for (and a value shown after
+    ``Received:``) is left as it is.
+    """
+    import re
+
+    # The command is the first word that is not an option: the group's options take no value.
+    name = next((a for a in args if not a.startswith("-")), None)
+    command = cli.commands.get(name) if name else None
+    if command is None:
+        return message
+    options = {opt for p in command.params if isinstance(p, click.Option)
+               for opt in (*p.opts, *p.secondary_opts)}
+
+    def option(match):
+        flag = "--" + match.group(1).replace("_", "-")
+        return flag if flag in options else match.group(0)
+
+    return re.sub(r"(?<!Received: )\b([a-z][a-z0-9_]*)=True\b", option, message)
 
 
 def main(args=None):
@@ -683,19 +768,18 @@ def main(args=None):
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except (_Interrupted, KeyboardInterrupt, click.exceptions.Abort):
+        # Whatever was written stays valid: every command resumes where it stopped.
+        click.echo("Interrupted.", err=True)
         sys.exit(130)
     except (ValueError, TypeError, OSError, KeyError) as exc:
         if debug:
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = _as_options(message, args)
         advice = _advice(exc)
         click.echo(f"Error: {message}" + (f" ({advice})" if advice else ""), err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
     finally:
         # main() may run inside a longer-lived process (tests, notebooks): leave no trace.
         if previous is None:

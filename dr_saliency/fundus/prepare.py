@@ -4,7 +4,9 @@ Decoding a 4288x2848 JPEG costs more than the network at 512 (docs/performance.m
 so :func:`preprocess_dataset` applies :func:`dr_saliency.fundus.fov.preprocess_image` to every
 record of a dataset once, in a process pool, and writes the package's own folder layout
 (docs/file-formats.md#dataset-folder), which training and refinement then read. It is resumable
-(images already written are skipped) and records its parameters so that two sizes never mix.
+(images already written are skipped), records what made the folder (source dataset, its
+fingerprint, size) so that two datasets or two sizes never mix, and holds the folder's lock while
+it writes, so that two runs never write into one folder at once.
 
 Pure numpy / OpenCV: no TensorFlow here.
 
@@ -15,11 +17,7 @@ Public API::
 """
 
 import collections
-import concurrent.futures
-import csv
 import inspect
-import json
-import multiprocessing
 import os
 import pickle
 import time
@@ -29,7 +27,10 @@ import numpy as np
 
 from dr_saliency._version import __version__
 from dr_saliency.core.errors import FolderInUseError
-from dr_saliency.core.files import write_json
+from dr_saliency.core.files import check_record, refuse_other_outputs, write_json
+from dr_saliency.core.locks import lock_folder
+from dr_saliency.core.procs import run_jobs
+from dr_saliency.fundus.datasets.fingerprint import dataset_fingerprint
 from dr_saliency.fundus.datasets.folder import LESION_TYPES, write_labels, write_sample
 from dr_saliency.fundus.fov import DEFAULT_SIZE, MIN_SIZE, preprocess_image
 
@@ -103,53 +104,49 @@ def _process_index(index, out, size, overwrite):
     return _process(_WORKER_DATASET[index], out, size, overwrite)
 
 
-def _check_params(out, size, overwrite):
-    """Refuse to resume into a folder made with other parameters; write ours."""
-    path = os.path.join(out, PARAMS_FILE)
-    if os.path.exists(path) and not overwrite:
-        try:
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-            previous_size = previous["size"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"Expected a readable {PARAMS_FILE} with a size in {out} to resume. "
-                             f"Received: path={path!r} ({err})") from None
-        if previous_size != size:
-            raise FolderInUseError(
-                f"Expected size={previous_size} to resume into {out}, which an earlier run made at "
-                f"that size (see {PARAMS_FILE}); or overwrite=True to redo it. Received: size={size}",
-                out, [f"size={size} (folder has {previous_size})"], can_overwrite=True)
-    elif not os.path.exists(path) and not overwrite and os.path.isdir(os.path.join(out, "images")) \
-            and os.listdir(os.path.join(out, "images")):
+def _check_folder(out, record, overwrite):
+    """Refuse an output folder this run must not write into (read only: nothing is changed).
+
+    A folder made from another source dataset or at another size is refused (mixing them would
+    make one dataset of two), as is one with images but no record of what made them.
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"Expected a folder. Received: out={out!r}, an existing file")
+    refuse_other_outputs(out, "a preprocessed dataset")
+    if overwrite:
+        return
+    previous = check_record(out, PARAMS_FILE, record,
+                            "the source dataset and size that made the folder",
+                            describe=_differences)
+    images = os.path.join(out, "images")
+    if previous is None and os.path.isdir(images) and os.listdir(images):
         raise FolderInUseError(f"Expected an empty output folder or one written by "
                                f"preprocess_dataset (with {PARAMS_FILE}); {out}/images/ holds files "
-                               f"of unknown size. Received: out={out!r}", out, can_overwrite=True)
-    os.makedirs(out, exist_ok=True)
-    write_json(path, {"size": size, "dr_saliency": __version__})
+                               f"of unknown origin. Received: out={out!r}", out, can_overwrite=True)
 
 
-def _previous_rows(out, ids):
-    """Rows of an earlier labels.csv for images not in this dataset but still on disk."""
-    path = os.path.join(out, "labels.csv")
-    if not os.path.exists(path):
-        return []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-    kept = []
-    for row in rows:
-        image_id = (row.get("image") or "").strip()
-        if image_id and image_id not in ids and os.path.exists(_image_path(out, image_id)):
-            kept.append({"image": image_id, "level": row.get("level") or None,
-                         "split": row.get("split") or None})
-    return kept
+def _differences(stored, given):
+    """What keeps a run from resuming into a folder: another source dataset, another size."""
+    diffs = []
+    source, was = given["source"], stored.get("source")
+    name = f"source={source!r}" if source else "the records given"
+    if "fingerprint" not in stored:
+        diffs.append(f"{name}: the folder does not record which dataset made it")
+    elif stored["fingerprint"] != given["fingerprint"]:
+        if source and was and source != was:
+            diffs.append(f"source={source!r}, another dataset (folder made from {was!r})")
+        else:
+            diffs.append(f"{name}: ids, grades or image file sizes differ from the dataset that "
+                         f"made the folder")
+    if stored.get("size") != given["size"]:
+        diffs.append(f"size={given['size']} (folder has {stored.get('size')})")
+    return diffs
 
 
-def _write_labels(out, records, previous):
-    rows = list(previous)
-    rows += [{"image": rec.id, "level": getattr(rec, "grade", None), "split": getattr(rec, "split", None)}
+def _write_labels(out, records):
+    # Every complete sample of this dataset: a folder holds one dataset (its record says which),
+    # so an earlier run's samples are this dataset's too.
+    rows = [{"image": rec.id, "level": getattr(rec, "grade", None), "split": getattr(rec, "split", None)}
              for rec in records if os.path.exists(_image_path(out, rec.id))]
     if not any(row["split"] is not None for row in rows):
         rows = [{"image": r["image"], "level": r["level"]} for r in rows]
@@ -163,20 +160,6 @@ def _default_workers():
         return os.cpu_count() or 1
 
 
-def _pool_context():
-    # Not "fork": a forked child hung for good in cv2.setNumThreads(1) once OpenCV had used its
-    # thread pool in the parent (opencv-python 5.0), and the caller may hold TensorFlow's threads.
-    # "forkserver" (Python 3.14's default on POSIX) forks workers from a clean server process,
-    # which imports this module once for all of them. Like "spawn", it needs the calling script
-    # to guard its entry point with `if __name__ == "__main__":`.
-    methods = multiprocessing.get_all_start_methods()
-    if "forkserver" in methods:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["dr_saliency.fundus.prepare"])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
 def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_bad=False,
                        on_progress=None, overwrite=False):
     """Preprocess a whole dataset once into the package's folder layout (docs/file-formats.md).
@@ -185,15 +168,23 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
     (:func:`preprocess_image`), and written with :func:`~dr_saliency.fundus.datasets.folder.write_sample`:
     ``images/<id>.png``, ``masks/<T>/<id>.png`` for the lesion types the record has (none when its
     lesions are None), ``fov/<id>.png``; then ``labels.csv`` (``image,level`` and ``split`` when
-    records have one) and ``preprocess.json`` (the size).
+    records have one). ``preprocess.json``, written first, records what made the folder: the
+    source folder (``dataset.root``, absolute; null for a plain list of records), the dataset's
+    :func:`~dr_saliency.fundus.datasets.fingerprint.dataset_fingerprint`, the size and the
+    package version (docs/file-formats.md#preprocessed-folder).
 
-    Resumable: a record whose image is already in ``out`` (the image is written last, atomically,
-    so it marks a complete sample) is skipped; ``labels.csv`` is rewritten at the end, and also
-    when the run stops on an error or an interrupt, listing every complete sample, those of
-    earlier runs included. Resuming into a folder made at another size is refused.
+    Resumable: a rerun with the same dataset (same fingerprint) and size skips every record
+    whose image is already in ``out`` (the image is written last, atomically, so it marks a
+    complete sample); ``labels.csv`` is rewritten at the end, and also when the run stops on an
+    error or an interrupt, listing every complete sample. Another dataset or size is refused
+    (``FolderInUseError`` naming what differs), as are a folder with images but no
+    ``preprocess.json`` and, even with ``overwrite``, a folder that holds a training run or a
+    result file. The folder is locked while the run writes (``dr_saliency.core.locks``): a
+    second run into it is refused at once with a ``BusyError`` naming the first.
 
-    Records are processed by a process pool; workers receive the records (pickled) or, when
-    records cannot be pickled but the dataset can, the dataset once and indices.
+    Records are processed by a process pool (:func:`dr_saliency.core.procs.run_jobs`: workers
+    die with this process and leave Ctrl-C to it); workers receive the records (pickled) or,
+    when records cannot be pickled but the dataset can, the dataset once and indices.
 
     Args:
         dataset: a sequence of records with ``id``, ``grade``, ``split``, ``image_path``,
@@ -208,8 +199,8 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
         on_progress: optional callable ``on_progress(k)``, called in this process with the number
             of records just accounted for (done earlier, written or skipped); the calls add up to
             ``len(dataset)``.
-        overwrite: bool, redo records already in ``out`` (and allow another size); rows of
-            an earlier ``labels.csv`` for images not in this dataset are then dropped.
+        overwrite: bool, redo every record (and allow another dataset or size); images of
+            another dataset left in ``out`` are not listed in ``labels.csv``.
 
     Returns:
         dict: ``out``, ``size``, ``total`` (records), ``written`` (this run), ``already_done``
@@ -219,8 +210,12 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
 
     Raises:
         TypeError: for a non-int size or workers, or a dataset that is not a sequence.
-        ValueError: for a size or workers out of range, duplicate record ids, an output folder
-            made at another size, or (unless ``skip_bad``) a bad record.
+        ValueError: for a size or workers out of range, duplicate record ids, or (unless
+            ``skip_bad``) a bad record.
+        FolderInUseError: (a ``ValueError``) ``out`` was made from another dataset or at another
+            size, or holds images of unknown origin (``can_overwrite=True``), or holds a training
+            run or a result file (``can_overwrite=False``).
+        BusyError: (an ``OSError``) another process is writing into ``out``.
     """
     start = time.perf_counter()
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
@@ -245,8 +240,25 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
         duplicates = sorted(k for k, n in collections.Counter(ids).items() if n > 1)[:5]
         raise ValueError(f"Expected unique record ids. Received: duplicate ids={duplicates}")
 
-    _check_params(out, size, overwrite)
-    previous = [] if overwrite else _previous_rows(out, set(ids))
+    source = getattr(dataset, "root", None)
+    record = {"source": None if source is None else os.path.abspath(os.fspath(source)),
+              "fingerprint": dataset_fingerprint(records), "size": size, "dr_saliency": __version__}
+    # Refuse before a lock file is made in someone else's folder; check again under the lock,
+    # where no other writer can change the folder between the check and the writing.
+    _check_folder(out, record, overwrite)
+    os.makedirs(out, exist_ok=True)
+    with lock_folder(out, "a dataset folder"):
+        _check_folder(out, record, overwrite)
+        write_json(os.path.join(out, PARAMS_FILE), record)
+        summary = _preprocess(dataset, records, out, size, workers, skip_bad, on_progress,
+                              overwrite)
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _preprocess(dataset, records, out, size, workers, skip_bad, on_progress, overwrite):
+    """The body of :func:`preprocess_dataset`, in a folder claimed and locked."""
+    ids = [rec.id for rec in records]
     progress = on_progress or (lambda k: None)
     todo = [i for i, rec in enumerate(records)
             if overwrite or not os.path.exists(_image_path(out, rec.id))]
@@ -278,10 +290,9 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
         else:
             _run_pool(records, dataset, todo, out, size, overwrite, n_workers, account, summary)
     finally:
-        summary["labels"] = _write_labels(out, records, previous)
+        summary["labels"] = _write_labels(out, records)
     order = {image_id: i for i, image_id in enumerate(ids)}
     summary["skipped"].sort(key=lambda item: order[item[0]])
-    summary["seconds"] = time.perf_counter() - start
     return summary
 
 
@@ -302,19 +313,9 @@ def _run_pool(records, dataset, todo, out, size, overwrite, n_workers, account, 
             for i in todo:
                 account(_process(records[i], out, size, overwrite))
             return
-    executor = concurrent.futures.ProcessPoolExecutor(
-        max_workers=n_workers, mp_context=_pool_context(), initializer=_init_worker,
-        initargs=initargs)
-    try:
-        if by_record:
-            futures = [executor.submit(_process, records[i], out, size, overwrite) for i in todo]
-        else:
-            futures = [executor.submit(_process_index, i, out, size, overwrite) for i in todo]
-        for future in concurrent.futures.as_completed(futures):
-            account(future.result())
-    except BaseException:
-        # Stop at once: queued records are dropped, running ones finish (their samples are
-        # complete and labels.csv will list them).
-        executor.shutdown(wait=True, cancel_futures=True)
-        raise
-    executor.shutdown(wait=True)
+    fn = _process if by_record else _process_index
+    jobs = [(records[i] if by_record else i, out, size, overwrite) for i in todo]
+    # Stops at once on an error or Ctrl-C: queued records are dropped, running ones finish
+    # (their samples are complete and labels.csv will list them).
+    run_jobs(fn, jobs, workers=n_workers, on_result=account, initializer=_init_worker,
+             initargs=initargs, preload=["dr_saliency.fundus.prepare"])

@@ -17,12 +17,9 @@ exudate of a cluster or ring is a lesion of its own). ``docs/synthetic.md`` show
 beside real photographs and tabulates the lesion statistics.
 """
 
-import concurrent.futures
 import csv
 import dataclasses
-import json
 import math
-import multiprocessing
 import os
 import re
 
@@ -30,7 +27,9 @@ import cv2
 import numpy as np
 
 from dr_saliency.core.errors import FolderInUseError
-from dr_saliency.core.files import differences, write_json
+from dr_saliency.core.files import check_record, folder_entries, refuse_other_outputs, write_json
+from dr_saliency.core.locks import lock_folder
+from dr_saliency.core.procs import run_jobs
 from dr_saliency.fundus.datasets.folder import LABELS_FILE, LESION_TYPES, write_labels, write_sample
 from dr_saliency.fundus.imio import read_image, read_mask
 
@@ -861,12 +860,14 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
 
     Resuming: a folder whose ``synth.json`` holds the same parameters is completed, skipping
     every image whose PNG exists (the PNG is written after its masks, so it marks a complete
-    sample); ``labels.csv`` is written last, atomically.
+    sample); ``labels.csv`` is written last, atomically. The folder is locked while this writes
+    (``dr_saliency.core.locks``): a second writer is refused at once with a ``BusyError`` naming
+    the first; a killed writer's lock is simply taken over.
 
-    With ``workers`` > 1 the images are drawn in a process pool started with "forkserver"
-    (or "spawn"), not "fork": a process forked after OpenCV has started its threads can hang.
-    So, as with any such pool, a script that calls this must do it under
-    ``if __name__ == "__main__":``.
+    With ``workers`` > 1 the images are drawn in a process pool (:mod:`dr_saliency.core.procs`)
+    started with "forkserver" (or "spawn"), not "fork": a process forked after OpenCV has started
+    its threads can hang. Its workers die with this process and leave Ctrl-C to it. As with any
+    such pool, a script that calls this must do it under ``if __name__ == "__main__":``.
 
     Args:
         out: str or path, the dataset folder; created if missing.
@@ -888,8 +889,11 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
         str, the path of ``labels.csv``.
 
     Raises:
-        TypeError, ValueError: for bad arguments, or (ValueError) a non-empty folder that is not a
-            synthetic dataset written with the same parameters, unless ``overwrite``.
+        TypeError, ValueError: for bad arguments.
+        FolderInUseError: (a ``ValueError``) a non-empty folder that is not a synthetic dataset
+            written with the same parameters, unless ``overwrite`` (``can_overwrite=True``); a
+            folder that holds a training run or a result file, even with ``overwrite``.
+        BusyError: (an ``OSError``) another process is writing into ``out``.
     """
     n = _check_int(n, "n", "a number of images n >= 1", low=1)
     size = _check_int(size, "size", f"an image side of at least {MIN_SIZE} pixels", low=MIN_SIZE)
@@ -910,37 +914,29 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
     out = os.fspath(out)
     params = {"generator": "dr_saliency.synth", "version": GENERATOR_VERSION, "n": n, "size": size,
               "seed": seed, "stages": stages, "split": fractions}
-    _claim_folder(out, params, overwrite)
-
-    plan = _plan(n, seed, stages, fractions)
-    todo = [job for job in plan if not os.path.exists(os.path.join(out, "images", job[0] + ".png"))]
-    if on_progress is not None and len(todo) < n:
-        on_progress(n - len(todo))
-    jobs = [(out, image_id, index, stage, size, seed) for image_id, index, stage, _ in todo]
-    workers = min(workers or len(os.sched_getaffinity(0)), max(len(jobs), 1))
-    if workers == 1:
-        for job in jobs:
-            _write_one(job)
-            if on_progress is not None:
-                on_progress(1)
-    else:
-        # Not "fork": a child forked after OpenCV started its thread pool in this process can
-        # hang in its first OpenCV call.
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        with concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context(method),
-                                                    initializer=_init_worker) as pool:
-            futures = [pool.submit(_write_one, job) for job in jobs]
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    future.result()
-                    if on_progress is not None:
-                        on_progress(1)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-    return write_labels(out, [{"image": image_id, "level": stage, "split": part}
-                              for image_id, _, stage, part in plan])
+    # Refuse before a lock file is made in someone else's folder; check again under the lock,
+    # where no other writer can change the folder between the check and the writing.
+    _check_folder(out, params, overwrite)
+    os.makedirs(out, exist_ok=True)
+    with lock_folder(out, "a dataset folder"):
+        _check_folder(out, params, overwrite)
+        _prepare_folder(out, params, overwrite)
+        plan = _plan(n, seed, stages, fractions)
+        todo = [job for job in plan if not os.path.exists(os.path.join(out, "images", job[0] + ".png"))]
+        if on_progress is not None and len(todo) < n:
+            on_progress(n - len(todo))
+        jobs = [((out, image_id, index, stage, size, seed),) for image_id, index, stage, _ in todo]
+        workers = min(workers or len(os.sched_getaffinity(0)), max(len(jobs), 1))
+        step = on_progress if on_progress is not None else (lambda k: None)
+        if workers == 1:
+            for job in jobs:
+                _write_one(*job)
+                step(1)
+        else:
+            run_jobs(_write_one, jobs, workers=workers, on_result=lambda index: step(1),
+                     initializer=_init_worker)
+        return write_labels(out, [{"image": image_id, "level": stage, "split": part}
+                                  for image_id, _, stage, part in plan])
 
 
 def _init_worker():
@@ -955,28 +951,25 @@ def _write_one(job):
     return index
 
 
-def _claim_folder(out, params, overwrite):
-    """Make ``out`` ready for this generation run, or refuse with the reason."""
-    path = os.path.join(out, PARAMS_FILE)
+def _check_folder(out, params, overwrite):
+    """Refuse a folder this run must not write into (read only: nothing is changed)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"Expected a folder. Received: out={out!r}, an existing file")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        try:
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            raise FolderInUseError(
-                f"Expected an empty folder or a synthetic dataset to resume (or overwrite=True to write "
-                f"into it anyway). Received: out={out!r}, a non-empty folder without a readable {PARAMS_FILE}",
-                out, can_overwrite=True) from None
-        if previous == params:
-            return
-        diffs = differences(previous, params, "folder")
+    refuse_other_outputs(out, "a synthetic dataset")
+    if overwrite or not folder_entries(out):
+        return
+    previous = check_record(out, PARAMS_FILE, params,
+                            "a synthetic dataset written with the same parameters")
+    if previous is None:
         raise FolderInUseError(
-            "Expected a synthetic dataset written with the same parameters to resume (or "
-            f"overwrite=True to replace it). Received: out={out!r}, {'; '.join(diffs)}",
-            out, diffs, can_overwrite=True)
-    if overwrite and os.path.isdir(out):
+            f"Expected an empty folder or a synthetic dataset to resume (or overwrite=True to write "
+            f"into it anyway). Received: out={out!r}, a non-empty folder without a readable {PARAMS_FILE}",
+            out, can_overwrite=True)
+
+
+def _prepare_folder(out, params, overwrite):
+    """Delete this generator's earlier files for ``overwrite``; record the parameters."""
+    if overwrite:
         for sub in ["images", "fov"] + [os.path.join("masks", t) for t in LESION_TYPES]:
             folder = os.path.join(out, sub)
             for name in os.listdir(folder) if os.path.isdir(folder) else ():
@@ -985,8 +978,7 @@ def _claim_folder(out, params, overwrite):
         for name in (LABELS_FILE, PARAMS_FILE):
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
-    os.makedirs(out, exist_ok=True)
-    write_json(path, params)
+    write_json(os.path.join(out, PARAMS_FILE), params)
 
 
 def _apportion(total, weights):

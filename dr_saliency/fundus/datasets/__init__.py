@@ -11,7 +11,8 @@ ds.warnings                        # problems found at open time, one line each
 ```
 
 Layouts: ``folder`` (this package's own, :mod:`.folder`), ``eyepacs``, ``idrid``, ``diaretdb1``,
-``eophtha``, ``ddr``. Numpy/OpenCV/stdlib only: no TensorFlow.
+``eophtha``, ``ddr``. ``dataset_fingerprint(ds)`` identifies a dataset's ids, grades and image
+files for provenance records (:mod:`.fingerprint`). Numpy/OpenCV/stdlib only: no TensorFlow.
 """
 
 import os
@@ -19,6 +20,7 @@ import os
 from dr_saliency.fundus.datasets import ddr, diaretdb1, eophtha, eyepacs, folder, idrid
 from dr_saliency.fundus.datasets.base import LESION_TYPES, Dataset, Problems, Record, subfolders
 from dr_saliency.fundus.datasets.diaretdb1 import DiaretdbRecord
+from dr_saliency.fundus.datasets.fingerprint import dataset_fingerprint
 from dr_saliency.core.errors import EmptySplitError
 
 LAYOUTS = {module.NAME: module for module in (folder, eyepacs, idrid, diaretdb1, eophtha, ddr)}
@@ -28,8 +30,8 @@ LAYOUTS = {module.NAME: module for module in (folder, eyepacs, idrid, diaretdb1,
 SPLITS = ("test", "val", "train", "all")
 """The splits :func:`select_records` takes; "all" is every record."""
 
-__all__ = ["open_dataset", "detect_layout", "select_records", "Dataset", "Record",
-           "DiaretdbRecord", "LAYOUTS", "LESION_TYPES", "SPLITS"]
+__all__ = ["open_dataset", "detect_layout", "select_records", "dataset_fingerprint", "Dataset",
+           "Record", "DiaretdbRecord", "LAYOUTS", "LESION_TYPES", "SPLITS"]
 
 
 def select_records(dataset, *, split="all", ids=None, graded=False):
