@@ -87,10 +87,18 @@ def _alive(pids):
     return [p for p in pids if p in parents]
 
 
+def _default_sigint():
+    # A job started in the background of a non-interactive shell (as CI may start the tests)
+    # inherits SIGINT ignored; a terminal's command does not. Give the command a terminal's.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*args):
-    """The command line in a session (process group) of its own, output captured."""
+    """The command line in a session (process group) of its own, output captured, with SIGINT
+    at its default as under a terminal."""
     return subprocess.Popen([sys.executable, BIN, *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for_workers(proc, n=2, timeout=60.0):
@@ -285,14 +293,19 @@ def test_ctrl_c_while_the_pool_starts_is_raised_once_it_has_started(monkeypatch)
         return original(preload)
 
     monkeypatch.setattr(procs, "pool_context", interrupted_context)
-    handler = signal.getsignal(signal.SIGINT)
-    results = []
-    with pytest.raises(KeyboardInterrupt):
-        procs.run_jobs(_slow_square, [(i,) for i in range(20)], workers=2,
-                       on_result=results.append)
-    assert len(results) < 20
-    assert multiprocessing.active_children() == []
-    assert signal.getsignal(signal.SIGINT) is handler
+    # Python's own Ctrl-C handler, as under a terminal (a background job may inherit SIGINT
+    # ignored, and then nothing is raised, rightly).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        results = []
+        with pytest.raises(KeyboardInterrupt):
+            procs.run_jobs(_slow_square, [(i,) for i in range(20)], workers=2,
+                           on_result=results.append)
+        assert len(results) < 20
+        assert multiprocessing.active_children() == []
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _slow_square(i):
