@@ -92,13 +92,10 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
     grader = wiring.load_refiner(model_path, store_path, explanation=explanation,
                                  batch_size=batch_size, precision=precision)
     photos = [Photo(image_id, path, grader["size"]) for image_id, path in found]
-    skipped = []
     update = on_progress("Refining", len(photos)) if on_progress else (lambda k=1: None)
 
     def refined(rec, result, message):
         update(1)
-        if result is None and message.startswith("skipped: "):
-            skipped.append((rec.image_path, message[len("skipped: "):]))
         if on_image:
             on_image(rec.id, message)
 
@@ -106,8 +103,10 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
         photos, store_path, explain=grader["explain"], predict=grader["predict"], erase=erase,
         config=config, size=grader["size"], params=grader["params"], batch_size=batch_size,
         skip_bad=skip_bad, on_image=refined, image_params=lambda rec: {"photo": rec.geometry})
-    bad = {path for path, _ in skipped}
-    rows = _report(store_path, [p for p in photos if p.image_path not in bad], out_dir, top,
+    by_id = {p.id: p.image_path for p in photos}
+    skipped = [(by_id[image_id], message) for image_id, message in summary["skipped"]]
+    bad = {image_id for image_id, _ in summary["skipped"]}
+    rows = _report(store_path, [p for p in photos if p.id not in bad], out_dir, top,
                    options or CandidateOptions(), skip_bad, skipped, on_image, on_progress)
     paths = _write_tables(out_dir, rows, top, skipped, ignored, model_path)
     return {"rows": rows, "skipped": skipped, "ignored": ignored, "written": summary["written"],
