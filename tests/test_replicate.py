@@ -87,3 +87,15 @@ def test_replicate_command_end_to_end_on_the_smoke_profile(tmp_path, capsys):
                             capsys)
     assert code == 1 and 'profile="quick" (folder has "smoke")' in err
     assert os.path.isfile(os.path.join(out, "seed_4", "scores.json"))
+
+
+def test_a_relative_gain_over_an_s0_that_finds_nothing_is_not_reported():
+    from dr_saliency.app import replicate
+
+    row = {"s0_as10": 0.0004, "S_as10": 0.0, "gain_as10": -1.0, "gain_as10_ci": [-1.0, -0.5],
+           "s0_score": 0.3, "S_score": 0.33, "gain_score": 0.1, "gain_score_ci": [0.05, 0.15]}
+    scores = {"kappa": 0.7, "rules": {"ours": {"type HE": row}}}
+    cleaned = replicate._defined_gains(scores)["rules"]["ours"]["type HE"]
+    assert cleaned["gain_as10"] is None and cleaned["gain_as10_ci"] == [None, None]
+    assert cleaned["gain_score"] == 0.1 and cleaned["gain_score_ci"] == [0.05, 0.15]
+    assert scores["rules"]["ours"]["type HE"]["gain_as10"] == -1.0  # the input is left alone

@@ -177,6 +177,7 @@ def summarize(per_seed, settings):
         {"mean", "sd", "min", "max", "n"}; plus "grader" -> kappa/auc).
     """
     seeds = list(per_seed)
+    per_seed = {s: _defined_gains(per_seed[s]) for s in seeds}
     across = {"grader": {m: _stats([per_seed[s][m] for s in seeds]) for m in ("kappa", "auc")}}
     for rule in RULES:
         across[rule] = {}
@@ -187,6 +188,25 @@ def summarize(per_seed, settings):
                 across[rule][group] = {m: _stats([r[m] for r in rows]) for m in METRICS}
     return {"settings": settings, "seeds": seeds, "per_seed": {str(s): per_seed[s] for s in seeds},
             "across": across}
+
+
+#: A relative gain of S over an s_0 below this (AS10 or score) is not reported: over a map that
+#: finds almost nothing (0.000 -> 0.000) it is noise that reads as -100% or +600%.
+MIN_GAIN_BASE = 0.01
+
+
+def _defined_gains(scores):
+    """A seed's scores with the relative gains over an s_0 below MIN_GAIN_BASE set to None."""
+    out = dict(scores, rules={})
+    for rule, groups in scores["rules"].items():
+        out["rules"][rule] = {}
+        for group, row in groups.items():
+            row = dict(row)
+            for base, gain in (("s0_as10", "gain_as10"), ("s0_score", "gain_score")):
+                if row.get(base) is not None and row[base] < MIN_GAIN_BASE:
+                    row[gain], row[gain + "_ci"] = None, [None, None]
+            out["rules"][rule][group] = row
+    return out
 
 
 def _stats(values):
