@@ -43,6 +43,7 @@ def _refine(model, data, out, capsys, *extra):
                      "--max-iterations", "1", "--quiet", *extra], capsys)
 
 
+@pytest.mark.slow
 def test_results_record_the_model_by_content_and_refuse_another(world, tmp_path, capsys):
     model = _grader(str(tmp_path / "m.h5"), 0)
     out = str(tmp_path / "r.h5")
@@ -60,6 +61,7 @@ def test_results_record_the_model_by_content_and_refuse_another(world, tmp_path,
         assert store.complete_ids() == list(IDS)
 
 
+@pytest.mark.slow
 def test_results_refuse_another_dataset_with_the_same_ids(world, tmp_path, capsys):
     model = _grader(str(tmp_path / "m.h5"), 0)
     out = str(tmp_path / "r.h5")
@@ -79,6 +81,7 @@ def test_results_refuse_another_dataset_with_the_same_ids(world, tmp_path, capsy
     assert not os.path.exists(tmp_path / "fig" / "done.json")
 
 
+@pytest.mark.slow
 def test_froc_refuses_the_results_of_an_interrupted_run(world, tmp_path, capsys):
     model = _grader(str(tmp_path / "m.h5"), 0)
     out = str(tmp_path / "r.h5")
@@ -96,6 +99,7 @@ def test_froc_refuses_the_results_of_an_interrupted_run(world, tmp_path, capsys)
     assert "Note: Partial results: the refine run started" in err
 
 
+@pytest.mark.slow
 def test_a_refine_that_failed_before_its_first_image_does_not_block_the_rerun(world, tmp_path,
                                                                               capsys):
     data = str(tmp_path / "data")

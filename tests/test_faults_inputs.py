@@ -331,6 +331,7 @@ def test_train_command_refuses_an_unknown_split(tmp_path, capsys):
 # 7. figures: a rerun into the same folder removes the earlier run's figures, nothing else
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_figures_rerun_removes_its_stale_figures_only(refined, tmp_path, capsys):
     data, store = refined
     out = tmp_path / "fig"
