@@ -157,12 +157,13 @@ def _photo_report(result, photo, figures, top, options):
            "stop_reason": result.stop_reason, "candidates": candidates,
            "figure": os.path.join(figures, f"{photo.id}.png")}
     if not os.path.isfile(row["figure"]):
-        _write_figure(row["figure"], picture, photo, maps, best, result)
+        _write_figure(row["figure"], picture, photo, maps, np.stack([ys, xs], axis=1), result)
     return row
 
 
-def _write_figure(path, picture, photo, maps, best, result):
-    """Photograph | s_0 over it | S over it with the numbered candidates, at FIGURE_SIDE."""
+def _write_figure(path, picture, photo, maps, points, result):
+    """Photograph | s_0 over it | S over it with the numbered candidates (``points``, (K, 2)
+    (row, col) in the photograph's pixels), drawn at FIGURE_SIDE."""
     from dr_saliency.figures import plots
 
     height, width = picture.shape[:2]
@@ -173,10 +174,8 @@ def _write_figure(path, picture, photo, maps, best, result):
     shown = cv2.resize(picture, shape[::-1], interpolation=cv2.INTER_AREA)
     drawn = {name: cv2.resize(restore_geometry(m, photo.box, (height, width)), shape[::-1],
                               interpolation=cv2.INTER_AREA) for name, m in maps.items()}
-    ys, xs = photo.box.to_source(best[:, 0], best[:, 1], photo.size)
-    points = np.stack([(ys + 0.5) * k - 0.5, (xs + 0.5) * k - 0.5], axis=1)
     fig = plots.heatmap_panels(
-        [{"image": shown, "s0": drawn["s0"], "S": drawn["S"], "points": points}],
+        [{"image": shown, "s0": drawn["s0"], "S": drawn["S"], "points": (points + 0.5) * k - 0.5}],
         titles=("Photograph", "$s_0$ (first map)", "$S$ (refined), top candidates"),
         panel_size=3.2)
     # Grades are the regression's output (0-4); > 1 is referable.
