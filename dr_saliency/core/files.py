@@ -15,11 +15,11 @@ import os
 from dr_saliency.core.errors import FolderInUseError
 from dr_saliency.core.locks import LOCK_NAME
 
-__all__ = ["RUN_FILES", "check_record", "differences", "file_sha256", "folder_entries",
+__all__ = ["TRAINING_RUN_FILES", "check_record", "differences", "file_sha256", "folder_entries",
            "read_json", "refuse_other_outputs", "write_figure", "write_json", "write_text"]
 
 #: The files that make a folder a training run (docs/file-formats.md#checkpoints).
-RUN_FILES = ("config.json", "split.json")
+TRAINING_RUN_FILES = ("config.json", "split.json")
 
 
 def write_text(path, text):
@@ -123,8 +123,8 @@ def refuse_other_outputs(folder, what):
     """
     names = folder_entries(folder)
     found = []
-    if all(name in names for name in RUN_FILES):
-        found.append(f"a training run ({', '.join(RUN_FILES)})")
+    if all(name in names for name in TRAINING_RUN_FILES):
+        found.append(f"a training run ({', '.join(TRAINING_RUN_FILES)})")
     found += [f"a result or model file ({name})" for name in names if name.endswith(".h5")]
     if found:
         raise FolderInUseError(f"Expected a folder free of other outputs to write {what} into. "

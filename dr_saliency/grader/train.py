@@ -39,8 +39,9 @@ from dr_saliency.grader.augment import augment_batch
 from dr_saliency.fundus.imio import read_image
 from dr_saliency.grader.config import STRATEGIES, TrainConfig
 
-#: Files that make a folder a run that --resume can continue.
-RUN_FILES = ("config.json", "last.weights.h5")
+#: The file that makes a folder a run that --resume can continue: its settings. (With no
+#: checkpoint beside it yet, the run was stopped during its first epoch and resumes at epoch 0.)
+RUN_FILES = ("config.json",)
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -478,8 +479,7 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, force=
     run_dir = os.fspath(run_dir)
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ValueError(f"Expected a run folder. Received: run_dir={run_dir!r}, a file")
-    config_path = os.path.join(run_dir, "config.json")
-    if resume and not os.path.isfile(config_path):
+    if resume and not is_run_dir(run_dir):
         raise ValueError("Expected a training run folder (with config.json) to resume. "
                          f"Received: run_dir={run_dir!r}")
     os.makedirs(run_dir, exist_ok=True)
@@ -518,10 +518,10 @@ def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_e
             ["data"])
 
     graded = [r for r in dataset if r.grade is not None]
-    bad = []
     graded, bad = check_files(graded, skip_bad=skip_bad, on_progress=on_check)
     split_path = os.path.join(run_dir, "split.json")
-    if resume and os.path.isfile(split_path):
+    keep_split = resume and os.path.isfile(split_path)
+    if keep_split:
         # The split is made once and kept: a resumed run trains and validates on the same images.
         train_recs, val_recs = _stored_split(split_path, graded, {r.id for r in dataset})
     else:
@@ -534,19 +534,18 @@ def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_e
 
     strategy = get_strategy(config.strategy)
     steps = config.steps_per_epoch or max(1, len(train_recs) // config.batch_size)
-    if not (resume and saved is not None):
+    if not resume:
         write_json(config_path,
                    {"config": dataclasses.asdict(config), "data": data_path,
                     "data_fingerprint": fingerprint,
                     "n_train": len(train_recs), "n_val": len(val_recs)})
-    if not (resume and os.path.isfile(split_path)):
+    if not keep_split:
         write_json(split_path,
                    {"train": [r.id for r in train_recs], "val": [r.id for r in val_recs]})
-    resume = started  # without a checkpoint, a resumed run starts at epoch 0
 
     net = build_compiled(config, steps, strategy)
     initial_epoch, best_kappa = 0, None
-    if resume:
+    if started:  # without a checkpoint, a resumed run starts at epoch 0
         meta = model_lib.load_checkpoint(net, os.path.join(run_dir, "last.weights.h5"))
         initial_epoch = int(meta.get("epoch") or 0)
         best_kappa = meta.get("metrics", {}).get("best_kappa")
