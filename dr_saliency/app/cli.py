@@ -245,12 +245,16 @@ def _fractions(ctx, param, value):
               help="train,val,test fractions (stratified by stage).")
 @click.option("--workers", type=int, help="Processes (default: one per CPU core).")
 @click.option("--overwrite", is_flag=True, help="Regenerate a folder made with other parameters.")
-def synth_cmd(out, n, size, seed, stages, split, workers, overwrite):
+@click.option("--generator", default=3, show_default=True, type=click.IntRange(2, 3),
+              help="Generator version: 3 (lesions as conspicuous relative to each other as in "
+                   "photographs) or 2 (earlier datasets, redrawn bit for bit). docs/synthetic.md.")
+def synth_cmd(out, n, size, seed, stages, split, workers, overwrite, generator):
     """Write a synthetic fundus dataset with lesion masks to OUT (resumable)."""
     from dr_saliency.fundus import synth
     with _Bar(n, "Synthesizing") as update:
         labels = synth.write_dataset(out, n, size=size, seed=seed, stages=stages, split=split,
-                                     workers=workers, on_progress=update, overwrite=overwrite)
+                                     workers=workers, on_progress=update, overwrite=overwrite,
+                                     generator=generator)
     click.echo(f"{n} synthetic images of {size}x{size} ({stages} stages, seed {seed}): {labels}")
 
 

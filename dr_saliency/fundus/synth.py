@@ -34,12 +34,12 @@ from dr_saliency.fundus.datasets.folder import LABELS_FILE, LESION_TYPES, write_
 from dr_saliency.fundus.imio import read_image, read_mask
 
 __all__ = [
-    "STAGE_RULES", "StageRule", "Lesion", "SynthResult", "synthesize", "write_dataset",
+    "GENERATORS", "GENERATOR_VERSION", "Generator", "STAGE_RULES", "StageRule", "Lesion", "SynthResult", "synthesize", "write_dataset",
     "measure_lesions", "lesion_statistics", "example_grid",
     "comparison_figure",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MIN_SIZE = 128
 REFERENCE_SIZE = 512
 # A lesion's mask holds the pixels it changed by at least this many grey levels (any channel),
@@ -67,6 +67,10 @@ class StageRule:
             haemorrhages.
         spread: standard deviation, in FOV radii, of microaneurysm (and, when fewer than four
             quadrants are required, haemorrhage) positions around the fovea.
+        ex_share, se_share: probability that an image of this stage holds hard exudates
+            (cotton-wool spots) at all; when it does, their count is drawn from ``ex`` (``se``).
+            1.0 draws the count alone (generator 2, whose ranges start at 0).
+        beading: probability of venous beading on the temporal arcade veins (generator 3).
     """
 
     ma: tuple = (0, 0)
@@ -76,44 +80,114 @@ class StageRule:
     nv: tuple = (0, 0)
     he_quadrants: tuple = (0, 0)
     spread: float = 0.4
+    ex_share: float = 1.0
+    se_share: float = 1.0
+    beading: float = 0.0
 
 
-# International Clinical DR scale in spirit: 1 = microaneurysms only; 2 = more than that, short of
-# severe (haemorrhages in at most three quadrants); 3 = haemorrhages in all four quadrants plus
-# cotton-wool spots; 4 = neovascularisation on top of the rest. Counts overlap between stages.
-STAGE_RULES = {
-    0: StageRule(),
-    1: StageRule(ma=(2, 8)),
-    2: StageRule(ma=(2, 15), he=(1, 10), ex=(0, 14), se=(0, 2), he_quadrants=(1, 3)),
-    3: StageRule(ma=(6, 25), he=(12, 30), ex=(0, 24), se=(1, 6), he_quadrants=(4, 4), spread=0.5),
-    4: StageRule(ma=(4, 25), he=(6, 30), ex=(0, 24), se=(0, 6), nv=(1, 3), he_quadrants=(2, 4),
-                 spread=0.5),
-}
+@dataclasses.dataclass(frozen=True)
+class Generator:
+    """One version of the generator: the tables that differ between versions.
 
-# Lesion radius (long semi-axis for elongated shapes) in pixels at 512, uniform in the range.
-LESION_RADIUS = {
-    "MA": (2.0, 3.0),
-    "HE_dot": (4.0, 6.5),
-    "HE_blot": (6.0, 13.0),
-    "HE_flame": (7.0, 15.0),
-    "EX": (2.5, 8.0),
-    "SE": (8.0, 18.0),
-    "NVE": (14.0, 30.0),
-}
+    Attributes:
+        version: int, recorded in a dataset's ``synth.json``.
+        stage_rules: ``{stage: StageRule}`` for stages 0-4.
+        lesion_radius: ``{key: (low, high)}`` px at 512 (keys of ``LESION_RADIUS``).
+        lesion_contrast: ``{type: (low, high)}`` opacity at the lesion's centre.
+        ex_groups: ``{group: probability}``; groups ``"cluster"``, ``"ring"``, ``"single"``
+            (plaques, generator 2) or ``"field"``, ``"ring"``, ``"single"`` (flecks, 3).
+        ex_group_size: ``{group: (low, high)}`` lesions per cluster/field and per ring.
+        ex_spread: ``(low, high)`` px at 512, scatter of a cluster or field around its centre.
+        vignetting: ``(low, high)`` brightness lost at the FOV rim.
+        blue: factor on the pigment's blue.
+    """
+
+    version: int
+    stage_rules: dict
+    lesion_radius: dict
+    lesion_contrast: dict
+    ex_groups: dict
+    ex_group_size: dict
+    ex_spread: tuple
+    vignetting: tuple
+    blue: float
+
+
+# Generator 2. International Clinical DR scale in spirit: 1 = microaneurysms only; 2 = more than
+# that, short of severe (haemorrhages in at most three quadrants); 3 = haemorrhages in all four
+# quadrants plus cotton-wool spots; 4 = neovascularisation on top of the rest. Counts overlap
+# between stages. Its exudates are three times as conspicuous as its red lesions and present in
+# 93% of stage-2 images, which let a grader grade from exudates alone (docs/synthetic.md).
+GENERATOR_2 = Generator(
+    version=2,
+    stage_rules={
+        0: StageRule(),
+        1: StageRule(ma=(2, 8)),
+        2: StageRule(ma=(2, 15), he=(1, 10), ex=(0, 14), se=(0, 2), he_quadrants=(1, 3)),
+        3: StageRule(ma=(6, 25), he=(12, 30), ex=(0, 24), se=(1, 6), he_quadrants=(4, 4), spread=0.5),
+        4: StageRule(ma=(4, 25), he=(6, 30), ex=(0, 24), se=(0, 6), nv=(1, 3), he_quadrants=(2, 4),
+                     spread=0.5),
+    },
+    # Lesion radius (long semi-axis for elongated shapes) in pixels at 512, uniform in the range.
+    lesion_radius={"MA": (2.0, 3.0), "HE_dot": (4.0, 6.5), "HE_blot": (6.0, 13.0),
+                   "HE_flame": (7.0, 15.0), "EX": (2.5, 8.0), "SE": (8.0, 18.0), "NVE": (14.0, 30.0)},
+    # Lesion opacity at its centre, uniform in the range: the low end gives weakly
+    # discriminative lesions, the high end strongly discriminative ones.
+    lesion_contrast={"MA": (0.45, 0.9), "HE": (0.3, 0.9), "EX": (0.35, 0.9), "SE": (0.35, 0.7),
+                     "NV": (0.5, 0.8)},
+    ex_groups={"cluster": 0.55, "ring": 0.25, "single": 0.2},
+    ex_group_size={"cluster": (3, 12), "ring": (3, 14)},
+    ex_spread=(6.0, 22.0),
+    vignetting=(0.15, 0.45),
+    blue=1.0,
+)
+
+# Generator 3 (the default), fixed from real evidence before the method was measured on it
+# (docs/synthetic.md, "Generator 3"):
+# - conspicuity: every lesion type's median area and contrast are those measured on the IDRiD and
+#   DIARETDB1 samples (docs/experiments/realism_gap.py) times one factor, REAL_SCALE = 3, so the
+#   ratios between types are the photographs' (exudates 1.3x a haemorrhage's contrast, not 3x)
+#   and a microaneurysm stays about 5 px wide at 512;
+# - prevalence: the stage is carried by microaneurysms, haemorrhages (count and quadrants),
+#   venous beading and new vessels, as in the International Clinical DR scale (Wilkinson et al.,
+#   Ophthalmology 2003), where hard exudates and cotton-wool spots are frequent at stages 2-4 but
+#   define none of them: they appear in a minority to a majority of images (ex_share, se_share);
+# - appearance: hard exudates as fields of small flecks (IDRiD: 130 components per image, median
+#   6 px), a less blue pigment and stronger vignetting, as measured on the real samples.
+REAL_SCALE = 3.0
+GENERATOR_3 = Generator(
+    version=3,
+    stage_rules={
+        0: StageRule(),
+        1: StageRule(ma=(2, 8)),
+        2: StageRule(ma=(4, 18), he=(2, 10), ex=(6, 40), se=(1, 2), he_quadrants=(1, 3),
+                     ex_share=0.35, se_share=0.2),
+        3: StageRule(ma=(8, 28), he=(14, 32), ex=(10, 70), se=(1, 5), he_quadrants=(4, 4), spread=0.5,
+                     ex_share=0.55, se_share=0.5, beading=0.5),
+        4: StageRule(ma=(6, 28), he=(8, 32), ex=(10, 70), se=(1, 5), nv=(1, 3), he_quadrants=(2, 4),
+                     spread=0.5, ex_share=0.55, se_share=0.4, beading=0.4),
+    },
+    lesion_radius={"MA": (1.3, 2.0), "HE_dot": (3.0, 5.0), "HE_blot": (4.6, 9.9),
+                   "HE_flame": (5.3, 11.4), "EX": (1.4, 2.6), "SE": (7.9, 17.9), "NVE": (14.0, 30.0)},
+    lesion_contrast={"MA": (0.7, 1.0), "HE": (0.45, 1.0), "EX": (0.2, 0.52), "SE": (0.34, 0.69),
+                     "NV": (0.5, 0.8)},
+    ex_groups={"field": 0.6, "ring": 0.25, "single": 0.15},
+    ex_group_size={"field": (8, 40), "ring": (6, 18)},
+    ex_spread=(8.0, 30.0),
+    vignetting=(0.35, 0.65),
+    blue=0.35,
+)
+
+GENERATORS = {2: GENERATOR_2, 3: GENERATOR_3}
+"""Every generator version that can still be drawn, by version number."""
+
+# The default generator's tables, under their historical names.
+STAGE_RULES = GENERATORS[GENERATOR_VERSION].stage_rules
+LESION_RADIUS = GENERATORS[GENERATOR_VERSION].lesion_radius
+LESION_CONTRAST = GENERATORS[GENERATOR_VERSION].lesion_contrast
 # Haemorrhage shapes and how often each is drawn; a share of haemorrhages sits against a vessel.
 HE_SHAPES = {"dot": 0.35, "blot": 0.4, "flame": 0.25}
 HE_NEAR_VESSEL = 0.3
-# Hard exudates come as clusters, circinate rings (arcs around a centre) or single plaques.
-EX_GROUPS = {"cluster": 0.55, "ring": 0.25, "single": 0.2}
-# Lesion opacity at its centre, uniform in the range: the low end gives weakly discriminative
-# lesions, the high end strongly discriminative ones.
-LESION_CONTRAST = {
-    "MA": (0.45, 0.9),
-    "HE": (0.3, 0.9),
-    "EX": (0.35, 0.9),
-    "SE": (0.35, 0.7),
-    "NV": (0.5, 0.8),
-}
 # Per-channel (R, G, B) absorption of red lesions and vessels: green most, red least, so that
 # they stay red on an orange background as in real photographs.
 RED_LESION_ABSORB = (0.28, 0.72, 0.66)
@@ -198,7 +272,7 @@ class SynthResult:
     fovea: tuple
 
 
-def synthesize(stage, *, size=512, rng=None):
+def synthesize(stage, *, size=512, rng=None, generator=GENERATOR_VERSION):
     """Draw one synthetic colour fundus photograph of a given DR stage with its lesion masks.
 
     Args:
@@ -206,6 +280,8 @@ def synthesize(stage, *, size=512, rng=None):
         size: int >= 128, side of the square image in pixels.
         rng: None (fresh entropy), an int seed >= 0, or a ``numpy.random.Generator`` (consumed).
             The same seed gives the same image, bit for bit.
+        generator: int, the generator version (``GENERATORS``): 3 (default) or 2, kept so that
+            datasets written before version 3 can be redrawn bit for bit.
 
     Returns:
         ``SynthResult``: image ``(size, size, 3)`` uint8 RGB, fov and the four masks
@@ -213,7 +289,7 @@ def synthesize(stage, *, size=512, rng=None):
 
     Raises:
         TypeError: for a non-integer stage or size, or an rng of another type.
-        ValueError: for a stage outside 0-4, or a size below 128.
+        ValueError: for a stage outside 0-4, a size below 128, or an unknown generator.
     """
     stage = _check_int(stage, "stage", "a DR stage 0-4", low=0, high=4)
     size = _check_int(size, "size", f"an image side of at least {MIN_SIZE} pixels", low=MIN_SIZE)
@@ -221,7 +297,9 @@ def synthesize(stage, *, size=512, rng=None):
         rng = np.random.default_rng(rng)
     elif not isinstance(rng, np.random.Generator):
         raise TypeError(f"Expected rng to be None, an int seed >= 0 or a numpy Generator. Received: rng={rng!r}")
-    return _Fundus(stage, size, rng).render()
+    if generator not in GENERATORS:
+        raise ValueError(f"Expected a generator version in {sorted(GENERATORS)}. Received: generator={generator!r}")
+    return _Fundus(stage, size, rng, GENERATORS[generator]).render()
 
 
 def _check_int(value, name, what, low, high=None):
@@ -313,8 +391,9 @@ def _blob(rng, reach, parts, spread, axes):
 class _Fundus:
     """Draws one image. Works in a right-eye frame (disc on the right); ``render`` mirrors."""
 
-    def __init__(self, stage, size, rng):
-        self.stage, self.size, self.rng = stage, size, rng
+    def __init__(self, stage, size, rng, gen):
+        self.stage, self.size, self.rng, self.gen = stage, size, rng, gen
+        self.rule = gen.stage_rules[stage]
         self.scale = size / REFERENCE_SIZE
         self.rows = np.arange(size, dtype=np.float32)[:, None]
         self.cols = np.arange(size, dtype=np.float32)[None, :]
@@ -368,7 +447,7 @@ class _Fundus:
         a = rng.uniform(0, 2 * np.pi)
         ramp = ((rows - float(self.fov_c[0])) * math.sin(a) + (cols - float(self.fov_c[1])) * math.cos(a)) / R
         gain = (rng.uniform(0.72, 1.12)
-                * (1.0 - rng.uniform(0.15, 0.45) * np.minimum(r_norm, 1.0) ** rng.uniform(2.0, 4.0))
+                * (1.0 - _uniform(rng, self.gen.vignetting) * np.minimum(r_norm, 1.0) ** rng.uniform(2.0, 4.0))
                 * (1.0 + rng.uniform(0.03, 0.18) * ramp)
                 * (1.0 + rng.uniform(0.04, 0.1) * _smooth_noise(rng, n, 3)))
         offset = None
@@ -389,7 +468,8 @@ class _Fundus:
         # clear of the olive that a high green alone would give.
         red = rng.uniform(0.62, 0.95)
         g = rng.uniform(0.36, 0.66)
-        base = np.array([red, red * g, red * ((g - 0.3) * rng.uniform(0.5, 1.3) + rng.uniform(0.0, 0.08))], np.float32)
+        blue = red * ((g - 0.3) * rng.uniform(0.5, 1.3) + rng.uniform(0.0, 0.08)) * self.gen.blue
+        base = np.array([red, red * g, blue], np.float32)
         # Fine choroidal texture: blurred white noise (uniform, variance 1/12), rescaled to unit
         # deviation.
         sigma = 1.2 * s + 0.3
@@ -515,6 +595,27 @@ class _Fundus:
             pts = _walk(rng, self.cup[::-1], math.pi + rng.uniform(-0.35, 0.35), 0.7 * self.R, max(3.0 * s, 1.5), 0.05)
             self._grow(*self._clip(pts, np.linspace(w0, 0.5 * w0, len(pts)), False), "artery", 2)
 
+    def _bead_veins(self):
+        """Venous beading: on a stretch of each temporal arcade vein, the calibre swells and
+        narrows periodically (drawn, in no mask; a sign of severe NPDR in the clinical scale)."""
+        rng, R, s = self.rng, self.R, self.scale
+        for i, (pts, widths, kind, main) in enumerate(self.vessels):
+            if kind != "vein" or not main or len(pts) < 10:
+                continue
+            arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
+            # Resample at about 1 px so that a bead (period 7-11 px) spans several points.
+            t = np.arange(0.0, arc[-1], max(s, 0.5))
+            fine = np.stack([np.interp(t, arc, pts[:, 0]), np.interp(t, arc, pts[:, 1])], axis=1)
+            w = np.interp(t, arc, widths)
+            start = rng.uniform(0.2, 0.45) * arc[-1]
+            length = rng.uniform(0.2, 0.35) * R
+            period = rng.uniform(7.0, 11.0) * s
+            depth = rng.uniform(0.3, 0.5)
+            u = np.clip((t - start) / length, 0.0, 1.0)
+            envelope = np.sin(np.pi * u)     # the beading fades in and out along the stretch
+            w = w * (1.0 + depth * envelope * np.sin(2 * np.pi * (t - start) / period))
+            self.vessels[i] = (fine, w, kind, main)
+
     def _nv_patch(self, canvas, center_rc, radius, contrast):
         """Neovascularisation: a dense tangle of fine, tortuous loops kept within ``radius``."""
         rng, s = self.rng, self.scale
@@ -581,10 +682,10 @@ class _Fundus:
         return True
 
     def _radius(self, key):
-        return max(_uniform(self.rng, LESION_RADIUS[key]) * self.scale, 1.0)
+        return max(_uniform(self.rng, self.gen.lesion_radius[key]) * self.scale, 1.0)
 
     def _contrast(self, kind):
-        return _uniform(self.rng, LESION_CONTRAST[kind])
+        return _uniform(self.rng, self.gen.lesion_contrast[kind])
 
     def _near_fovea(self, spread, quadrant=None):
         """Normal around the fovea; with ``quadrant``, folded into it (mirrored about the FOV
@@ -671,9 +772,14 @@ class _Fundus:
         return self._place("HE", "blot", center, reach, c, blot, 0.18 * reach)
 
     def _lesions(self):
-        rng, rule, R, s = self.rng, STAGE_RULES[self.stage], self.R, self.scale
+        rng, rule, R, s = self.rng, self.rule, self.R, self.scale
         count = {k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in
                  (("MA", rule.ma), ("HE", rule.he), ("EX", rule.ex), ("SE", rule.se), ("NV", rule.nv))}
+        # Exudates and cotton-wool spots in a share of the images only (generator 3); a share of
+        # 1.0 draws nothing, so generator 2's images stay what they were.
+        for kind, share in (("EX", rule.ex_share), ("SE", rule.se_share)):
+            if share < 1.0 and rng.uniform() >= share:
+                count[kind] = 0
         tries = 30
         # Cotton-wool spots: along the arcades, often over a vessel.
         placed = 0
@@ -688,15 +794,20 @@ class _Fundus:
             ang = math.degrees(heading) + rng.normal(0, 20)
             placed += self._place("SE", "fuzzy", center, r, self._contrast("SE"),
                                   lambda pt, lc: _ellipse(pt, lc, (r, b), ang), 0.35 * r)
-        # Hard exudates: groups around the macula until the count is reached.
-        placed = 0
+        # Hard exudates: groups around the macula until the count is reached. Generator 2 draws
+        # plaques in loose clusters; generator 3 fields of small flecks, as in photographs.
+        gen, placed = self.gen, 0
         for _ in range(count["EX"] * 4):
             if placed >= count["EX"]:
                 break
-            group = rng.choice(list(EX_GROUPS), p=list(EX_GROUPS.values()))
+            group = str(rng.choice(list(gen.ex_groups), p=list(gen.ex_groups.values())))
             ang0 = rng.uniform(0, 2 * np.pi)
             centre = self.fovea + rng.uniform(0.12, 0.55) * R * np.array([math.sin(ang0), math.cos(ang0)])
-            k = 1 if group == "single" else int(rng.integers(3, 13 if group == "cluster" else 15))
+            if group == "single":
+                k = 1
+            else:
+                lo, hi = gen.ex_group_size[group]
+                k = int(rng.integers(lo, hi + 1))
             k = min(count["EX"] - placed, k)
             if group == "ring":
                 rr = rng.uniform(16, 40) * s
@@ -704,10 +815,10 @@ class _Fundus:
                 angles = rng.uniform(0, 2 * np.pi) + np.linspace(0, span, k, endpoint=False)
                 spots = [centre + rr * np.array([math.sin(a), math.cos(a)]) + rng.normal(0, 1.5 * s, 2) for a in angles]
             else:
-                spread = rng.uniform(6, 22) * s if group == "cluster" else 0.0
+                spread = _uniform(rng, gen.ex_spread) * s if group != "single" else 0.0
                 spots = [centre + rng.normal(0, spread, 2) for _ in range(k)]
             for spot in spots:
-                r = self._radius("EX") * (0.8 if group != "single" else 1.0)
+                r = self._radius("EX") * (0.8 if group != "single" and gen.version == 2 else 1.0)
                 shape = _blob(rng, r, int(rng.integers(1, 6)), 0.5, (0.3, 0.7))
                 placed += self._place("EX", group, spot, r, self._contrast("EX"), shape, 0.3 * s)
         # Haemorrhages: in the required number of quadrants, some against a vessel.
@@ -737,6 +848,8 @@ class _Fundus:
         shade, gain, offset = self._smooth_fields()
         scene = self._background(shade)
         self._vessel_tree()
+        if self.rule.beading > 0.0 and rng.uniform() < self.rule.beading:
+            self._bead_veins()
         self._index_vessels()
         veins = np.zeros((size, size), np.uint8)
         arteries = np.zeros((size, size), np.uint8)
@@ -753,7 +866,7 @@ class _Fundus:
         self.vessel_occ = cv2.bitwise_or(veins, arteries) > 25
 
         # Neovascularisation is drawn with the arteries: fine, tortuous new vessels.
-        rule = STAGE_RULES[self.stage]
+        rule = self.rule
         for i in range(int(rng.integers(rule.nv[0], rule.nv[1] + 1))):
             c = self._contrast("NV")
             if i == 0 or rng.uniform() < 0.4:
@@ -849,13 +962,14 @@ class _Fundus:
 
 # ----- dataset folder ---------------------------------------------------------------------------
 def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.15, 0.15), workers=None,
-                  on_progress=None, overwrite=False):
+                  on_progress=None, overwrite=False, generator=GENERATOR_VERSION):
     """Write a synthetic dataset folder (docs/file-formats.md) with ``n`` images and their lesion masks.
 
     The layout is ``labels.csv`` (``image,level,split``), ``images/<id>.png``,
     ``masks/{MA,HE,EX,SE}/<id>.png`` (all four, empty where the image has no lesion of that type),
     ``fov/<id>.png``, and ``synth.json``, the generation parameters. Ids are ``synth_00001`` ...
-    Image ``i`` is ``synthesize(stage_i, size=size, rng=numpy.random.default_rng([seed, i]))``:
+    Image ``i`` is ``synthesize(stage_i, size=size, rng=numpy.random.default_rng([seed, i]),
+    generator=generator)``:
     its bytes depend only on the parameters and ``i``, never on ``workers``.
 
     Resuming: a folder whose ``synth.json`` holds the same parameters is completed, skipping
@@ -884,6 +998,8 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
             a click progress bar's ``update``.
         overwrite: bool; True regenerates everything, deleting this generator's earlier files
             (``synth_*.png``, ``labels.csv``, ``synth.json``) and leaving other files alone.
+        generator: int, the generator version (``GENERATORS``; recorded as ``version`` in
+            ``synth.json``, so a folder is only ever completed by the version that began it).
 
     Returns:
         str, the path of ``labels.csv``.
@@ -909,10 +1025,12 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
                          f"Received: split={split!r}")
     if workers is not None:
         workers = _check_int(workers, "workers", "a number of worker processes >= 1 or None", low=1)
+    if isinstance(generator, bool) or generator not in GENERATORS:
+        raise ValueError(f"Expected a generator version in {sorted(GENERATORS)}. Received: generator={generator!r}")
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"Expected on_progress to be callable or None. Received: on_progress={on_progress!r}")
     out = os.fspath(out)
-    params = {"generator": "dr_saliency.synth", "version": GENERATOR_VERSION, "n": n, "size": size,
+    params = {"generator": "dr_saliency.synth", "version": int(generator), "n": n, "size": size,
               "seed": seed, "stages": stages, "split": fractions}
     # Refuse before a lock file is made in someone else's folder; check again under the lock,
     # where no other writer can change the folder between the check and the writing.
@@ -925,7 +1043,7 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
         todo = [job for job in plan if not os.path.exists(os.path.join(out, "images", job[0] + ".png"))]
         if on_progress is not None and len(todo) < n:
             on_progress(n - len(todo))
-        jobs = [((out, image_id, index, stage, size, seed),) for image_id, index, stage, _ in todo]
+        jobs = [((out, image_id, index, stage, size, seed, int(generator)),) for image_id, index, stage, _ in todo]
         workers = min(workers or len(os.sched_getaffinity(0)), max(len(jobs), 1))
         step = on_progress if on_progress is not None else (lambda k: None)
         if workers == 1:
@@ -945,8 +1063,8 @@ def _init_worker():
 
 
 def _write_one(job):
-    out, image_id, index, stage, size, seed = job
-    result = synthesize(stage, size=size, rng=np.random.default_rng([seed, index]))
+    out, image_id, index, stage, size, seed, generator = job
+    result = synthesize(stage, size=size, rng=np.random.default_rng([seed, index]), generator=generator)
     write_sample(out, image_id, result.image, result.masks, result.fov)
     return index
 
