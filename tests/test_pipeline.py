@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dr_saliency.core.errors import BadImageError, EmptySplitError, ImageSizeError
+from dr_saliency.core.grades import is_referable
 from dr_saliency.core.maps import scored_maps
 from dr_saliency.fundus.datasets import open_dataset, select_records
 from dr_saliency.refinement import run as pipeline
@@ -66,14 +67,14 @@ def test_refine_dataset_writes_resumes_and_filters_referable(tmp_path):
                                       on_image=lambda rec, res, msg: lines.append((rec.id, msg)),
                                       config=RefineConfig(max_iterations=5), erase=ERASE)
     p0 = fake_predict([r.load_image() for r in ds])
-    referable = [r.id for r, p in zip(ds, p0) if p > 1.0]
+    referable = [r.id for r, p in zip(ds, p0) if is_referable(p)]
     assert summary["written"] == len(referable)
     assert summary["not_referable"] == len(ds) - len(referable)
     with ResultStore(out) as store:
         assert sorted(store.complete_ids()) == sorted(referable)
         for image_id in referable:
             r = store.read(image_id)
-            assert r.predictions[0] > 1.0 and r.stop_reason in ("normal", "max_iterations")
+            assert is_referable(r.predictions[0]) and r.stop_reason in ("normal", "max_iterations")
         assert store.params["only_referable"] is True and store.params["max_iterations"] == 5
     assert any("->" in msg for _, msg in lines)
     assert any("not referable" in msg for _, msg in lines)

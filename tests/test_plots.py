@@ -406,12 +406,12 @@ def test_iteration_strip_single_map():
 
 def test_iteration_strip_from_refine_with_fakes():
     image = _image()
-    predictions = iter([3.0, 2.0, 1.2, 0.8])
+    predictions = iter([3.0, 2.0, 1.6, 0.8])
     result = refine(image, explain=lambda im, f: np.stack([_blob((20, 20 + 8 * i)) for i in range(len(im))]),
                     predict=lambda im: np.array([next(predictions) for _ in im]), keep_images=True)
     assert result.stop_reason == "normal" and result.iterations == 3
     fig = plots.iteration_strip(result, lesions=np.zeros((SIZE, SIZE), bool))
-    assert _map_titles(fig, 4) == ["i=0  p=3.00", "i=1  p=2.00", "i=2  p=1.20",
+    assert _map_titles(fig, 4) == ["i=0  p=3.00", "i=1  p=2.00", "i=2  p=1.60",
                                    "end: n=3  p=0.80\nnormal"]
 
 

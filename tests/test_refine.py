@@ -319,7 +319,10 @@ def test_nan_maps_and_bad_explainer_outputs_are_clear_errors():
 @pytest.mark.parametrize("make, match", [
     (lambda: RefineConfig(max_iterations=-1), "Received: max_iterations=-1"),
     (lambda: RefineConfig(max_iterations=2.5), "Received: max_iterations=2.5"),
-    (lambda: RefineConfig(stop_at=float("nan")), "Received: stop_at=nan"),
+    (lambda: RefineConfig(stop_at=float("nan")), "grade 0-3 .*Received: stop_at=nan"),
+    (lambda: RefineConfig(stop_at=1.5), "grade 0-3 .*Received: stop_at=1.5"),
+    (lambda: RefineConfig(stop_at=float("nan"), stop_on="prediction"), "Received: stop_at=nan"),
+    (lambda: RefineConfig(stop_on="p"), "Received: stop_on='p'"),
     (lambda: Combination(decay=-0.1), "Received: decay=-0.1"),
     (lambda: Combination(combine="median"), "Received: combine='median'"),
     (lambda: Eraser(rule="top"), "Received: rule='top'"),
@@ -380,3 +383,22 @@ def test_result_type_is_a_plain_dataclass():
     assert isinstance(r, RefineResult)
     np.testing.assert_array_equal(r.masks[0], binarize(r.maps[0], fov(), rule="fraction_of_max",
                                                        level=1.0, dilation=0))
+
+
+def test_the_loop_stops_once_the_image_is_graded_non_referable():
+    # One rule (core/grades.py): a prediction is referable when it rounds to stage 2 or more,
+    # p >= 1.5; the loop stops at the first image graded 1 or lower.
+    config = RefineConfig()
+    np.testing.assert_array_equal(config.stops([0.2, 1.0, 1.49, 1.5, 2.4]),
+                                  [True, True, True, False, False])
+    assert run(1, constant_prediction=1.4)[0].stop_reason == "not_referable"
+    assert run(1, constant_prediction=1.6)[0].stop_reason != "not_referable"
+
+
+def test_files_made_before_the_grade_rule_are_read_with_their_own():
+    old = {**RefineConfig().to_params(), "stop_at": 1.0}
+    del old["stop_on"]
+    config = RefineConfig.from_params(old)
+    assert config.stop_on == "prediction" and config.stop_at == 1.0
+    np.testing.assert_array_equal(config.stops([1.0, 1.2]), [True, False])
+    assert RefineConfig.from_params(RefineConfig().to_params()) == RefineConfig()

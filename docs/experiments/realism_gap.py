@@ -13,6 +13,10 @@ way:
   percentiles, and lesions per image.
 
     python docs/experiments/realism_gap.py REAL_DIR [REAL_DIR ...] [--synthetic-per-stage 10]
+        [--generators 2,3]
+
+The last table gives each lesion type's median contrast over the haemorrhages' median in each set:
+the relative conspicuity that generator 3 takes from the real samples (docs/synthetic.md).
 """
 
 import argparse
@@ -58,10 +62,11 @@ def real_samples(roots):
             yield rec.id, small, masks or {}, fov
 
 
-def synthetic_samples(per_stage):
+def synthetic_samples(per_stage, generator):
     for stage in (2, 3, 4):
         for j in range(per_stage):
-            r = synth.synthesize(stage, size=SIZE, rng=np.random.default_rng([7, stage, j]))
+            r = synth.synthesize(stage, size=SIZE, rng=np.random.default_rng([7, stage, j]),
+                                 generator=generator)
             yield f"synth_{stage}_{j}", r.image, r.masks, r.fov
 
 
@@ -88,10 +93,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("real", nargs="+", help="real dataset folders")
     parser.add_argument("--synthetic-per-stage", type=int, default=10)
+    parser.add_argument("--generators", default="2,3", help="generator versions to measure")
     args = parser.parse_args()
     sets = {"real (" + ", ".join(os.path.basename(os.path.normpath(r)) for r in args.real) + ")":
-            summarise(real_samples(args.real)),
-            "synthetic (stages 2-4)": summarise(synthetic_samples(args.synthetic_per_stage))}
+            summarise(real_samples(args.real))}
+    for version in (int(v) for v in args.generators.split(",")):
+        sets[f"synthetic v{version} (stages 2-4)"] = summarise(
+            synthetic_samples(args.synthetic_per_stage, version))
     print("| set | images | mean R / G / B in the FOV | outer ring / centre brightness | "
           "fine texture (green, sd) |\n|---|---|---|---|---|")
     for name, s in sets.items():
@@ -106,6 +114,11 @@ def main():
             area, contrast, per_image = s[kind]
             fmt = (lambda v: " / ".join(f"{x:.0f}" for x in v) if v is not None else "-")
             print(f"| {kind} | {name} | {per_image:.1f} | {fmt(area)} | {fmt(contrast)} |")
+    print("\n| set | median contrast / haemorrhages': MA | EX | SE |\n|---|---|---|---|")
+    for name, s in sets.items():
+        he = s["HE"][1][1]
+        ratio = (lambda kind: f"{s[kind][1][1] / he:.2f}" if s[kind][1] is not None else "-")
+        print(f"| {name} | {ratio('MA')} | {ratio('EX')} | {ratio('SE')} |")
 
 
 if __name__ == "__main__":

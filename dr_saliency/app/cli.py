@@ -415,8 +415,10 @@ def _refine_options(func):
         click.option("--gradcam-layer", default=xo.DEFAULT_GRADCAM_LAYER, help="Grad-CAM layer."),
         click.option("--max-iterations", default=loop_lib.DEFAULT_MAX_ITERATIONS, type=int,
                      help="Cap on inpaintings per image; 0 gives plain s_0 maps."),
-        click.option("--stop-at", default=loop_lib.DEFAULT_STOP_AT, type=float,
-                     help="Stop when the prediction is at or below this (1: non-referable)."),
+        click.option("--stop-at", default=loop_lib.DEFAULT_STOP_AT, type=click.IntRange(0, 3),
+                     show_default=True,
+                     help="Stop once the image is graded (prediction rounded to a stage) at or "
+                          "below this; 1: no longer referable."),
         click.option("--decay", default=maps.DEFAULT_DECAY, type=float,
                      help="Weight decay**i of map s_i in the final map S."),
         click.option("--combine", default=maps.DEFAULT_COMBINE,
@@ -492,7 +494,8 @@ def _refine_settings(values):
 @click.option("--split", default="all", type=SPLIT_CHOICE, help="Which images of DATA to refine.")
 @click.option("--ids", help="Only these ids: comma-separated, or @FILE with one per line.")
 @click.option("--only-referable", is_flag=True,
-              help="Store only images predicted above --stop-at (the paper refines these).")
+              help="Store only images graded above --stop-at, i.e. referable (the paper "
+                   "refines these).")
 @click.option("--keep-images", is_flag=True, help="Also store the inpainted images I_1..I_n.")
 @_refine_options
 def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_images,

@@ -9,20 +9,9 @@ continuous prediction. The metric formulas are scikit-learn's.
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
+from dr_saliency.core.grades import REFERABLE_STAGE, to_grades  # noqa: F401  (re-exported)
+
 STAGES = (0, 1, 2, 3, 4)
-REFERABLE_STAGE = 2
-
-
-def to_grades(predictions):
-    """Round and clip continuous stage predictions to integer grades 0-4.
-
-    Args:
-        predictions: array-like of float, any shape.
-
-    Returns:
-        int64 array of the same shape.
-    """
-    return np.clip(np.rint(np.asarray(predictions, dtype=np.float64)), 0, 4).astype(np.int64)
 
 
 def _check(labels, predictions):

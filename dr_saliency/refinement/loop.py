@@ -8,7 +8,7 @@ referable DR::
 
     s_i, p_i          = explain(I_i)              saliency map and prediction of the i-th image
     mask_i, I_{i+1}   = erase(I_i, s_i)           its most salient pixels, and the image without them
-    stop when p_{i+1} <= stop_at (1.0: non-referable), or after max_iterations erasures
+    stop when I_{i+1} is graded <= stop_at (1: non-referable), or after max_iterations erasures
     S                 = combination of s_0..s_{k-1} with weights decay ** i
 
 The three seams: ``explain`` (any saliency method, :mod:`dr_saliency.explain`), ``erase`` (an
@@ -17,8 +17,12 @@ The three seams: ``explain`` (any saliency method, :mod:`dr_saliency.explain`), 
 of the maps into S, by default a masked max, docs/choices.md). The s_0 that lesion evaluation
 compares with S is on the same scale (:func:`dr_saliency.core.maps.scored_maps`).
 
-"Referable" means a predicted stage above ``stop_at`` (default 1.0: stage 2 or higher, as the
-paper's referable DR); the loop runs only while the image is referable.
+"Referable" has one meaning in the package (:mod:`dr_saliency.core.grades`): the prediction
+rounded to a stage (its *grade*, as evaluation grades) is 2 or higher, i.e. p >= 1.5. The loop
+runs while the image is graded above ``stop_at`` (default 1), so by default until it is graded
+non-referable, as in the paper. Result files written before this rule compared the raw
+prediction with ``stop_at`` = 1.0 (p <= 1.0 stopped); they carry no ``stop_on`` and are read with
+that rule (``stop_on="prediction"``).
 
 Terms used below. An *iteration* is map + erase + re-predict; ``max_iterations`` caps their number
 and ``RefineResult.iterations`` (``n``) counts them. ``k`` is the number of maps.
@@ -31,14 +35,14 @@ Result layout (:class:`~dr_saliency.refinement.result.RefineResult`):
       ``max_iterations >= 1``), as docs/contracts.md's ``maps (k, ...)``, ``predictions (k + 1,)``.
       ``k == n + 1`` when it stopped *at* a map, before erasing its mask: then the last map and its
       mask are kept but that mask was not inpainted. This happens for ``"not_referable"`` (p_0 is
-      already <= stop_at: s_0 is still computed), for ``max_iterations=0`` (s_0 only) and for
+      already graded <= stop_at: s_0 is still computed), for ``max_iterations=0`` (s_0 only) and for
       ``"empty_mask"``.
 
 Stop reasons (:data:`~dr_saliency.refinement.result.STOP_REASONS`):
-    - ``"normal"``: p_n <= stop_at after n >= 1 erasures (also when n == max_iterations: reaching
-      the threshold wins over reaching the cap).
-    - ``"max_iterations"``: n == max_iterations and p_n > stop_at.
-    - ``"not_referable"``: p_0 <= stop_at; k = 1 (s_0), n = 0.
+    - ``"normal"``: I_n graded <= stop_at after n >= 1 erasures (also when n == max_iterations:
+      reaching the threshold wins over reaching the cap).
+    - ``"max_iterations"``: n == max_iterations and I_n still graded above stop_at.
+    - ``"not_referable"``: I_0 graded <= stop_at; k = 1 (s_0), n = 0.
     - ``"empty_mask"``: the mask of s_i is empty (an all-zero map inside the FOV, or
       ``min_component_size`` removed every component): s_i and its empty mask are kept, nothing is
       erased; k = i + 1, n = i. An all-zero map is a stop, not an error.
@@ -46,7 +50,7 @@ Stop reasons (:data:`~dr_saliency.refinement.result.STOP_REASONS`):
 Prediction reuse (docs/performance.md#where-the-time-goes). ``explain`` may return
 ``(maps, predictions)``: a guided backward pass runs the forward pass, whose output is the
 prediction on the same images. Then each iteration calls ``explain`` on I_i once and takes p_i from
-it; when p_i <= stop_at the map s_i is discarded (one backward pass wasted per image, ~1.1x a
+it; when I_i stops the loop the map s_i is discarded (one backward pass wasted per image, ~1.1x a
 forward pass, instead of a separate forward pass in every iteration). ``predict`` is then only
 called on I_n when n == max_iterations (no map is needed there); it may be None, and ``explain`` is
 used instead. When ``explain`` returns maps only, ``predict`` is called on every I_i and
@@ -59,7 +63,7 @@ Pure numpy: no TensorFlow here; the predictor and explainer are callables.
 
 Public API::
 
-    RefineConfig(max_iterations=10, stop_at=1.0, combination=Combination())
+    RefineConfig(max_iterations=10, stop_at=1, combination=Combination())   .stops(p) -> bool array
     refine(image, *, explain, predict=None, erase=None, config=None, fov_mask=None,
            keep_images=False) -> RefineResult
     refine_batch(images, fov_masks=None, *, explain, predict=None, erase=None, config=None,
@@ -72,6 +76,7 @@ import dataclasses
 import numpy as np
 
 from dr_saliency.core.checks import ImageError, check_fov, check_image, is_int, is_real
+from dr_saliency.core.grades import REFERABLE_STAGE, to_grades
 from dr_saliency.core.maps import Combination
 from dr_saliency.refinement.erase import Eraser
 from dr_saliency.refinement.result import RefineResult
@@ -89,8 +94,12 @@ DEFAULT_MAX_ITERATIONS = 10
 """Cap on the number of erasures per image (the paper does not give one). With the negative
 guided gradient most images stop on the threshold well before (docs/results.md)."""
 
-DEFAULT_STOP_AT = 1.0
-"""Stop when the predicted stage is <= this: stage 1 or lower is non-referable DR."""
+DEFAULT_STOP_AT = REFERABLE_STAGE - 1
+"""Stop when the image is graded <= this: grade 1 or lower is non-referable DR."""
+
+STOP_ON = ("grade", "prediction")
+"""What ``stop_at`` is compared with: the grade (the rule), or the raw prediction (result files
+written before the rule, read as they were made)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,36 +108,63 @@ class RefineConfig:
 
     Attributes:
         max_iterations: cap on erasures per image, >= 0; 0 gives s_0 alone.
-        stop_at: stop when the prediction is <= this (finite).
+        stop_at: stop when the image's grade (its prediction rounded and clipped to 0-4) is at
+            most this, an int 0-3; default 1, i.e. once the image is graded non-referable.
         combination: how the maps are scaled and combined into S.
+        stop_on: ``"grade"``; ``"prediction"`` (compare the raw prediction with a finite
+            ``stop_at``) only reads result files made before the grade rule.
     """
 
     max_iterations: int = DEFAULT_MAX_ITERATIONS
     stop_at: float = DEFAULT_STOP_AT
     combination: Combination = Combination()
+    stop_on: str = "grade"
 
     def __post_init__(self):
         if not is_int(self.max_iterations) or self.max_iterations < 0:
             raise ValueError("Expected an integer max_iterations >= 0. "
                              f"Received: max_iterations={self.max_iterations!r}")
-        if not is_real(self.stop_at) or not np.isfinite(self.stop_at):
-            raise ValueError(f"Expected a finite stop_at. Received: stop_at={self.stop_at!r}")
+        if self.stop_on not in STOP_ON:
+            raise ValueError(f"Expected stop_on in {STOP_ON}. Received: stop_on={self.stop_on!r}")
+        if self.stop_on == "grade":
+            if not is_real(self.stop_at) or self.stop_at not in (0, 1, 2, 3):
+                raise ValueError("Expected stop_at to be a grade 0-3 (the loop stops once the image "
+                                 f"is graded at most this). Received: stop_at={self.stop_at!r}")
+            object.__setattr__(self, "stop_at", int(self.stop_at))
+        else:
+            if not is_real(self.stop_at) or not np.isfinite(self.stop_at):
+                raise ValueError(f"Expected a finite stop_at. Received: stop_at={self.stop_at!r}")
+            object.__setattr__(self, "stop_at", float(self.stop_at))
         if not isinstance(self.combination, Combination):
             raise TypeError("Expected a Combination. "
                             f"Received: combination={self.combination!r}")
         object.__setattr__(self, "max_iterations", int(self.max_iterations))
-        object.__setattr__(self, "stop_at", float(self.stop_at))
+
+    def stops(self, predictions):
+        """Whether each prediction ends the loop (the image is no longer graded above stop_at).
+
+        Args:
+            predictions: array-like of float, any shape.
+
+        Returns:
+            bool array of the same shape.
+        """
+        if self.stop_on == "grade":
+            return to_grades(predictions) <= self.stop_at
+        return np.asarray(predictions, dtype=np.float64) <= self.stop_at
 
     def to_params(self):
         """The settings as a result file stores them (flat, with the combination's)."""
-        return {"max_iterations": self.max_iterations, "stop_at": self.stop_at,
+        return {"max_iterations": self.max_iterations, "stop_at": self.stop_at, "stop_on": self.stop_on,
                 **self.combination.to_params()}
 
     @classmethod
     def from_params(cls, params):
-        """The RefineConfig a result file was made with (other keys ignored)."""
+        """The RefineConfig a result file was made with (other keys ignored); a file without
+        ``stop_on`` was made before the grade rule and compared the raw prediction."""
         return cls(max_iterations=params["max_iterations"], stop_at=params["stop_at"],
-                   combination=Combination.from_params(params))
+                   combination=Combination.from_params(params),
+                   stop_on=params.get("stop_on", "prediction"))
 
 
 def run_params(config=None, erase=None):
@@ -209,7 +245,7 @@ def refine_batch(images, fov_masks=None, *, explain, predict=None, erase=None, c
         raise TypeError(f"Expected a callable predict or None. Received: predict={predict!r}")
     current, fovs = _check_batch(images, fov_masks)
     traces = [_Trace(image, keep_images) for image in current]
-    calls = _Calls(explain, predict, fovs, config.stop_at)
+    calls = _Calls(explain, predict, fovs, config)
 
     active, i = list(range(len(current))), 0
     while active:
@@ -241,7 +277,7 @@ def refine_batch(images, fov_masks=None, *, explain, predict=None, erase=None, c
 
 def _stop_reason(prediction, i, config):
     """Why the loop ends at I_i, or None while it goes on."""
-    if prediction <= config.stop_at:
+    if config.stops(prediction):
         return "not_referable" if i == 0 else "normal"
     return "max_iterations" if i == config.max_iterations else None
 
@@ -287,11 +323,11 @@ class _Trace:
 class _Calls:
     """Calls to ``explain`` / ``predict`` with their outputs checked, and the prediction reuse."""
 
-    def __init__(self, explain, predict, fovs, stop_at):
+    def __init__(self, explain, predict, fovs, config):
         self.explain_fn = explain
         self.predict_fn = predict
         self.fovs = fovs
-        self.stop_at = stop_at
+        self.config = config
         self.explain_predicts = None  # known after the first explain call
 
     def look(self, current, active, want):
@@ -300,8 +336,8 @@ class _Calls:
         Args:
             current: list of the images I_i, by image index.
             active: the indices of the images still in the loop.
-            want: "all" (every map: s_0), "referable" (the maps of images predicted above
-                stop_at) or "none".
+            want: "all" (every map: s_0), "referable" (the maps of images that do not stop the
+                loop) or "none".
 
         Returns:
             (maps, predictions), per active image in ``active`` order; a map is None where it
@@ -317,7 +353,7 @@ class _Calls:
         predictions = self._predict(current, active)
         maps = [None] * len(active)
         if want == "referable":
-            referable = [m for m, p in enumerate(predictions) if p > self.stop_at]
+            referable = [m for m, p in enumerate(predictions) if not self.config.stops(p)]
             if referable:
                 sub_maps, _ = self._explain(current, [active[m] for m in referable])
                 for m, smap in zip(referable, sub_maps):

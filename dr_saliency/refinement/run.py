@@ -13,7 +13,8 @@ import numpy as np
 
 from dr_saliency.core.checks import ImageError, is_int
 from dr_saliency.core.errors import BadImageError, ImageSizeError
-from dr_saliency.refinement.loop import refine_batch, run_params
+from dr_saliency.core.grades import to_grades
+from dr_saliency.refinement.loop import RefineConfig, refine_batch, run_params
 from dr_saliency.refinement.store import ResultStore
 
 def refine_dataset(records, out, *, explain, predict=None, erase=None, config=None, size=None,
@@ -34,8 +35,9 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
         params: dict of extra run parameters stored with the loop's settings (the model and the
             explainer); appending to a file made with other parameters is refused.
         batch_size: int >= 1, images refined together.
-        only_referable: store only images whose initial prediction is above ``stop_at`` (the
-            paper refines referable images only); the others are counted, not stored.
+        only_referable: store only images that do not stop the loop at once (graded above
+            ``stop_at``, by default referable: the paper refines referable images only); the
+            others are counted, not stored.
         skip_bad: report and skip unreadable or wrongly sized images instead of failing.
         on_image: optional callable(record, result or None, message) after each image: result
             is None for a skipped image and ``message`` says why.
@@ -53,7 +55,7 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
     if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size!r}")
     stored = {**run_params(config, erase), **(params or {}), "only_referable": bool(only_referable)}
-    stop_at = stored["stop_at"]
+    rule = config if config is not None else RefineConfig()
     summary = {"written": 0, "already_done": 0, "not_referable": 0, "skipped": [],
                "stop_reasons": {}, "seconds": 0.0}
     start = time.time()
@@ -76,11 +78,11 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
                                                       keep_images=keep_images),
                                           skip_bad, summary, on_image)
             for (rec, _, _), result in zip(batch, results):
-                if only_referable and result.predictions[0] <= stop_at:
+                if only_referable and rule.stops(result.predictions[0]):
                     summary["not_referable"] += 1
                     if on_image:
-                        on_image(rec, None, f"not referable (p0={result.predictions[0]:.2f} <= "
-                                            f"{stop_at:g}): not stored")
+                        on_image(rec, None, f"not referable (p0={result.predictions[0]:.2f}, graded "
+                                            f"{int(to_grades(result.predictions[0]))}): not stored")
                     continue
                 if image_params:
                     result = dataclasses.replace(result, params={**result.params,
