@@ -355,6 +355,8 @@ def report_to_dict(report):
         for map_name in MAP_NAMES:
             out[name][map_name] = {"froc": entry[map_name]["froc"].to_dict(),
                                    "bootstrap": entry[map_name]["bootstrap"].to_dict()}
+        if "fate" in entry:  # the lesion fates at the budget (dr_saliency.lesions.fate)
+            out[name]["lesion_fate"] = entry["fate"].to_dict()
     return out
 
 
