@@ -149,7 +149,8 @@ def test_bad_fp_rate(value):
 def test_items_without_erasures_are_refused():
     items = _hand_items()
     items[1].erased_at = None
-    with pytest.raises(ValueError, match=r"erasures=True.*Received: none for 1 image\(s\), e.g. 'B'"):
+    with pytest.raises(ValueError,
+                       match=r"erasures=True.*Received: none for 1 image\(s\), e.g. 'B'"):
         fate.lesion_fates(items)
     with pytest.raises(ValueError, match=r"at least one image"):
         fate.lesion_fates([])
@@ -174,7 +175,8 @@ def test_found_fractions_are_the_froc_sensitivities(refined, rate):
             assert point.sensitivity == curve.sensitivity_at(rate), (name, m)
             assert point.fps_per_image <= rate
         found_s0 = group.counts["kept"] + group.counts["lost"]
-        assert found_s0 == group.points["s0"].found and sum(group.counts.values()) == group.n_lesions
+        assert found_s0 == group.points["s0"].found
+        assert sum(group.counts.values()) == group.n_lesions
     # Each type's rows are its group's lesions, with the same fates.
     for t in ("MA", "HE", "EX", "SE"):
         fates = [r["fate"] for r in result.rows if r["type"] == t]

@@ -66,7 +66,7 @@ LESION_COLUMNS = ("image", "stage", "type", "lesion", "area", "row", "col", "ite
 
 
 def fate_of(found_s0, found_S):
-    """``"kept"``, ``"lost"``, ``"gained"`` or ``"missed"`` for a lesion found or not by each map."""
+    """``"kept"``, ``"lost"``, ``"gained"`` or ``"missed"``: a lesion found or not by each map."""
     return FATES[(0 if found_s0 else 2) + (0 if found_S else 1)]
 
 
@@ -156,7 +156,7 @@ class LesionFates:
             list of dicts: ``type``, ``stage`` (a grade, None for ungraded, or :data:`ANY`),
             ``lesions``, one count per fate, ``s0_found``, ``S_found``.
         """
-        return _tally(self.rows, "stage", _stage_order)
+        return _tally(self.rows, "stage")
 
     def by_iteration(self):
         """Fates (on the type curves) per lesion type and the iteration that inpainted it.
@@ -165,25 +165,17 @@ class LesionFates:
             list of dicts as :meth:`by_type_and_stage` with ``inpainted_at`` (an iteration, or
             None: never) in place of ``stage``.
         """
-        return _tally(self.rows, "inpainted_at", _iteration_order)
+        return _tally(self.rows, "inpainted_at")
 
 
-def _stage_order(stage):
-    return (stage is None, -1 if stage is None else stage)
-
-
-def _iteration_order(iteration):
-    return (iteration is None, -1 if iteration is None else iteration)
-
-
-def _tally(rows, key, order):
+def _tally(rows, key):
     """Counts of ``fate`` per (type, value of ``key``), types in LESION_TYPES order then ANY;
-    per type, the values in ``order`` then ANY."""
+    per type, the values (ints) ascending, then None, then ANY."""
     types = [t for t in LESION_TYPES if any(r["type"] == t for r in rows)]
     out = []
     for t in types + [ANY]:
         chosen = [r for r in rows if t in (ANY, r["type"])]
-        values = sorted({r[key] for r in chosen}, key=order)
+        values = sorted({r[key] for r in chosen}, key=lambda v: (v is None, v or 0))
         for value in values + [ANY]:
             fates = [r["fate"] for r in chosen if value in (ANY, r[key])]
             counts = {f: fates.count(f) for f in FATES}
@@ -218,24 +210,23 @@ def _score_group(items, indices, masks, fp_rate, tolerance):
 
 
 def _components(labels, erased_at):
-    """Per label 1..L of ``labels``: area, centroid, first pixel, first inpainting iteration
-    (-1: never) and the number of its pixels any inpainted mask covers."""
+    """Per label 1..L of ``labels`` (consecutive, as the FROC numbers them): area, centroid,
+    first pixel, first inpainting iteration (-1: never) and the number of its pixels any
+    inpainted mask covers (``erased_at``: :func:`~dr_saliency.lesions.localize.erasure_order`)."""
     n = int(labels.max()) if labels.size else 0
     rows, cols = np.nonzero(labels)     # raster order
     lab = labels[rows, cols].astype(np.int64)
     area = np.bincount(lab, minlength=n + 1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centroid = np.column_stack([np.bincount(lab, rows, n + 1)[1:],
-                                    np.bincount(lab, cols, n + 1)[1:]]) / area[:, None]
+    centroid = np.column_stack([np.bincount(lab, rows, n + 1)[1:],
+                                np.bincount(lab, cols, n + 1)[1:]]) / np.maximum(area, 1)[:, None]
     _, first = np.unique(lab, return_index=True)
-    first_iteration = np.full(n + 1, np.iinfo(np.int64).max)
-    covered = np.zeros(n + 1, dtype=np.int64)
-    if erased_at is not None:
-        when = erased_at[rows, cols].astype(np.int64)
-        hit = when >= 0
-        np.minimum.at(first_iteration, lab[hit], when[hit])
-        covered = np.bincount(lab[hit], minlength=n + 1)
-    first_iteration = np.where(first_iteration == np.iinfo(np.int64).max, -1, first_iteration)
+    when = erased_at[rows, cols].astype(np.int64)
+    hit = when >= 0
+    never = np.iinfo(np.int64).max
+    first_iteration = np.full(n + 1, never)
+    np.minimum.at(first_iteration, lab[hit], when[hit])
+    first_iteration = np.where(first_iteration == never, -1, first_iteration)
+    covered = np.bincount(lab[hit], minlength=n + 1)
     return area, centroid, (rows[first], cols[first]), first_iteration[1:], covered[1:]
 
 
@@ -248,7 +239,8 @@ def lesion_fates(items, *, fp_rate=froc_lib.DEFAULT_MAX_FP, stages=(2, 3, 4), to
             ``erasures=True`` (:func:`~dr_saliency.lesions.localize.collect`), as for the FROC.
         fp_rate: float >= 0, false positives per image of the operating point (default 10, the
             upper end of AS10).
-        stages: DR stages with a group of their own, as :func:`~dr_saliency.lesions.localize.froc_report`.
+        stages: DR stages with a group of their own, as
+            :func:`~dr_saliency.lesions.localize.froc_report`.
         tolerance: float >= 0, the FROC hit tolerance (px), as the FROC's.
 
     Returns:

@@ -164,8 +164,9 @@ def _fate_tally_table(rows, key):
     lines = [f"| type | {heading} | lesions | s_0 found | S found | kept | lost | gained | "
              "missed |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['type']} | {_shown_value(r, key)} | {r['lesions']} | {r['s0_found']} | "
-                     f"{r['S_found']} | " + " | ".join(str(r[f]) for f in FATES) + " |")
+        lines.append(f"| {r['type']} | {_shown_value(r, key)} | {r['lesions']} | "
+                     f"{r['s0_found']} | {r['S_found']} | "
+                     + " | ".join(str(r[f]) for f in FATES) + " |")
     return "\n".join(lines)
 
 
