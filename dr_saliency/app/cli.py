@@ -645,18 +645,30 @@ def _candidate_config(values):
 @click.option("--decay", type=float, help="Recombine S with this decay (default: the run's).")
 @click.option("--normalize", type=click.Choice(maps.NORMALIZE_MODES),
               help="Scale of s_0 and S, the same for both (default: the run's).")
+@click.option("--lesions", is_flag=True,
+              help="Also say which lesions s_0 and S find at --lesions-fp, which S keeps, loses "
+                   "and gains, and at which iteration each was inpainted: lesions.csv (one row "
+                   "per lesion), lesion_fate.csv and lesion_fate.md.")
+@click.option("--lesions-fp", type=float, show_default="10, the upper end of AS10",
+              help="False positives per image of --lesions' operating point, on each group's "
+                   "own FROC curve.")
 @_candidate_options
 def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, tolerance, n_boot,
-             combine, decay, normalize, **candidate_values):
+             combine, decay, normalize, lesions, lesions_fp, **candidate_values):
     """Lesion-level FROC of s_0 and S against DATA's lesion annotations.
 
     s_0 and S are both recomputed from the stored maps on one scale (--normalize) and pass
     through the same candidate settings. Writes metrics.json (curves, 7-point score, average sensitivity up to 10 FP/image, bootstrap
-    95% intervals, paired S - s_0 gains), curves.csv and the FROC figures (PNG and PDF).
+    95% intervals, paired S - s_0 gains), curves.csv and the FROC figures (PNG and PDF); with
+    --lesions, the fate of every lesion too.
     """
     from dr_saliency.app import wiring
     from dr_saliency.lesions import localize, reports
+    from dr_saliency.lesions.froc import DEFAULT_MAX_FP
 
+    if lesions_fp is not None and not lesions:
+        raise click.UsageError("--lesions-fp applies to --lesions; give --lesions")
+    lesions_fp = DEFAULT_MAX_FP if lesions_fp is None else lesions_fp
     records, notes = localize.records_for(results, _open(data, layout),
                                           allow_partial=allow_partial, force=force)
     for note in notes:
@@ -670,8 +682,12 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
         report, paths = wiring.froc_run(
             results, records, out_dir, options=_candidate_config(candidate_values),
             stages=stages, tolerance=tolerance, n_boot=n_boot, decay=decay, combine=combine,
-            normalize=normalize, params={"data": os.path.abspath(data)}, on_image=update)
+            normalize=normalize, params={"data": os.path.abspath(data)}, on_image=update,
+            lesions_fp=lesions_fp if lesions else None)
     click.echo(reports.summary_table(report))
+    if lesions:
+        click.echo(f"\nLesions found within {lesions_fp:g} FP/image (each group's own curve):")
+        click.echo(reports.fate_table(report))
     click.echo(f"Wrote {', '.join(paths)}")
 
 

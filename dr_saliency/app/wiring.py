@@ -11,7 +11,7 @@ import os
 
 from dr_saliency.core.files import file_sha256
 from dr_saliency.explain.options import DEFAULT_BATCH_SIZE, Explanation
-from dr_saliency.lesions import localize, reports
+from dr_saliency.lesions import fate, localize, reports
 from dr_saliency.refinement.loop import run_params
 from dr_saliency.refinement.run import refine_dataset
 
@@ -106,7 +106,8 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
 
 
 def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), tolerance=0.0,
-             n_boot=1000, decay=None, combine=None, normalize=None, params=None, on_image=None):
+             n_boot=1000, decay=None, combine=None, normalize=None, params=None, on_image=None,
+             lesions_fp=None):
     """Lesion-level FROC of s_0 and S of a result file against its images' annotations.
 
     Args:
@@ -119,17 +120,33 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
         decay, combine, normalize: rescore the stored maps this way (None: the run's setting).
         params: extra entries recorded in metrics.json under "params".
         on_image: optional callable(k) as images are done.
+        lesions_fp: None, or the false positives per image at which to say which lesions s_0
+            and S find (:func:`dr_saliency.lesions.fate.lesion_fates`): then also written are
+            lesions.csv, lesion_fate.csv and lesion_fate.md, and each group's counts go into
+            the report as ``report[group]["fate"]`` (and metrics.json).
 
     Returns:
         (report, paths): the :func:`~dr_saliency.lesions.localize.froc_report` report and the files
         written.
     """
     options = localize.CandidateOptions() if options is None else options
+    if lesions_fp is not None:
+        fate.check_fp_rate(lesions_fp, "lesions_fp")  # before the long part
     items = localize.collect(results, records, options, decay=decay, combine=combine,
-                             normalize=normalize, on_image=on_image)
+                             normalize=normalize, on_image=on_image,
+                             erasures=lesions_fp is not None)
     report = localize.froc_report(items, stages=stages, tolerance=tolerance, n_boot=n_boot)
+    fates = None
+    if lesions_fp is not None:
+        fates = fate.lesion_fates(items, fp_rate=lesions_fp, stages=stages, tolerance=tolerance)
+        for name, group in fates.groups.items():
+            report[name]["fate"] = group
     recorded = {"results": os.path.abspath(results), "tolerance": tolerance, "n_boot": n_boot,
                 "combine": combine, "decay": decay, "normalize": normalize,
                 "candidates": vars(options), **(params or {})}
+    if fates is not None:
+        recorded["lesions_fp"] = fates.fp_rate
     paths = reports.write_froc(report, out_dir, params=recorded)
+    if fates is not None:
+        paths += reports.write_lesion_fate(fates, out_dir)
     return report, paths

@@ -47,6 +47,8 @@ Public API::
 
     froc(candidates_per_image, lesions_per_image, tolerance=0) -> FROCResult
     label_lesions(mask) -> (H, W) int32 label map (8-connected components)
+    match_lesions(candidates_per_image, lesions_per_image, tolerance=0) -> [LesionMatch] per image
+    FROCResult.operating_point(rate) -> index of the point that stands for rate FP/image
     bootstrap(candidates_per_image, lesions_per_image, *, tolerance=0, n_boot=1000, seed=0,
               rates=DEFAULT_RATES, max_fp=10, level=0.95, curve_rates=None) -> BootstrapResult
     paired_bootstrap(candidates_a, candidates_b, lesions_per_image, *, tolerance=0, n_boot=1000,
@@ -68,11 +70,13 @@ __all__ = [
     "DEFAULT_MAX_FP",
     "DEFAULT_RATES",
     "FROCResult",
+    "LesionMatch",
     "PairedBootstrapResult",
     "PairedDifference",
     "bootstrap",
     "froc",
     "label_lesions",
+    "match_lesions",
     "paired_bootstrap",
 ]
 
@@ -313,6 +317,29 @@ class FROCResult:
         q_max = max_fp * self.n_images
         return float(_area_counts(x, y, q_max)[0] / (self.n_lesions * q_max))
 
+    def operating_point(self, rate):
+        """The operating point that stands for ``rate`` FP/image: the last point with at most
+        ``floor(rate * n_images)`` false positives (the lowest threshold within that budget).
+
+        It is the knot :meth:`sensitivity_at` starts from, so ``sensitivity[j]`` equals
+        ``sensitivity_at(rate)`` whenever the curve has a point at exactly that FP count or ends
+        before it (always the case when ``rate * n_images`` is an integer and no two false
+        positives share a score); otherwise :meth:`sensitivity_at` interpolates on towards the
+        next point, which no set of found lesions realises.
+
+        Args:
+            rate: float >= 0, FP per image.
+
+        Returns:
+            int index into ``thresholds``/``sensitivity``, or -1 when even the first point has
+            more false positives (then no candidate is kept).
+        """
+        array = _check_rates(rate, "rate")
+        if array.ndim != 0:
+            raise ValueError(f"Expected one FP rate. Received: rate={rate!r}")
+        budget = np.floor(float(array) * self.n_images)
+        return int(np.searchsorted(self.false_positives, budget, side="right")) - 1
+
     def to_dict(self, rates=DEFAULT_RATES, max_fp=DEFAULT_MAX_FP):
         """A JSON-ready dict: the curve, counts and the two summaries (NaN becomes None)."""
         return {
@@ -492,6 +519,23 @@ def _hits_within(labels, n_lesions, rows, cols, tolerance):
     return key // n_labels, key % n_labels
 
 
+def _image_hits(labels, n_lesions, rows, cols, tolerance):
+    """The hit rule on one image: (candidate, lesion label) pairs, as :func:`_hits_within`.
+
+    Returns:
+        k, lesion: (P,) int64 candidate indices and lesion labels (1..n_lesions).
+    """
+    if n_lesions == 0 or rows.size == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    if tolerance == 0:
+        # Undilated lesions do not overlap: one lookup per candidate.
+        lesion = labels[rows, cols].astype(np.int64)
+        k = np.flatnonzero(lesion > 0)
+        return k, lesion[k]
+    return _hits_within(labels, n_lesions, rows, cols, tolerance)
+
+
 _Events = collections.namedtuple("_Events", [
     "n_images",        # int
     "lesion_counts",   # (n_images,) int64 lesions per image
@@ -520,19 +564,9 @@ def _prepare(candidates_per_image, lesions_per_image, tolerance):
         rows, cols, scores = _check_candidates(candidates_per_image[i], i, labels.shape)
         lesion_counts[i] = n
         first, offset = offset, offset + n   # global index of the image's lesion 1
-        if n == 0 or rows.size == 0:
-            fp_scores.append(scores)
-            fp_images.append(np.full(scores.size, i, dtype=np.int64))
-            continue
-        if tolerance == 0:
-            # Undilated lesions do not overlap: one lookup per candidate.
-            lesion = labels[rows, cols].astype(np.int64)
-            hit = lesion > 0
-            k, lesion = np.flatnonzero(hit), lesion[hit]
-        else:
-            k, lesion = _hits_within(labels, n, rows, cols, tolerance)
-            hit = np.zeros(rows.size, dtype=bool)
-            hit[k] = True
+        k, lesion = _image_hits(labels, n, rows, cols, tolerance)
+        hit = np.zeros(rows.size, dtype=bool)
+        hit[k] = True
         hit_lesions.append(lesion - 1 + first)
         hit_scores.append(scores[k])
         fp_scores.append(scores[~hit])
@@ -597,6 +631,56 @@ def froc(candidates_per_image, lesions_per_image, tolerance=0):
                       false_positives=false_positives,
                       true_positives=true_positives,
                       n_lesions=n_lesions, n_images=events.n_images, tolerance=tolerance)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LesionMatch:
+    """The lesions of one image and the candidate that finds each, by :func:`froc`'s rules.
+
+    Attributes:
+        labels: (H, W) integer label map, 0 background, 1..L one lesion each, numbered as
+            :func:`froc` numbers them (bool masks: :func:`label_lesions`).
+        best_score: (L,) float64, lesion ``l + 1`` is found at this score; -inf when no
+            candidate hits it.
+        best_candidate: (L,) int64, the index (into the image's candidates) of the candidate
+            with that score (ties: the first); -1 when none hits.
+    """
+
+    labels: np.ndarray
+    best_score: np.ndarray
+    best_candidate: np.ndarray
+
+
+def match_lesions(candidates_per_image, lesions_per_image, tolerance=0):
+    """Per lesion: the score at which :func:`froc` finds it, and the candidate that does.
+
+    The same checks and hit rule as :func:`froc` (one code path), so a lesion is counted found at
+    threshold ``t`` of ``froc(candidates_per_image, lesions_per_image, tolerance)`` exactly when
+    its ``best_score >= t``.
+
+    Args:
+        candidates_per_image, lesions_per_image, tolerance: as for :func:`froc`.
+
+    Returns:
+        list of :class:`LesionMatch`, one per image.
+    """
+    _check_lists(candidates_per_image, lesions_per_image)
+    tolerance = _check_tolerance(tolerance)
+    out = []
+    for i, lesions in enumerate(lesions_per_image):
+        labels, n = _as_label_map(lesions, i)
+        rows, cols, scores = _check_candidates(candidates_per_image[i], i, labels.shape)
+        k, lesion = _image_hits(labels, n, rows, cols, tolerance)
+        best_score = np.full(n, -np.inf)
+        best_candidate = np.full(n, -1, dtype=np.int64)
+        # Per lesion, its hits by score descending, then candidate index: the first is the best.
+        order = np.lexsort((k, -scores[k], lesion))
+        first = np.r_[True, lesion[order][1:] != lesion[order][:-1]] if order.size else order
+        chosen = order[first.astype(bool)]
+        best_score[lesion[chosen] - 1] = scores[k[chosen]]
+        best_candidate[lesion[chosen] - 1] = k[chosen]
+        out.append(LesionMatch(labels, best_score, best_candidate))
+    return out
 
 
 # ----------------------------------------------------------------------------- bootstrap

@@ -64,6 +64,9 @@ class ImageCandidates:
     candidates: dict        # map name -> (K, 3) float64
     stop_reason: str
     iterations: int
+    # (H, W) int16: the first inpainted erase mask covering each pixel, -1 where none
+    # (:func:`erasure_order`); None unless collected with ``erasures=True``.
+    erased_at: object = None
 
 
 def match_ids(store_ids, dataset, *, allow_partial=False):
@@ -170,7 +173,7 @@ def _shown(ids, limit=8):
 
 
 def collect(store_path, records, options=None, *, decay=None, combine=None, normalize=None,
-            on_image=None):
+            on_image=None, erasures=False):
     """Candidates of s_0 and S and the lesion masks of each record.
 
     Args:
@@ -181,6 +184,9 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
             (:class:`~dr_saliency.core.maps.Combination`); None takes the run's own setting. Cheap: no network, so combination rules can be
             compared on the same stored maps.
         on_image: optional callable(k) per image done.
+        erasures: also keep, per image, where each refinement iteration inpainted
+            (``ImageCandidates.erased_at``, :func:`erasure_order`), for
+            :mod:`dr_saliency.lesions.fate`.
 
     Returns:
         list of ImageCandidates.
@@ -196,11 +202,34 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
                                               normalize=normalize)
             found, _ = image_candidates(result, image, fov, options, scoring=scoring,
                                         disc=_disc(rec, image, fov, options))
-            out.append(ImageCandidates(rec.id, rec.grade, rec.load_lesions(), found,
-                                       result.stop_reason, result.iterations))
+            out.append(ImageCandidates(
+                rec.id, rec.grade, rec.load_lesions(), found, result.stop_reason,
+                result.iterations,
+                erasure_order(result.masks, result.iterations) if erasures else None))
             if on_image:
                 on_image(1)
     return out
+
+
+def erasure_order(masks, iterations):
+    """Where each refinement iteration first inpainted: per pixel, the index ``i`` of the first
+    erase mask ``masks[i]`` (the binarised ``s_i``, inpainted into ``I_{i+1}``) that covers it.
+
+    Only the first ``iterations`` masks were inpainted; a last mask kept beyond them (a loop that
+    stopped at a map, docs of :mod:`dr_saliency.refinement.loop`) was not, and does not count.
+
+    Args:
+        masks: (k, H, W) bool, a result's erase masks.
+        iterations: int, n, the number of inpaintings (``RefineResult.iterations``).
+
+    Returns:
+        (H, W) int16: the iteration, or -1 where no inpainted mask covers the pixel.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    order = np.full(masks.shape[1:], -1, dtype=np.int16)
+    for i in range(min(int(iterations), masks.shape[0]) - 1, -1, -1):
+        order[masks[i]] = i   # from the last to the first: the earliest one stays
+    return order
 
 
 def image_candidates(result, image, fov, options=None, *, scoring=None, disc=None):
@@ -249,6 +278,36 @@ def lesion_union(lesions, types=LESION_TYPES):
     return np.logical_or.reduce(masks) if masks else None
 
 
+def froc_groups(items, *, stages=(2, 3, 4), types=LESION_TYPES):
+    """The image groups :func:`froc_report` scores, and the lesion mask of each image in each.
+
+    ``"all"`` (every lesion type), ``"stage N"`` (every type, images graded N; stages without
+    images left out) and ``"type T"`` (T's mask, images where T is annotated); images without a
+    mask of the group's types are left out of it.
+
+    Args:
+        items: list of ImageCandidates.
+        stages, types: as :func:`froc_report`.
+
+    Returns:
+        dict name -> (indices into ``items``, list of (H, W) bool masks, one per index).
+    """
+    groups = {"all": (range(len(items)), LESION_TYPES)}
+    for stage in stages:
+        chosen = [k for k, i in enumerate(items) if i.grade == stage]
+        if chosen:
+            groups[f"stage {stage}"] = (chosen, LESION_TYPES)
+    for t in types:
+        if any(t in i.lesions for i in items):
+            groups[f"type {t}"] = ([k for k, i in enumerate(items) if t in i.lesions], (t,))
+    out = {}
+    for name, (chosen, kinds) in groups.items():
+        masks = [lesion_union(items[k].lesions, kinds) for k in chosen]
+        keep = [j for j, m in enumerate(masks) if m is not None]
+        out[name] = ([chosen[j] for j in keep], [masks[j] for j in keep])
+    return out
+
+
 def froc_report(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_boot=1000, seed=0):
     """FROC of s_0 and S: all images, per DR stage and per lesion type, with bootstraps.
 
@@ -269,20 +328,9 @@ def froc_report(items, *, stages=(2, 3, 4), types=LESION_TYPES, tolerance=0, n_b
         dict group -> {"n_images", "n_lesions", "s0": {"froc", "bootstrap"}, "S": {...},
         "paired": PairedBootstrapResult (S against s_0)}; ``froc`` are FROCResult objects.
     """
-    groups = {"all": (items, LESION_TYPES)}
-    for stage in stages:
-        chosen = [i for i in items if i.grade == stage]
-        if chosen:
-            groups[f"stage {stage}"] = (chosen, LESION_TYPES)
-    for t in types:
-        if any(t in i.lesions for i in items):
-            groups[f"type {t}"] = ([i for i in items if t in i.lesions], (t,))
     report = {}
-    for name, (chosen, kinds) in groups.items():
-        lesions = [lesion_union(i.lesions, kinds) for i in chosen]
-        keep = [k for k, m in enumerate(lesions) if m is not None]
-        chosen = [chosen[k] for k in keep]
-        lesions = [lesions[k] for k in keep]
+    for name, (indices, lesions) in froc_groups(items, stages=stages, types=types).items():
+        chosen = [items[k] for k in indices]
         entry = {"n_images": len(chosen)}
         for map_name in MAP_NAMES:
             cands = [i.candidates[map_name] for i in chosen]
@@ -307,6 +355,8 @@ def report_to_dict(report):
         for map_name in MAP_NAMES:
             out[name][map_name] = {"froc": entry[map_name]["froc"].to_dict(),
                                    "bootstrap": entry[map_name]["bootstrap"].to_dict()}
+        if "fate" in entry:  # the lesion fates at the budget (dr_saliency.lesions.fate)
+            out[name]["lesion_fate"] = entry["fate"].to_dict()
     return out
 
 

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from dr_saliency.figures import plots
+from dr_saliency.lesions.fate import FATES, LESION_COLUMNS
 from dr_saliency.lesions.localize import MAP_NAMES, report_to_dict, summary_rows
 
 MAP_LABELS = {"s0": "s_0 (one map)", "S": "S (iterative)"}
@@ -64,6 +65,109 @@ def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
             fig.savefig(path, dpi=200)
             paths.append(path)
     return paths
+
+
+def write_lesion_fate(fates, out_dir):
+    """Write the per-lesion analysis: lesions.csv, lesion_fate.csv and lesion_fate.md.
+
+    Args:
+        fates: :class:`dr_saliency.lesions.fate.LesionFates`.
+        out_dir: str, created if missing (the FROC's folder).
+
+    Returns:
+        list of str paths written.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, name)
+             for name in ("lesions.csv", "lesion_fate.csv", "lesion_fate.md")]
+    _write_csv(paths[0], LESION_COLUMNS, fates.rows)
+    summary = [_fate_group_row(name, g) for name, g in fates.groups.items()]
+    summary += [{"by": "type x stage", **r, "stage": _shown_value(r, "stage")}
+                for r in fates.by_type_and_stage()]
+    summary += [{"by": "type x iteration", **r, "iteration": _shown_value(r, "inpainted_at")}
+                for r in fates.by_iteration()]
+    _write_csv(paths[1], _FATE_COLUMNS, summary)
+    budget = f"{fates.fp_rate:g} FP/image"
+    lines = [f"# Lesion fate at {budget}", "",
+             f"Which lesions s_0 and S find within {budget}: each map at the last point of each "
+             "group's own FROC curve with at most that many false positives (candidates, "
+             "normalisation, images and hit rule of the FROC; tolerance "
+             f"{fates.tolerance:g} px). kept: found by both; lost: by s_0 only; gained: by S "
+             "only; missed: by neither. One row per lesion: lesions.csv "
+             "(docs/file-formats.md#froc-folder).", "",
+             "## Per FROC group", "", _fate_group_table(fates.groups), "",
+             "## Per lesion type and stage (each type on its own curve)", "",
+             _fate_tally_table(fates.by_type_and_stage(), "stage"), "",
+             "## Per lesion type and the iteration that first inpainted it", "",
+             "Iteration i: the erase mask of s_i (inpainted into I_{i+1}) is the first to cover "
+             "part of the lesion; never: no inpainted mask touches it.", "",
+             _fate_tally_table(fates.by_iteration(), "inpainted_at"), ""]
+    with open(paths[2], "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return paths
+
+
+def _fate_group_row(name, group):
+    row = {"by": "group", "group": name, "lesions": group.n_lesions, **group.counts}
+    for m in MAP_NAMES:
+        p = group.points[m]
+        row.update({f"{m}_found": p.found, f"{m}_sensitivity": p.sensitivity,
+                    f"{m}_fp_per_image": p.fps_per_image, f"{m}_threshold": p.threshold})
+    return row
+
+
+def _shown_value(row, key):
+    """A summary row's stage or iteration as shown: None is "ungraded" or "never"."""
+    if row[key] is not None:
+        return row[key]
+    return "ungraded" if key == "stage" else "never"
+
+
+_FATE_COLUMNS = ("by", "group", "type", "stage", "iteration", "lesions", *FATES, "s0_found",
+                 "S_found", "s0_sensitivity", "S_sensitivity", "s0_fp_per_image",
+                 "S_fp_per_image", "s0_threshold", "S_threshold")
+
+
+def _write_csv(path, columns, rows):
+    """Rows (dicts) as CSV: None is an empty cell, floats with 6 significant digits."""
+    def cell(value):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:.6g}" if isinstance(value, float) else value
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([cell(row.get(c)) for c in columns])
+
+
+def fate_table(report):
+    """A Markdown table of the lesion fates of a FROC report's groups (those that have them:
+    ``report[group]["fate"]``, :func:`dr_saliency.app.wiring.froc_run` with ``lesions_fp``)."""
+    return _fate_group_table({n: e["fate"] for n, e in report.items() if "fate" in e})
+
+
+def _fate_group_table(groups):
+    lines = ["| group | images | lesions | s_0: FP/image, found | S: FP/image, found | "
+             "kept | lost | gained | missed |", "|---|---:|---:|---|---|---:|---:|---:|---:|"]
+    for name, g in groups.items():
+        found = [f"{g.points[m].fps_per_image:.2f}, {g.points[m].found} "
+                 f"({_fmt(g.points[m].sensitivity)})" for m in MAP_NAMES]
+        lines.append(f"| {name} | {g.n_images} | {g.n_lesions} | {found[0]} | {found[1]} | "
+                     + " | ".join(str(g.counts[f]) for f in FATES) + " |")
+    return "\n".join(lines)
+
+
+def _fate_tally_table(rows, key):
+    heading = "stage" if key == "stage" else "iteration"
+    lines = [f"| type | {heading} | lesions | s_0 found | S found | kept | lost | gained | "
+             "missed |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['type']} | {_shown_value(r, key)} | {r['lesions']} | "
+                     f"{r['s0_found']} | {r['S_found']} | "
+                     + " | ".join(str(r[f]) for f in FATES) + " |")
+    return "\n".join(lines)
 
 
 def _json_default(value):
