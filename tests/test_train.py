@@ -356,3 +356,21 @@ def test_a_second_train_on_one_run_folder_is_refused(tiny_data, tmp_path):
         with pytest.raises(BusyError, match=rf"no other process is writing.*process "
                                             rf"{os.getpid()} on "):
             train_lib.train(open_dataset(tiny_data), str(run), TrainConfig(**TINY), verbose=0)
+
+
+def test_warm_start_copies_a_graders_weights_and_refuses_another_architecture(tmp_path):
+    from dr_saliency.grader import model as model_lib
+    source = model_lib.build_model((128, 128, 3), weights=None, width=1 / 16)
+    for v in source.weights:
+        v.assign(np.full(v.shape, 0.25, np.float32))
+    path = str(tmp_path / "grader.h5")
+    model_lib.export_model(source, path)
+    config = TrainConfig(**dict(TINY, init_from=path))
+    net = train_lib.build_compiled(config, 3, train_lib.get_strategy("default"))
+    assert all(np.all(v.numpy() == 0.25) for v in net.weights if "optimizer" not in v.path)
+    cold = train_lib.build_compiled(config, 3, train_lib.get_strategy("default"), warm_start=False)
+    assert not all(np.all(v.numpy() == 0.25) for v in cold.weights)
+    wider = TrainConfig(**dict(TINY, width=1 / 8, init_from=path))
+    with pytest.raises(ValueError, match=r"same architecture to start from \(input 128 px.*"
+                                         r"Received: init_from=.*grader.h5', input 128 px, layers"):
+        train_lib.build_compiled(wider, 3, train_lib.get_strategy("default"))

@@ -299,6 +299,9 @@ def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
 @click.option("--input-size", type=int, help="Input side in pixels." + _profiles("input_size"))
 @click.option("--width", type=float, help="Filter multiplier." + _profiles("width"))
 @click.option("--weights", help='"imagenet", "none" or a VGG-16 HDF5 file.' + _profiles("weights"))
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
+              help="Warm start: a trained grader (model.h5) of the same input size and width "
+                   "whose weights start this run (replaces --weights).")
 @click.option("--epochs", type=int, help="Epochs." + _profiles("epochs"))
 @click.option("--batch-size", type=int, help="Global batch size." + _profiles("batch_size"))
 @click.option("--optimizer", type=click.Choice(list(train_config.OPTIMIZERS)),

@@ -36,6 +36,8 @@ class TrainConfig:
         strategy: "default", "mirrored" (local GPUs) or "multiworker" (TF_CONFIG cluster).
         steps_per_epoch: int or None (None: training images / batch size).
         precision: "fp32" or "bf16" (bfloat16 arithmetic, float32 weights; docs/performance.md).
+        init_from: None, or a trained grader's model file whose weights start this run (a warm
+            start: same input size and width; docs/choices.md). Overrides ``weights``.
     """
 
     input_size: int = 512
@@ -56,6 +58,7 @@ class TrainConfig:
     strategy: str = "default"
     steps_per_epoch: object = None
     precision: str = "fp32"
+    init_from: object = None
 
     def validate(self):
         """Check every field; raise ValueError naming the first bad one."""

@@ -514,6 +514,31 @@ def _halve_weights(path):
     os.replace(half_path, path)
 
 
+def copy_grader_weights(model, path):
+    """Start ``model`` from the weights of a trained grader of the same architecture (warm start).
+
+    Args:
+        model: a model from :func:`build_model`.
+        path: str, a grader's model file (:func:`load_model`), e.g. a training run's model.h5.
+
+    Raises:
+        ValueError: the file is not a grader (see :func:`load_model`), or its layers do not match
+            ``model``'s by name and shape (another input size or width).
+    """
+    source = load_model(path)
+    theirs = {layer.name: layer for layer in source.layers if layer.weights}
+    ours = [layer for layer in model.layers if layer.weights]
+    differ = [layer.name for layer in ours if layer.name not in theirs
+              or [tuple(v.shape) for v in theirs[layer.name].weights] != [tuple(v.shape) for v in layer.weights]]
+    if differ or len(theirs) != len(ours):
+        raise ValueError(
+            f"Expected a grader of the same architecture to start from (input "
+            f"{model.input_shape[1]} px, the same width). Received: init_from={os.fspath(path)!r}, "
+            f"input {source.input_shape[1]} px, layers that differ: {', '.join(differ) or 'their number'}")
+    for layer in ours:
+        layer.set_weights(theirs[layer.name].get_weights())
+
+
 def load_model(path):
     """Load a grader: a model exported by :func:`export_model` (or a training run's model.h5).
 

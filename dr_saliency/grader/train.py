@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from dr_saliency.core.files import write_json
+from dr_saliency.core.files import file_sha256, write_json
 from dr_saliency.core.errors import (BadImageError, ImageSizeError, NoValidationError,
                                      OutOfMemoryError, ProvenanceError, RunExistsError)
 from dr_saliency.core.locks import lock_folder
@@ -334,13 +334,17 @@ def get_strategy(name):
     raise ValueError(f"Expected strategy in {STRATEGIES}. Received: strategy={name!r}")
 
 
-def build_compiled(config, steps_per_epoch, strategy):
-    """Build and compile the grader under ``strategy`` (MSE loss, the configured optimizer)."""
+def build_compiled(config, steps_per_epoch, strategy, *, warm_start=True):
+    """Build and compile the grader under ``strategy`` (MSE loss, the configured optimizer);
+    with ``config.init_from`` and ``warm_start``, start from that grader's weights (a resumed run
+    loads its checkpoint instead, so the file it started from need not be there any more)."""
     with strategy.scope():
         keras.utils.set_random_seed(config.seed)
         net = model_lib.build_model((config.input_size, config.input_size, 3),
-                                    weights=config.weights, dropout=config.dropout,
-                                    width=config.width)
+                                    weights=None if config.init_from else config.weights,
+                                    dropout=config.dropout, width=config.width)
+        if config.init_from and warm_start:
+            model_lib.copy_grader_weights(net, config.init_from)
         net = model_lib.with_precision(net, config.precision)
         # "mean_squared_error", not "mse": Keras 3 cannot reload an .h5 compiled with the alias.
         net.compile(optimizer=make_optimizer(config, steps_per_epoch), loss="mean_squared_error")
@@ -538,12 +542,13 @@ def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_e
         write_json(config_path,
                    {"config": dataclasses.asdict(config), "data": data_path,
                     "data_fingerprint": fingerprint,
+                    **({"init_sha256": file_sha256(config.init_from)} if config.init_from else {}),
                     "n_train": len(train_recs), "n_val": len(val_recs)})
     if not keep_split:
         write_json(split_path,
                    {"train": [r.id for r in train_recs], "val": [r.id for r in val_recs]})
 
-    net = build_compiled(config, steps, strategy)
+    net = build_compiled(config, steps, strategy, warm_start=not started)
     initial_epoch, best_kappa = 0, None
     if started:  # without a checkpoint, a resumed run starts at epoch 0
         meta = model_lib.load_checkpoint(net, os.path.join(run_dir, "last.weights.h5"))
