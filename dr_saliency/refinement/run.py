@@ -65,7 +65,7 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
         summary["already_done"] = len(records) - len(todo)
         # The file records each run; one that never finishes tells the FROC its images are
         # not all there.
-        run = store.begin_run(len(records), summary["already_done"])
+        run = store.begin_run([r.id for r in records], summary["already_done"])
         for first in range(0, len(todo), batch_size):
             batch = []
             for rec in todo[first:first + batch_size]:

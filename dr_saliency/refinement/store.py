@@ -3,7 +3,9 @@
 One HDF5 file per run. Layout::
 
     /                         attrs: format = "dr_saliency.results/1",
-                                     params = JSON of the run's parameters (sorted keys)
+                                     params = JSON of the run's parameters (sorted keys),
+                                     runs = JSON list of the refine runs that wrote the file
+    /%plans/<k>      (m,)     str: the ids run k set out to do (its plan; see begin_run)
     /<image id>/              one group per image; attrs: image_id, stop_reason, iterations,
                                      params (JSON of RefineResult.params), complete = True (last)
         maps         (k, H, W)        float16, gzip: s_i / map_scales[i]
@@ -67,8 +69,11 @@ Public API::
         .write(image_id, result, *, overwrite=False)
         .is_complete(image_id) -> bool;  .complete_ids() -> list[str];  iter(store), len(store)
         .read(image_id) -> RefineResult;  .read_final_map(image_id) -> (H, W) float32
+        .stop_reasons() -> {image_id: stop reason}
+        .runs;  .begin_run(planned_ids, done);  .finish_run(index, counts);  .unfinished_runs()
     read_final_maps(path, image_ids=None) -> {image_id: (H, W) float32}
     read_params(path) -> dict
+    stop_reason_counts(path) -> {stop reason: count}
 """
 
 import datetime
@@ -81,6 +86,7 @@ import urllib.parse
 import h5py
 import numpy as np
 
+from dr_saliency.core.checks import is_int
 from dr_saliency.core.errors import BusyError
 from dr_saliency.core.files import differences
 from dr_saliency.core.locks import describe_holder, lock_file
@@ -96,10 +102,15 @@ __all__ = [
     "ResultStore",
     "read_final_maps",
     "read_params",
+    "stop_reason_counts",
 ]
 
 FORMAT = "dr_saliency.results/1"
 """Value of the file attribute ``format``: what the file is and the layout version."""
+
+PLANS = "%plans"
+"""Root group of the runs' plans: dataset ``str(k)`` holds the ids run ``k`` set out to do. No image
+group can have this name, since image ids have ``%`` escaped (:func:`_group_name`)."""
 
 JOURNAL_SUFFIX = ".journal"
 """The undo journal of an unfinished write is ``<path>.journal``."""
@@ -108,6 +119,7 @@ _JOURNAL_MAGIC = b"DRSJNL01"
 _JOURNAL_HEADER = struct.Struct("<8sQ")  # magic, size of the file when the transaction began
 _RECORD_HEADER = struct.Struct("<QQ")  # offset, length; then `length` original bytes
 _GZIP_LEVEL = 4
+_GZIP = dict(compression="gzip", compression_opts=_GZIP_LEVEL)
 
 
 # ----------------------------------------------------------------------------- the undo journal
@@ -486,6 +498,8 @@ class ResultStore:
                 + "; ".join(differences(self._params, given)) + f" (path={self.path!r})")
         self._complete, self._incomplete = set(), set()
         for name in f:
+            if name == PLANS:
+                continue
             try:
                 complete = bool(f[name].attrs.get("complete", False))
             except (KeyError, OSError, RuntimeError, AttributeError):
@@ -499,6 +513,8 @@ class ResultStore:
         def body(f):
             f.attrs["params"] = json.dumps(params, sort_keys=True)
             f.attrs["runs"] = "[]"
+            if PLANS in f:
+                del f[PLANS]
 
         self._transaction(body, "the new parameters")
         self._params, self._runs = params, []
@@ -587,21 +603,20 @@ class ResultStore:
         final_scale = np.float32(np.abs(final_map).max() or 1)
         group_params = json.dumps(_canonical(getattr(result, "params", None) or {}), sort_keys=True)
         k, h, w = maps.shape
-        gzip = dict(compression="gzip", compression_opts=_GZIP_LEVEL)
 
         def body(f):
             if name in f:
                 del f[name]
             g = f.create_group(name)
-            g.create_dataset("maps", data=stored_maps, chunks=(1, h, w), shuffle=True, **gzip)
+            g.create_dataset("maps", data=stored_maps, chunks=(1, h, w), shuffle=True, **_GZIP)
             g.create_dataset("map_scales", data=scales)
-            g.create_dataset("masks", data=masks, chunks=(1, h, w), **gzip)
+            g.create_dataset("masks", data=masks, chunks=(1, h, w), **_GZIP)
             g.create_dataset("predictions", data=predictions)
             g.create_dataset("final_map", data=(final_map / final_scale).astype(np.float16),
-                             shuffle=True, **gzip)
+                             shuffle=True, **_GZIP)
             g["final_map"].attrs["scale"] = final_scale
             if images is not None:
-                g.create_dataset("images", data=images, chunks=(1, h, w, 3), **gzip)
+                g.create_dataset("images", data=images, chunks=(1, h, w, 3), **_GZIP)
             g.attrs["image_id"] = image_id
             g.attrs["stop_reason"] = result.stop_reason
             g.attrs["iterations"] = int(result.iterations)
@@ -647,16 +662,58 @@ class ResultStore:
         return [dict(r) for r in self._runs]
 
     def unfinished_runs(self):
-        """The recorded runs that never finished (interrupted, or failed), as :attr:`runs`."""
-        return [dict(r) for r in self._runs if "finished" not in r]
+        """The runs that never finished (interrupted, or failed) and whose plan is not done since.
+
+        A planned image is done when its result is complete in the file, or when a later run
+        that planned it finished (that run stored it, found it not referable, or skipped it as
+        bad). So a file in which every planned image is done is whole, whatever runs wrote it:
+        rerunning an interrupted command until it finishes leaves no unfinished run here.
+        A run recorded with a count only (files written before plans were kept) is done once a
+        later run that planned at least as many images finished.
+
+        Returns:
+            list of dicts as :attr:`runs`, each with ``missing``: how many of its planned images
+            are not done (None for a run recorded with a count only).
+        """
+        plans = self._from_file(_read_plans)
+        complete = set(self._complete)
+        out = []
+        for k, run in enumerate(self._runs):
+            if "finished" in run:
+                continue
+            later = [(j, r) for j, r in enumerate(self._runs) if j > k and "finished" in r]
+            if k in plans:
+                missing = plans[k] - complete
+                for j, r in later:
+                    missing -= plans.get(j, set())
+                    if j not in plans and r["planned"] >= run["planned"]:
+                        missing = set()  # finished by a run recorded with a count only
+                if missing:
+                    out.append(dict(run, missing=len(missing)))
+            elif not any(r["planned"] >= run["planned"] for _, r in later):
+                out.append(dict(run))
+        return out
 
     def begin_run(self, planned, done=0):
-        """Record that a run starts with ``planned`` images to do; returns its index."""
+        """Record that a run starts; returns its index.
+
+        Args:
+            planned: the ids of the images the run sets out to do (list of str), kept in the
+                file as the run's plan; or their number alone (int).
+            done: int, how many of them were already complete when it started.
+        """
         if self.mode != "a":
             raise ValueError(f"Expected a store opened with mode='a'. Received: mode={self.mode!r}")
-        entry = {"started": _now(), "planned": int(planned), "done": int(done)}
-        self._set_runs(self._runs + [entry])
-        return len(self._runs) - 1
+        ids = None
+        if not is_int(planned):
+            ids = [str(image_id) for image_id in planned]
+            for image_id in ids:
+                _group_name(image_id)
+        entry = {"started": _now(), "planned": len(ids) if ids is not None else int(planned),
+                 "done": int(done)}
+        runs = self._runs + [entry]
+        self._set_runs(runs, plan=None if ids is None else (len(runs) - 1, ids))
+        return len(runs) - 1
 
     def finish_run(self, index, counts):
         """Mark run ``index`` finished, with its ``counts`` (dict of JSON-ready numbers)."""
@@ -664,10 +721,30 @@ class ResultStore:
         runs[index].update(counts, finished=_now())
         self._set_runs(runs)
 
-    def _set_runs(self, runs):
+    def _set_runs(self, runs, plan=None):
         text = json.dumps(runs, sort_keys=True, default=_json_default)
-        self._transaction(lambda f: f.attrs.__setitem__("runs", text), "the run record")
+
+        def body(f):
+            f.attrs["runs"] = text
+            if plan is not None:
+                # One transaction with the record: a run is never recorded without its plan.
+                plans = f.require_group(PLANS)
+                name, ids = str(plan[0]), np.array(plan[1], dtype=h5py.string_dtype())
+                if name in plans:
+                    del plans[name]
+                plans.create_dataset(name, data=ids, **(_GZIP if ids.size else {}))
+
+        self._transaction(body, "the run record")
         self._runs = runs
+
+    def stop_reasons(self):
+        """The stop reason of every complete image (dict id -> str, sorted by id), read without
+        the maps."""
+        def read(f):
+            return {image_id: str(f[_group_name(image_id)].attrs["stop_reason"])
+                    for image_id in self.complete_ids()}
+
+        return self._from_file(read)
 
     # --- reading
 
@@ -699,10 +776,23 @@ class ResultStore:
 
     def _from_group(self, name, read):
         """``read(group)`` on the open file, or on the file opened for this read."""
+        return self._from_file(lambda f: read(f[name]))
+
+    def _from_file(self, read):
+        """``read(h5 file)`` on the open file, or on the file opened for this read."""
         if self._h5 is not None:
-            return read(self._h5[name])
+            return read(self._h5)
         with self._open_read() as f:
-            return read(f[name])
+            return read(f)
+
+
+def _read_plans(f):
+    """Run index -> set of planned ids, for the runs whose plan the file keeps."""
+    if PLANS not in f:
+        return {}
+    return {int(name): {v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                        for v in f[PLANS][name][()]}
+            for name in f[PLANS]}
 
 
 def _final_map(g):
@@ -736,6 +826,14 @@ def read_final_maps(path, image_ids=None):
     with ResultStore(path, "r") as store:
         ids = store.complete_ids() if image_ids is None else list(image_ids)
         return {image_id: store.read_final_map(image_id) for image_id in ids}
+
+
+def stop_reason_counts(path):
+    """How many complete images of a result file stopped for each reason (dict reason -> count,
+    sorted by reason), whatever runs wrote them."""
+    with ResultStore(path, "r") as store:
+        reasons = list(store.stop_reasons().values())
+    return {reason: reasons.count(reason) for reason in sorted(set(reasons))}
 
 
 def read_params(path):
