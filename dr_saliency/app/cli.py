@@ -685,7 +685,8 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
         report, paths = wiring.froc_run(
             results, records, out_dir, options=_candidate_config(candidate_values),
             stages=stages, tolerance=tolerance, n_boot=n_boot, decay=decay, combine=combine,
-            normalize=normalize, params={"data": os.path.abspath(data)}, on_image=update,
+            normalize=normalize, allow_partial=allow_partial, force=force, notes=notes,
+            params={"data": os.path.abspath(data)}, on_image=update,
             lesions_fp=lesions_fp if lesions else None)
     click.echo(reports.summary_table(report))
     if lesions:
@@ -731,27 +732,45 @@ def _print_model(net, model_lib):
     click.echo(f"Total parameters: {net.count_params():,}")
 
 
-def _advice(exc):
-    """What the command line's own flags can do about a library error (None: nothing)."""
+def _advice(exc, options=None):
+    """What the command line's own flags can do about a library error (None: nothing).
+
+    ``options``: the flags of the command that failed (None: unknown, every advice given);
+    advice to use a flag the command does not have is left out.
+    """
+    def use(flag, text):
+        return text if options is None or flag in options else None
+
     if isinstance(exc, errors.ImageSizeError):
         return f"preprocess the data to that size first: dr-saliency preprocess --size {exc.size}"
     if isinstance(exc, errors.BadImageError):
-        return "use --skip-bad to skip bad images"
+        return use("--skip-bad", "use --skip-bad to skip bad images")
     if isinstance(exc, errors.EmptySplitError):
-        return "use --split all for every image"
+        return use("--split", "use --split all for every image")
     if isinstance(exc, errors.PartialResultsError):
-        return "use --allow-partial to evaluate the images in both"
+        return use("--allow-partial", "use --allow-partial to evaluate the images in both")
     if isinstance(exc, errors.FolderInUseError):
         return "choose another output folder" + (", or pass --overwrite" * exc.can_overwrite)
     if isinstance(exc, errors.RunExistsError):
         return "continue it with --resume, or choose another --out"
     if isinstance(exc, errors.NoValidationError):
         return "give the data a 'val' split, or set --val-fraction"
-    if isinstance(exc, errors.ProvenanceError):
-        return "pass --force to use it anyway" if "data" in exc.differences else None
+    if isinstance(exc, errors.ProvenanceError) and "data" in exc.differences:
+        return use("--force", "pass --force to use it anyway")
     if isinstance(exc, errors.OutOfMemoryError):
         return f"try a smaller --batch-size, e.g. {exc.suggested}"
     return None
+
+
+def _command_options(args):
+    """The flags of the command named in ``args`` (None when no command is named)."""
+    # The command is the first word that is not an option: the group's options take no value.
+    name = next((a for a in args if not a.startswith("-")), None)
+    command = cli.commands.get(name) if name else None
+    if command is None:
+        return None
+    return {opt for p in command.params if isinstance(p, click.Option)
+            for opt in (*p.opts, *p.secondary_opts)}
 
 
 def _as_options(message, args):
@@ -764,13 +783,9 @@ def _as_options(message, args):
     """
     import re
 
-    # The command is the first word that is not an option: the group's options take no value.
-    name = next((a for a in args if not a.startswith("-")), None)
-    command = cli.commands.get(name) if name else None
-    if command is None:
+    options = _command_options(args)
+    if options is None:
         return message
-    options = {opt for p in command.params if isinstance(p, click.Option)
-               for opt in (*p.opts, *p.secondary_opts)}
 
     def option(match):
         flag = "--" + match.group(1).replace("_", "-")
@@ -803,7 +818,7 @@ def main(args=None):
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         message = _as_options(message, args)
-        advice = _advice(exc)
+        advice = _advice(exc, _command_options(args))
         click.echo(f"Error: {message}" + (f" ({advice})" if advice else ""), err=True)
         sys.exit(1)
     finally:

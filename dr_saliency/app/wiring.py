@@ -106,8 +106,8 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
 
 
 def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), tolerance=0.0,
-             n_boot=1000, decay=None, combine=None, normalize=None, params=None, on_image=None,
-             lesions_fp=None):
+             n_boot=1000, decay=None, combine=None, normalize=None, allow_partial=False,
+             force=False, notes=(), params=None, on_image=None, lesions_fp=None):
     """Lesion-level FROC of s_0 and S of a result file against its images' annotations.
 
     Args:
@@ -118,6 +118,10 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
         options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
         stages, tolerance, n_boot: as :func:`dr_saliency.lesions.localize.froc_report`.
         decay, combine, normalize: rescore the stored maps this way (None: the run's setting).
+        allow_partial, force: how ``records`` were chosen
+            (:func:`~dr_saliency.lesions.localize.records_for`), recorded in metrics.json with
+            its ``notes`` (what was left out), so that an evaluation of partial results or of
+            another dataset can be told apart later.
         params: extra entries recorded in metrics.json under "params".
         on_image: optional callable(k) as images are done.
         lesions_fp: None, or the false positives per image at which to say which lesions s_0
@@ -143,7 +147,8 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
             report[name]["fate"] = group
     recorded = {"results": os.path.abspath(results), "tolerance": tolerance, "n_boot": n_boot,
                 "combine": combine, "decay": decay, "normalize": normalize,
-                "candidates": vars(options), **(params or {})}
+                "candidates": vars(options), "allow_partial": bool(allow_partial),
+                "force": bool(force), "notes": list(notes), **(params or {})}
     if fates is not None:
         recorded["lesions_fp"] = fates.fp_rate
     paths = reports.write_froc(report, out_dir, params=recorded)
