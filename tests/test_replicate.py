@@ -14,14 +14,19 @@ from test_cli import run_main  # the console-script entry point, called in-proce
 def test_parse_seeds():
     assert replicate.parse_seeds("1,2,3") == [1, 2, 3]
     assert replicate.parse_seeds(" 7 , 11") == [7, 11]
-    for bad in ("1,a", "", "1,1", "-1", "1.5"):
-        with pytest.raises(ValueError, match=r"integer seeds, e.g. 1,2,3. Received: seeds="):
+    assert replicate.parse_seeds("0,4294967295") == [0, 2 ** 32 - 1]
+    for bad in ("1,a", "", "1,1", "-1", "1.5", "4294967296"):
+        with pytest.raises(ValueError, match=r"integer seeds from 0 to 4294967295, e.g. 1,2,3. "
+                                             r"Received: seeds="):
             replicate.parse_seeds(bad)
 
 
 def test_run_replicate_checks_its_arguments(tmp_path):
-    with pytest.raises(ValueError, match=r"distinct non-negative integer seeds. Received: seeds=\[1, 1\]"):
+    with pytest.raises(ValueError, match=r"distinct integer seeds from 0 to 4294967295. "
+                                         r"Received: seeds=\[1, 1\]"):
         replicate.run_replicate(str(tmp_path), [1, 1])
+    with pytest.raises(ValueError, match=r"Received: seeds=\[4294967296\]"):
+        replicate.run_replicate(str(tmp_path), [2 ** 32])
     with pytest.raises(ValueError, match=r"n_boot >= 10. Received: n_boot=2"):
         replicate.run_replicate(str(tmp_path), [1], n_boot=2)
     with pytest.raises(ValueError, match=r"profile in \['quick', 'reference', 'smoke'\]. Received: profile='x'"):
@@ -82,7 +87,7 @@ def test_replicate_command_end_to_end_on_the_smoke_profile(tmp_path, capsys):
     # Bad input: one line on stderr, non-zero exit, nothing lost.
     code, _, err = run_main(["replicate", "--seeds", "1,x", "--out", out], capsys)
     assert code == 1 and err.strip().count("\n") == 0
-    assert err.startswith("Error: Expected comma-separated distinct non-negative integer seeds")
+    assert err.startswith("Error: Expected comma-separated distinct integer seeds from 0 to")
     code, _, err = run_main(["replicate", "--seeds", "4", "--profile", "quick", "--out", out],
                             capsys)
     assert code == 1 and 'profile="quick" (folder has "smoke")' in err

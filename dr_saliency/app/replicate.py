@@ -25,7 +25,10 @@ from dr_saliency.app import demo as demo_lib
 from dr_saliency.core import maps
 from dr_saliency.core.errors import FolderInUseError
 from dr_saliency.core.files import differences, read_json, write_figure, write_json, write_text
+from dr_saliency.core.locks import lock_folder
+from dr_saliency.lesions.reports import defined_gains
 from dr_saliency.refinement.loop import run_params
+from dr_saliency.refinement.store import stop_reason_counts
 
 #: The combination rules every seed is scored with, from the same stored maps: ours (the
 #: defaults, chosen on validation data) and the paper's decaying weighted mean.
@@ -43,8 +46,12 @@ METRICS = ("s0_as10", "S_as10", "gain_as10", "s0_score", "S_score", "gain_score"
 FORMAT = "dr_saliency.replicate/1"
 
 
+#: The largest seed: numpy's seeding (training, augmentation) takes 0 .. 2**32 - 1.
+MAX_SEED = 2 ** 32 - 1
+
+
 def parse_seeds(text):
-    """``"1,2,3"`` -> ``[1, 2, 3]``: distinct non-negative integers, at least one.
+    """``"1,2,3"`` -> ``[1, 2, 3]``: distinct integers from 0 to :data:`MAX_SEED`, at least one.
 
     Raises:
         ValueError: anything else, with the text received.
@@ -54,10 +61,15 @@ def parse_seeds(text):
         seeds = [int(p) for p in parts]
     except ValueError:
         seeds = None
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError("Expected comma-separated distinct non-negative integer seeds, e.g. "
-                         f"1,2,3. Received: seeds={text!r}")
+    if not seeds or not _good_seeds(seeds):
+        raise ValueError(f"Expected comma-separated distinct integer seeds from 0 to {MAX_SEED}, "
+                         f"e.g. 1,2,3. Received: seeds={text!r}")
     return seeds
+
+
+def _good_seeds(seeds):
+    return (all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                for s in seeds) and len(set(seeds)) == len(seeds))
 
 
 def experiment_settings(profile, n_boot):
@@ -89,31 +101,37 @@ def run_replicate(out, seeds, *, profile="quick", n_boot=1000, on_seed=None, on_
         dict, the summary also written to ``out/replicate.json``.
 
     Raises:
-        ValueError: bad seeds or settings, or ``out`` holding another experiment.
+        ValueError: bad seeds or settings, ``out`` holding another experiment or a malformed
+            ``replicate.json``.
+        BusyError: another process is running an experiment into ``out`` (naming it).
     """
-    if not isinstance(seeds, (list, tuple)) or not seeds or \
-            not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) \
-            or len(set(seeds)) != len(seeds):
-        raise ValueError(f"Expected a list of distinct non-negative integer seeds. "
+    # Every input is checked before any work: a seed numpy refuses would otherwise fail only
+    # once the first seed's data is made.
+    if not isinstance(seeds, (list, tuple)) or not seeds or not _good_seeds(seeds):
+        raise ValueError(f"Expected a list of distinct integer seeds from 0 to {MAX_SEED}. "
                          f"Received: seeds={seeds!r}")
     if not isinstance(n_boot, int) or n_boot < 10:
         raise ValueError(f"Expected n_boot >= 10. Received: n_boot={n_boot!r}")
     settings = experiment_settings(profile, n_boot)
-    _claim(out, settings)
-    per_seed = {}
-    for index, seed in enumerate(seeds):
-        if on_seed:
-            on_seed(seed, index, len(seeds))
-        seed_dir = os.path.join(out, f"seed_{seed}")
-        steps = [s for s in demo_lib.demo_steps(seed_dir, profile=profile, seed=seed,
-                                                on_step=on_step, on_progress=on_progress)
-                 if s.name in ("synth", "train", "evaluate", "refine")]
-        demo_lib.run_steps(seed_dir, steps, on_step=on_step)
-        per_seed[seed] = score_seed(seed_dir, seed, n_boot=n_boot, on_step=on_step,
-                                    on_progress=on_progress)
-    summary = summarize(per_seed, settings)
-    _write_json(os.path.join(out, "replicate.json"), summary)
-    write_report(summary, out)
+    _check_record(out, settings)
+    os.makedirs(out, exist_ok=True)
+    # One run per folder: a second would redo, and overwrite, steps the first is running.
+    with lock_folder(out, "a replicate folder"):
+        _claim(out, settings)
+        per_seed = {}
+        for index, seed in enumerate(seeds):
+            if on_seed:
+                on_seed(seed, index, len(seeds))
+            seed_dir = os.path.join(out, f"seed_{seed}")
+            steps = [s for s in demo_lib.demo_steps(seed_dir, profile=profile, seed=seed,
+                                                    on_step=on_step, on_progress=on_progress)
+                     if s.name in ("synth", "train", "evaluate", "refine")]
+            demo_lib.run_steps(seed_dir, steps, on_step=on_step)
+            per_seed[seed] = score_seed(seed_dir, seed, n_boot=n_boot, on_step=on_step,
+                                        on_progress=on_progress)
+        summary = summarize(per_seed, settings)
+        _write_json(os.path.join(out, "replicate.json"), summary)
+        write_report(summary, out)
     return summary
 
 
@@ -124,22 +142,26 @@ def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
 
     path = os.path.join(seed_dir, "scores.json")
     if os.path.isfile(path):
+        scores = read_json(path)
+        if not (isinstance(scores, dict) and isinstance(scores.get("rules"), dict)):
+            raise ValueError(f"Expected a seed's scores in {path}. Received: {_shown(scores)}; "
+                             "remove it to score the seed again")
         if on_step:
             on_step("score", "skip", None, f"already done ({path})")
-        return read_json(path)
+        return scores
     if on_step:
         on_step("score", "start", None, "")
     start = time.time()
     results = os.path.join(seed_dir, "refine.h5")
     evaluation = read_json(os.path.join(seed_dir, "evaluation", "evaluation.json"))["metrics"]
-    refined = read_json(os.path.join(seed_dir, "refine.done.json"))
-    n_refined = refined["written"] + refined["already_done"]
+    # Over the whole file: refine.done.json counts the images of the last refine run only.
+    reasons = stop_reason_counts(results)
     # A grader that calls no test image referable leaves nothing to localize: the seed is
     # reported with its kappa and no FROC rows, not dropped.
     records = localize.records_for(results, open_dataset(os.path.join(seed_dir, "data")))[0] \
-        if n_refined else []
+        if reasons else []
     scores = {"seed": seed, "kappa": evaluation["kappa"], "auc": evaluation["auc"],
-              "n_refined": len(records), "stop_reasons": refined["stop_reasons"],
+              "n_refined": len(records), "stop_reasons": reasons,
               "rules": {rule: {} for rule in RULES}}
     progress = on_progress or (lambda label, length: (lambda k=1: None))
     for rule, kwargs in RULES.items():
@@ -190,23 +212,11 @@ def summarize(per_seed, settings):
             "across": across}
 
 
-#: A relative gain of S over an s_0 below this (AS10 or score) is not reported: over a map that
-#: finds almost nothing (0.000 -> 0.000) it is noise that reads as -100% or +600%.
-MIN_GAIN_BASE = 0.01
-
-
 def _defined_gains(scores):
-    """A seed's scores with the relative gains over an s_0 below MIN_GAIN_BASE set to None."""
-    out = dict(scores, rules={})
-    for rule, groups in scores["rules"].items():
-        out["rules"][rule] = {}
-        for group, row in groups.items():
-            row = dict(row)
-            for base, gain in (("s0_as10", "gain_as10"), ("s0_score", "gain_score")):
-                if row.get(base) is not None and row[base] < MIN_GAIN_BASE:
-                    row[gain], row[gain + "_ci"] = None, [None, None]
-            out["rules"][rule][group] = row
-    return out
+    """A seed's scores with the relative gains over an s_0 below MIN_GAIN_BASE set to None
+    (the rule of every report, :func:`dr_saliency.lesions.reports.defined_gains`)."""
+    return dict(scores, rules={rule: {group: defined_gains(row) for group, row in groups.items()}
+                               for rule, groups in scores["rules"].items()})
 
 
 def _stats(values):
@@ -312,20 +322,43 @@ def _nan(value):
     return np.nan if value is None else float(value)
 
 
-def _claim(out, settings):
+def _check_record(out, settings):
+    """Refuse a folder whose ``replicate.json`` holds another experiment, or is not one."""
     path = os.path.join(out, "replicate.json")
-    if os.path.isfile(path):
-        stored = read_json(path).get("settings")
-        fresh = json.loads(json.dumps(settings, default=_json_default))
-        if stored != fresh:
-            diffs = differences(stored or {}, fresh, "folder")
-            raise FolderInUseError("Expected an empty folder or one holding this same experiment "
-                                   f"(refusing to mix). Received: {out} holds one with "
-                                   f"{'; '.join(diffs) or 'other settings'}", out, diffs)
+    try:
+        record = read_json(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Expected a replicate record (JSON) in {path}. Received: a file that "
+                         f"cannot be read as JSON ({exc}); remove it or choose another "
+                         "--out") from None
+    if record is None:
+        return
+    stored = record.get("settings") if isinstance(record, dict) else None
+    if not isinstance(stored, dict):
+        raise ValueError(f"Expected a replicate record in {path}: an object with the "
+                         "experiment's settings. Received: "
+                         f"{_shown(record)}; remove it or choose another --out")
+    fresh = json.loads(json.dumps(settings, default=_json_default))
+    if stored != fresh:
+        diffs = differences(stored, fresh, "folder")
+        raise FolderInUseError("Expected an empty folder or one holding this same experiment "
+                               f"(refusing to mix). Received: {out} holds one with "
+                               f"{'; '.join(diffs) or 'other settings'}", out, diffs)
+
+
+def _claim(out, settings):
+    """Check ``out``'s record (under the folder's lock) and write one if there is none yet."""
+    _check_record(out, settings)
     os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "replicate.json")
     # Recorded now, so that an interrupted run is also protected against mixing.
     if not os.path.isfile(path):
         _write_json(path, {"settings": settings, "seeds": [], "per_seed": {}, "across": {}})
+
+
+def _shown(value, limit=60):
+    text = json.dumps(value, default=str)
+    return f"{type(value).__name__} {text[:limit]}{' ...' if len(text) > limit else ''}"
 
 
 def _json_default(value):
