@@ -5,17 +5,45 @@ those return data and this module decides how it is written. No TensorFlow.
 """
 
 import csv
+import io
 import json
 import math
 import os
 
 import numpy as np
 
+from dr_saliency.core.files import write_figure, write_json, write_text
 from dr_saliency.figures import plots
 from dr_saliency.lesions.fate import FATES, LESION_COLUMNS
 from dr_saliency.lesions.localize import MAP_NAMES, report_to_dict, summary_rows
+from dr_saliency.refinement.store import read_params, stop_reason_counts
 
 MAP_LABELS = {"s0": "s_0 (one map)", "S": "S (iterative)"}
+
+#: A relative gain of S over an s_0 below this (AS10 or 7-point score) is not reported, in any
+#: report (the froc table, the demo's REPORT.md, replicate's tables): over a map that finds
+#: almost nothing it is noise that reads as +1076% or -100%.
+MIN_GAIN_BASE = 0.01
+
+#: (s_0's figure, its relative gain) in a summary row (:func:`localize.summary_rows`).
+GAIN_BASES = (("s0_as10", "gain_as10"), ("s0_score", "gain_score"))
+
+
+def relative_gain(base, gain):
+    """``gain``, or None where s_0's figure ``base`` is below :data:`MIN_GAIN_BASE`."""
+    if base is None or gain is None or base < MIN_GAIN_BASE:
+        return None
+    return gain
+
+
+def defined_gains(row):
+    """A summary row (dict) with its relative gains over an s_0 below :data:`MIN_GAIN_BASE`, and
+    their intervals, set to None; the row given is left alone."""
+    row = dict(row)
+    for base, gain in GAIN_BASES:
+        if row.get(base) is not None and relative_gain(row[base], row[gain]) is None:
+            row[gain], row[gain + "_ci"] = None, [None, None]
+    return row
 
 
 def _panels(report, prefix):
@@ -24,7 +52,10 @@ def _panels(report, prefix):
 
 
 def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
-    """Write a FROC evaluation: metrics.json, curves.csv and figures per stage and per type.
+    """Write a FROC evaluation: curves.csv, figures per stage and per type, then metrics.json.
+
+    metrics.json is written last, each file atomically, so that its presence means the whole
+    evaluation is there (the demo's froc step is done once it exists).
 
     Args:
         report: :func:`dr_saliency.lesions.localize.froc_report` output.
@@ -33,25 +64,20 @@ def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
         formats: figure formats.
 
     Returns:
-        list of str paths written.
+        list of str paths written (metrics.json last).
     """
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    metrics = {"params": params or {}, "groups": report_to_dict(report),
-               "summary": summary_rows(report)}
-    path = os.path.join(out_dir, "metrics.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2, default=_json_default)
-    paths.append(path)
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["group", "map", "threshold", "fps_per_image", "sensitivity"])
+    for name, entry in report.items():
+        for m in MAP_NAMES:
+            r = entry[m]["froc"]
+            for t, fp, se in zip(r.thresholds, r.fps_per_image, r.sensitivity):
+                writer.writerow([name, m, f"{t:.6g}", f"{fp:.6g}", f"{se:.6g}"])
     path = os.path.join(out_dir, "curves.csv")
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["group", "map", "threshold", "fps_per_image", "sensitivity"])
-        for name, entry in report.items():
-            for m in MAP_NAMES:
-                r = entry[m]["froc"]
-                for t, fp, se in zip(r.thresholds, r.fps_per_image, r.sensitivity):
-                    writer.writerow([name, m, f"{t:.6g}", f"{fp:.6g}", f"{se:.6g}"])
+    write_text(path, rows.getvalue())
     paths.append(path)
     for prefix, stem, title in (("stage", "froc_stages", "FROC per DR stage"),
                                 ("type", "froc_types", "FROC per lesion type"),
@@ -62,8 +88,13 @@ def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
         fig = plots.froc_figure(panels, title=title)
         for fmt in formats:
             path = os.path.join(out_dir, f"{stem}.{fmt}")
-            fig.savefig(path, dpi=200)
+            write_figure(fig, path, dpi=200)
             paths.append(path)
+    metrics = {"params": params or {}, "groups": report_to_dict(report),
+               "summary": summary_rows(report)}
+    path = os.path.join(out_dir, "metrics.json")
+    write_json(path, metrics, default=_json_default)
+    paths.append(path)
     return paths
 
 
@@ -210,7 +241,7 @@ def _timing_line(timings):
             + (f" (without {', '.join(untimed)})" if untimed else "") + ".")
 
 
-def write_demo_report(out, *, profile, timings):
+def write_demo_report(out, *, profile, timings, choice_seed=None, examples_rule=None):
     """Write ``REPORT.md`` of a demo folder from the files its steps wrote.
 
     Args:
@@ -218,6 +249,10 @@ def write_demo_report(out, *, profile, timings):
         profile: str, the demo profile.
         timings: dict step -> seconds (steps run in this or an earlier invocation), in step
             order; None for a step done without a recorded time. Every step is listed.
+        choice_seed: int, the data seed on whose validation split the defaults were chosen
+            (docs/choices.md); the report says whether the demo's data seed is that one.
+        examples_rule: str, how the example images were picked, or None when the figures in
+            ``out/figures`` were not picked by the demo's rule (said in the report).
 
     Returns:
         str, the path of REPORT.md.
@@ -234,6 +269,7 @@ def write_demo_report(out, *, profile, timings):
     refine = load("refine.done.json")
     figures = load("figures", "done.json")
     config = load("run", "config.json")
+    data = load("data", "synth.json")
     lines = [f"# dr-saliency demo ({profile} profile)", "",
              "Synthetic fundus images -> VGG-16 grader -> guided back-propagation saliency with "
              "iterative inpainting refinement -> lesion-level FROC of s_0 (one map) against S "
@@ -251,11 +287,14 @@ def write_demo_report(out, *, profile, timings):
                   f"{evaluation['kappa_ci'][1]:.3f}), referable AUC {m['auc']:.3f} (95% CI "
                   f"{evaluation['auc_ci'][0]:.3f}-{evaluation['auc_ci'][1]:.3f}); "
                   "[ROC](evaluation/roc.png), [confusion matrix](evaluation/confusion.png)."]
-    if refine:
-        lines += [f"- Refinement: {refine['written'] + refine['already_done']} referable test "
-                  f"images, stop reasons {refine['stop_reasons']}; "
-                  f"{refine['not_referable']} test images graded non-referable were not refined."]
+    refined = _refined(os.path.join(out, "refine.h5")) if refine else None
+    if refined:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(refined["stop_reasons"].items()))
+        lines += [f"- Refinement: {refined['n']} referable test images (stop reasons: "
+                  f"{reasons or 'none'}); {refine['not_referable']} test images graded "
+                  "non-referable were not refined."]
     lines += [_timing_line(timings), ""]
+    lines += _one_seed_section(profile, data, config, choice_seed, refined)
     if metrics:
         lines += ["## Lesion-level FROC, s_0 against S", "",
                   "Score: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 false positives per image; "
@@ -265,24 +304,79 @@ def write_demo_report(out, *, profile, timings):
                   "![FROC per stage](froc/froc_stages.png)", "",
                   "![FROC per lesion type](froc/froc_types.png)", ""]
     if figures:
-        lines += ["## Examples", "", "![Image, s_0 and S](figures/figure1_panels.png)", ""]
+        picked = (f"Picked {examples_rule}, not by their result, so they show the method as it "
+                  "does on an ordinary image rather than where S gains most."
+                  if examples_rule else
+                  "Picked by an earlier version of the demo where S finds most more lesions than "
+                  "s_0 (so they favour S); remove figures/ and rerun the demo to pick them by "
+                  "id instead.")
+        lines += ["## Examples", "", f"{picked} Images: {', '.join(figures['ids'])}.", "",
+                  "![Image, s_0 and S](figures/figure1_panels.png)", ""]
         lines += [f"![Iterations of {i}](figures/iterations_{i}.png)" for i in figures["ids"][:2]]
         lines += [""]
     path = os.path.join(out, "REPORT.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path
 
 
+def _refined(results):
+    """What a demo's result file holds: ``n`` images, ``stop_reasons`` (reason -> count, over the
+    whole file, whatever runs wrote it) and ``max_iterations`` (the loop's cap); None without a
+    file."""
+    if not os.path.isfile(results):
+        return None
+    reasons = stop_reason_counts(results)
+    return {"n": sum(reasons.values()), "stop_reasons": reasons,
+            "max_iterations": read_params(results).get("max_iterations")}
+
+
+def _one_seed_section(profile, data, config, choice_seed, refined):
+    """REPORT.md's lines on what one seed can show: the seed's status, where the spread across
+    seeds is measured, and how many images ran to the iteration cap."""
+    lines = ["## What one seed can show", ""]
+    if data is not None:
+        seed = data.get("seed")
+        training = f" (training seed {config['config']['seed']})" if config else ""
+        if choice_seed is not None and seed == choice_seed:
+            status = ("the seed on whose validation split the defaults of the refinement and "
+                      "the scoring were chosen (docs/choices.md). The test split was used for no "
+                      "choice, but the settings were tuned to this draw of data and grader")
+        else:
+            status = (f"not the seed the defaults were chosen on ({choice_seed}, docs/choices.md)"
+                      if choice_seed is not None else "one draw of data and grader")
+        lines += [f"- Data seed {seed}{training}: {status}."]
+    lines += ["- One seed is one draw: from seed to seed the grader, and with it the gain of S over "
+              "s_0, changes more than between combination rules (docs/results.md gives the "
+              "spread measured over seeds used for no choice). To measure it, run "
+              f"`dr-saliency replicate --profile {profile} --seeds 1,2,3`: these steps once per "
+              "seed, then the mean, standard deviation and range of every figure (REPLICATE.md)."]
+    if refined and refined["n"]:
+        capped = refined["stop_reasons"].get("max_iterations", 0)
+        cap = refined["max_iterations"]
+        lines += [f"- {capped} of the {refined['n']} refined images ({capped / refined['n']:.0%}) "
+                  f"ran to the iteration cap{f' of {cap}' if cap is not None else ''} (stop "
+                  "reason max_iterations): the grader still called them referable after their "
+                  "most salient regions were inpainted, so their later maps, and S, come from "
+                  "images the grader still grades as diseased."]
+    return lines + [""]
+
+
 def _table_from_rows(rows):
-    """The Markdown table of :func:`summary_table`, from its rows (also as read from JSON)."""
+    """The Markdown table of :func:`summary_table`, from its rows (also as read from JSON), with
+    the relative gains over an s_0 below :data:`MIN_GAIN_BASE` left out (and a line saying so)."""
     lines = ["| group | images | lesions | score s_0 | score S | gain | AS10 s_0 | AS10 S | gain |",
              "|---|---:|---:|---|---|---|---|---|---|"]
-    for r in rows:
+    withheld = False
+    for given in rows:
+        r = defined_gains(given)
+        withheld |= any(r[gain] is None and given[gain] is not None for _, gain in GAIN_BASES)
         lines.append(
             f"| {r['group']} | {r['images']} | {r['lesions']} | "
             f"{_fmt(r['s0_score'], r['s0_score_ci'])} | {_fmt(r['S_score'], r['S_score_ci'])} | "
             f"{_fmt(r['gain_score'], r['gain_score_ci'], True)} | "
             f"{_fmt(r['s0_as10'], r['s0_as10_ci'])} | {_fmt(r['S_as10'], r['S_as10_ci'])} | "
             f"{_fmt(r['gain_as10'], r['gain_as10_ci'], True)} |")
+    if withheld:
+        lines += ["", f"n/a: no relative gain is given over an s_0 below {MIN_GAIN_BASE:g}, where "
+                      "it would be noise."]
     return "\n".join(lines)
