@@ -1,8 +1,11 @@
 """The end-to-end demonstration: synth -> train -> evaluate -> refine -> froc -> figures -> report.
 
-Every step writes into one folder and is skipped when its output is already complete, so a rerun
-(or a run after an interruption) continues where the previous one stopped. Each step calls the same
-library functions as its own ``dr-saliency`` command.
+Every step writes into one folder and is skipped when its output is already complete (its marker
+file, written after the step's other files), so a rerun (or a run after an interruption at any
+moment) continues where the previous one stopped; one demo at a time runs in a folder (its lock).
+Each step calls the same library functions as its own ``dr-saliency`` command. REPORT.md says what
+one seed can show: the seed's status, where the spread across seeds is measured, the images at the
+iteration cap, and examples picked by id (:data:`EXAMPLES_RULE`), not where S gains most.
 """
 
 import dataclasses

@@ -355,9 +355,9 @@ def _one_seed_section(profile, data, config, choice_seed, refined):
         cap = refined["max_iterations"]
         lines += [f"- {capped} of the {refined['n']} refined images ({capped / refined['n']:.0%}) "
                   f"ran to the iteration cap{f' of {cap}' if cap is not None else ''} (stop "
-                  "reason max_iterations): the grader still called them referable after their "
-                  "most salient regions were inpainted, so their later maps, and S, come from "
-                  "images the grader still grades as diseased."]
+                  "reason max_iterations): the grader still graded them referable with their "
+                  "most salient regions inpainted, so S also combines maps of images that look "
+                  "diseased to it after their lesions are gone."]
     return lines + [""]
 
 
