@@ -266,13 +266,13 @@ def test_replicate_refuses_a_seed_numpy_cannot_take_before_any_work(tmp_path, ca
 
 @pytest.mark.parametrize("content, expected", [
     ("[]", "Error: Expected a replicate record in {path}: an object with the experiment's "
-           "settings. Received: list []; remove it or choose another --out"),
+           "settings. Received: list []; remove it or choose another folder"),
     ('{"settings": 3}', "Error: Expected a replicate record in {path}: an object with the "
                         "experiment's settings. Received: dict {{\"settings\": 3}}; remove it "
-                        "or choose another --out"),
+                        "or choose another folder"),
     ("{broken", "Error: Expected a replicate record (JSON) in {path}. Received: a file that "
                 "cannot be read as JSON (Expecting property name enclosed in double quotes: "
-                "line 1 column 2 (char 1)); remove it or choose another --out"),
+                "line 1 column 2 (char 1)); remove it or choose another folder"),
 ])
 def test_replicate_refuses_a_malformed_record_in_one_line(tmp_path, capsys, content, expected):
     out = tmp_path / "rep"
@@ -393,7 +393,8 @@ def test_the_demo_finishes_after_an_interrupted_refine_and_says_what_one_seed_ca
     write_json(done, dict(record, ids=record["ids"][::-1]))
     assert run_demo(out, capsys)[0] == 0
     report = open(os.path.join(out, "REPORT.md")).read()
-    assert "Picked by an earlier version of the demo where S finds most more lesions" in report
+    assert ("Not picked by the demo's rule (by id): an earlier version picked the images where S "
+            "finds most more lesions than s_0, which favours S") in report
 
     # Issue 20, item 14: no relative gain over an s_0 that finds almost nothing, as replicate.
     path = os.path.join(out, "froc", "metrics.json")

@@ -330,14 +330,14 @@ def _check_record(out, settings):
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"Expected a replicate record (JSON) in {path}. Received: a file that "
                          f"cannot be read as JSON ({exc}); remove it or choose another "
-                         "--out") from None
+                         "folder") from None
     if record is None:
         return
     stored = record.get("settings") if isinstance(record, dict) else None
     if not isinstance(stored, dict):
         raise ValueError(f"Expected a replicate record in {path}: an object with the "
                          "experiment's settings. Received: "
-                         f"{_shown(record)}; remove it or choose another --out")
+                         f"{_shown(record)}; remove it or choose another folder")
     fresh = json.loads(json.dumps(settings, default=_json_default))
     if stored != fresh:
         diffs = differences(stored, fresh, "folder")

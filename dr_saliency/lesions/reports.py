@@ -307,9 +307,9 @@ def write_demo_report(out, *, profile, timings, choice_seed=None, examples_rule=
         picked = (f"Picked {examples_rule}, not by their result, so they show the method as it "
                   "does on an ordinary image rather than where S gains most."
                   if examples_rule else
-                  "Picked by an earlier version of the demo where S finds most more lesions than "
-                  "s_0 (so they favour S); remove figures/ and rerun the demo to pick them by "
-                  "id instead.")
+                  "Not picked by the demo's rule (by id): an earlier version picked the images "
+                  "where S finds most more lesions than s_0, which favours S; remove figures/ "
+                  "and rerun the demo to pick them by id.")
         lines += ["## Examples", "", f"{picked} Images: {', '.join(figures['ids'])}.", "",
                   "![Image, s_0 and S](figures/figure1_panels.png)", ""]
         lines += [f"![Iterations of {i}](figures/iterations_{i}.png)" for i in figures["ids"][:2]]

@@ -672,8 +672,8 @@ class ResultStore:
         later run that planned at least as many images finished.
 
         Returns:
-            list of dicts as :attr:`runs`, each with ``missing``: how many of its planned images
-            are not done (None for a run recorded with a count only).
+            list of dicts as :attr:`runs`; where the file keeps the run's plan, with
+            ``missing``: how many of its planned images are not done.
         """
         plans = self._from_file(_read_plans)
         complete = set(self._complete)
@@ -706,9 +706,9 @@ class ResultStore:
             raise ValueError(f"Expected a store opened with mode='a'. Received: mode={self.mode!r}")
         ids = None
         if not is_int(planned):
-            ids = [str(image_id) for image_id in planned]
+            ids = list(planned)
             for image_id in ids:
-                _group_name(image_id)
+                _group_name(image_id)  # a str id, as write() takes
         entry = {"started": _now(), "planned": len(ids) if ids is not None else int(planned),
                  "done": int(done)}
         runs = self._runs + [entry]
