@@ -486,7 +486,8 @@ class ResultStore:
                              f"Received: path={self.path!r} with format={f.attrs.get('format')!r}")
         self._params = json.loads(f.attrs["params"])
         self._runs = json.loads(f.attrs.get("runs", "[]"))
-        if given is not None and given != self._params and self.mode == "a" and len(f) == 0:
+        holds_results = any(name != PLANS for name in f)
+        if given is not None and given != self._params and self.mode == "a" and not holds_results:
             # A file that holds no result (a run that failed before its first image) blocks
             # nothing: it takes the new parameters.
             self._reset_params = given
