@@ -378,35 +378,33 @@ def test_the_demo_finishes_after_an_interrupted_refine_and_says_what_one_seed_ca
     assert (f"Picked evenly spaced over the refined test images sorted by id, not by their "
             f"result") in report and f"Images: {', '.join(expected)}." in report
 
+    def report_after(edit, *parts):
+        """REPORT.md rewritten (every step done) after ``edit`` of the JSON file ``parts``."""
+        path = os.path.join(out, *parts)
+        record = json.load(open(path))
+        write_json(path, edit(record) or record)
+        code, _, err = run_demo(out, capsys)
+        assert code == 0, err
+        return open(os.path.join(out, "REPORT.md")).read()
+
     # The seed the defaults were chosen on is named as such.
-    synth_json = os.path.join(out, "data", "synth.json")
-    record = json.load(open(synth_json))
-    write_json(synth_json, dict(record, seed=demo.CHOICE_SEED))
-    assert run_demo(out, capsys)[0] == 0
-    report = open(os.path.join(out, "REPORT.md")).read()
+    report = report_after(lambda r: dict(r, seed=demo.CHOICE_SEED), "data", "synth.json")
     assert ("- Data seed 2026: the seed on whose validation split the defaults of the refinement "
             "and the scoring were chosen (docs/choices.md).") in report
 
     # Figures an earlier version picked (where S gains most) are not passed off as the rule's.
-    done = os.path.join(out, "figures", "done.json")
-    record = json.load(open(done))
-    write_json(done, dict(record, ids=record["ids"][::-1]))
-    assert run_demo(out, capsys)[0] == 0
-    report = open(os.path.join(out, "REPORT.md")).read()
+    report = report_after(lambda r: dict(r, ids=r["ids"][::-1]), "figures", "done.json")
     assert ("Not picked by the demo's rule (by id): an earlier version picked the images where S "
             "finds most more lesions than s_0, which favours S") in report
 
     # Issue 20, item 14: no relative gain over an s_0 that finds almost nothing, as replicate.
-    path = os.path.join(out, "froc", "metrics.json")
-    metrics = json.load(open(path))
     # As the issue's demo had it: s_0 barely finds the exudates, S a few more.
-    row = next(r for r in metrics["summary"] if r["group"] == "type EX")
-    row.update(s0_as10=0.003, s0_as10_ci=[0.001, 0.006], S_as10=0.0353, S_as10_ci=[0.01, 0.06],
-               gain_as10=10.761, gain_as10_ci=[2.0, 30.0])
-    write_json(path, metrics)
-    code, _, err = run_demo(out, capsys)  # every step done: the report is written again
-    assert code == 0, err
-    report = open(os.path.join(out, "REPORT.md")).read()
+    def barely(metrics):
+        row = next(r for r in metrics["summary"] if r["group"] == "type EX")
+        row.update(s0_as10=0.003, s0_as10_ci=[0.001, 0.006], S_as10=0.0353,
+                   S_as10_ci=[0.01, 0.06], gain_as10=10.761, gain_as10_ci=[2.0, 30.0])
+
+    report = report_after(barely, "froc", "metrics.json")
     line = next(r for r in report.splitlines() if r.startswith("| type EX |"))
     assert line.endswith("| 0.003 [0.001, 0.006] | 0.035 [0.010, 0.060] | n/a |"), line
     assert "1076" not in report
