@@ -151,7 +151,7 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
                 "force": bool(force), "notes": list(notes), **(params or {})}
     if fates is not None:
         recorded["lesions_fp"] = fates.fp_rate
-    paths = reports.write_froc(report, out_dir, params=recorded)
-    if fates is not None:
-        paths += reports.write_lesion_fate(fates, out_dir)
+    paths = reports.write_lesion_fate(fates, out_dir) if fates is not None else []
+    # Last: write_froc writes metrics.json last, the mark of a complete folder.
+    paths += reports.write_froc(report, out_dir, params=recorded)
     return report, paths
