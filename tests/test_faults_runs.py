@@ -46,13 +46,18 @@ def data(tmp_path_factory):
     return path
 
 
+def n_test(data_dir):
+    """The test images of the set: all referable to :func:`fake_explain`."""
+    return len(select_records(open_dataset(data_dir), split="test"))
+
+
 def fake_explain(images, fovs):
-    """Dark pixels are salient; the "grade" falls as they are inpainted (some images reach the
-    threshold, others the cap)."""
+    """Dark pixels are salient; the prediction falls as they are inpainted: every test image is
+    referable (graded 2 or more), some reach the threshold, others the cap."""
     green = np.asarray(images)[..., 1].astype(np.float32)
     maps = np.where(fovs, 255.0 - green, 0.0).astype(np.float32)
     dark = ((green < 40) & fovs).sum(axis=(1, 2)) / np.maximum(fovs.sum(axis=(1, 2)), 1)
-    return maps, (1.0 + 100.0 * (dark - 0.012)).astype(np.float32)
+    return maps, (1.6 + 100.0 * (dark - 0.012)).astype(np.float32)
 
 
 CONFIG = RefineConfig(max_iterations=2)
@@ -164,7 +169,7 @@ def test_froc_still_refuses_a_run_whose_images_are_missing_and_records_allow_par
     froc = ["froc", out, data, "--out", str(tmp_path / "f"), "--bootstrap", "5"]
     code, _, err = run_main(froc, capsys)
     assert code == 1 and err.count("\n") == 1
-    assert "did not finish: it planned 6 images, and 2 are complete" in err
+    assert f"did not finish: it planned {n_test(data)} images, and 2 are complete" in err
     assert "(use --allow-partial to evaluate the images in both)" in err
     code, _, err = run_main(froc + ["--allow-partial"], capsys)
     assert code == 0, err
@@ -209,7 +214,7 @@ def test_the_demo_gives_no_advice_to_use_an_option_it_does_not_have(data, tmp_pa
     out = demo_folder(tmp_path, data, refine_with=interrupted)
     code, _, err = run_demo(out, capsys)
     assert code == 1 and err.count("\n") == 1
-    assert "did not finish: it planned 6 images, and 2 are complete" in err
+    assert f"did not finish: it planned {n_test(data)} images, and 2 are complete" in err
     assert "--allow-partial" not in err
 
 
@@ -227,7 +232,7 @@ def test_replicate_scores_a_seed_whose_refine_was_interrupted_then_finished(data
         reasons = [store.read(i).stop_reason for i in store.complete_ids()]
     # Stop reasons over the whole file, not only the images of the last refine run.
     assert scores["stop_reasons"] == {r: reasons.count(r) for r in set(reasons)}
-    assert scores["n_refined"] == len(reasons) == 6
+    assert scores["n_refined"] == len(reasons) == n_test(data)
 
 
 # --------------------------------------------------------------------------------------------
