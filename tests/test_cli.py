@@ -129,7 +129,7 @@ def test_synth_train_evaluate_refine_end_to_end(tmp_path, capsys):
     assert result.exit_code == 0, result.output
     assert "images (test): quadratic kappa" in result.output
     args = ["refine", f"{run}/model.h5", data, "--out", out, "--split", "test",
-            "--stop-at", "-100", "--max-iterations", "2"]
+            "--stop-at", "0", "--max-iterations", "2"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "images refined" in result.output and "synth_" in result.output
