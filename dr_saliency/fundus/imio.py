@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from dr_saliency.core.checks import check_image
+from dr_saliency.core.files import temp_path
 
 
 # Markers without a length field: TEM, RST0-7, SOI, EOI.
@@ -164,10 +165,14 @@ def _atomic_write(path, ok_and_buffer):
     if not ok:
         raise ValueError(f"OpenCV could not encode the image. Received: path={path!r}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buf.tobytes())
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buf.tobytes())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_image(path, image):
