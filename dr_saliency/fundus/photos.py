@@ -63,6 +63,7 @@ _BLANK_RANGE = 8
 #:   grey red-free photograph is 1) [real 1.24-149].
 FUNDUS_LIMITS = {"fov": 0.95, "surround": 0.25, "texture": 0.04, "red_blue": 0.9}
 
+_MEASURE_SIDE = 512
 _TEXTURE_SIDE = 256
 _TEXTURE_SIGMA = 1.5
 
@@ -164,14 +165,20 @@ def fundus_measures(image, fov):
         the FOV over inside; 1 when less than 1% of the image is outside), ``texture``,
         ``red_blue``; brightness is the maximum over the colour channels.
     """
-    grey = image.max(axis=2)
+    # Measured on a copy of at most _MEASURE_SIDE px (area averaging), so that they do not
+    # depend on the photograph's size and cost little on a 4288 px one.
+    k = min(1.0, _MEASURE_SIDE / max(image.shape[:2]))
+    image = cv2.resize(image, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+    fov = cv2.resize(fov.astype(np.uint8), image.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+    if not fov.any():
+        fov = np.ones(fov.shape, bool)
+    grey = image.max(axis=2).astype(np.float32)
     inside = float(np.median(grey[fov]))
     outside = float(np.median(grey[~fov])) if (~fov).mean() >= 0.01 else inside
-    # Texture on a copy of at most _TEXTURE_SIDE px, so that it does not depend on the size:
-    # area averaging smooths JPEG noise and the fine vessels of a large photograph alike, and
-    # leaves noise as noise.
+    # Texture at most _TEXTURE_SIDE px: area averaging smooths JPEG noise and the finest vessels
+    # of a large photograph alike, and leaves noise as noise.
     k = min(1.0, _TEXTURE_SIDE / max(grey.shape))
-    small = cv2.resize(grey.astype(np.float32), None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(grey, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
     inner = cv2.resize(fov.astype(np.uint8), small.shape[::-1], interpolation=cv2.INTER_NEAREST)
     inner = cv2.erode(inner, np.ones((7, 7), np.uint8)) > 0  # away from the FOV's edge
     if not inner.any():
