@@ -59,6 +59,17 @@ def _sha256(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
+def _one_then_another(tmp_path, grader, capsys, second):
+    """Explain a/eye.jpg, then the photograph ``second`` (a path under tmp_path, another eye)
+    into the same folder; returns (out, first, second, stdout of the second run)."""
+    first, second = _eye(tmp_path / "a" / "eye.jpg", 1), _eye(tmp_path / second, 2)
+    out = str(tmp_path / "out")
+    assert _explain(capsys, [first], out, grader)[0] == 0
+    code, stdout, err = _explain(capsys, [second], out, grader)
+    assert code == 0, err
+    return out, first, second, stdout
+
+
 # ------------------------------------------------------------------------ 2. non-UTF-8 names
 
 
@@ -101,11 +112,7 @@ def test_explain_reads_a_photograph_whose_name_is_not_utf8(tmp_path, grader):
 
 @pytest.mark.slow
 def test_another_photograph_under_the_same_name_is_refined_again(tmp_path, grader, capsys):
-    first, second = _eye(tmp_path / "a" / "eye.jpg", 1), _eye(tmp_path / "b" / "eye.jpg", 2)
-    out = str(tmp_path / "out")
-    assert _explain(capsys, [first], out, grader)[0] == 0
-    code, stdout, err = _explain(capsys, [second], out, grader)
-    assert code == 0, err
+    out, first, second, stdout = _one_then_another(tmp_path, grader, capsys, "b/eye.jpg")
     assert "1 refined now, 1 of them again: their file changed, 0 already done" in stdout
     (row,) = json.load(open(os.path.join(out, "explain.json")))["images"]
     assert row["sha256"] == _sha256(second) and row["path"] == second
@@ -116,7 +123,8 @@ def test_another_photograph_under_the_same_name_is_refined_again(tmp_path, grade
     shutil.copy(first, second)
     code, stdout, _ = _explain(capsys, [second], out, grader)
     assert code == 0 and "1 refined now, 1 of them again" in stdout
-    assert json.load(open(os.path.join(out, "explain.json")))["images"][0]["sha256"] == _sha256(first)
+    (row,) = json.load(open(os.path.join(out, "explain.json")))["images"]
+    assert row["sha256"] == _sha256(first)
 
 
 # ------------------------------------------------------------ 4. not a fundus photograph
@@ -224,11 +232,7 @@ def test_a_250_character_file_name_does_not_stop_the_report(tmp_path, grader, ca
 
 @pytest.mark.slow
 def test_a_second_run_with_other_photographs_keeps_the_earlier_ones(tmp_path, grader, capsys):
-    first, other = _eye(tmp_path / "a" / "eye.jpg", 1), _eye(tmp_path / "c" / "other.jpg", 2)
-    out = str(tmp_path / "out")
-    assert _explain(capsys, [first], out, grader)[0] == 0
-    code, stdout, err = _explain(capsys, [other], out, grader)
-    assert code == 0, err
+    out, first, other, stdout = _one_then_another(tmp_path, grader, capsys, "c/other.jpg")
     assert "2 photographs explained (1 refined now, 0 already done, 1 from earlier runs)" in stdout
     table = json.load(open(os.path.join(out, "explain.json")))
     assert [r["id"] for r in _rows(out)] == [r["id"] for r in table["images"]] == ["eye", "other"]
@@ -367,5 +371,6 @@ def test_explain_refuses_a_training_run_or_a_dataset_folder(tmp_path, grader, ca
         before = sorted(os.listdir(out))
         code, _, err = _explain(capsys, [eye], out, grader)
         assert code == 1 and err.count("\n") == 1
-        assert f"which holds {what}" in err and err.rstrip().endswith("(choose another output folder)")
+        assert f"which holds {what}" in err
+        assert err.rstrip().endswith("(choose another output folder)")
         assert sorted(os.listdir(out)) == before

@@ -559,8 +559,9 @@ def explain_cmd(inputs, out_dir, model_path, top, **values):
         erase=erase, batch_size=values["batch_size"], top=top, skip_bad=values["skip_bad"],
         on_image=on_image, on_progress=_bar_progress, precision=values["precision"])
     if summary["ignored"]:
+        names = [printable(os.path.basename(p)) for p in summary["ignored"][:5]]
         click.echo(f"Ignored {len(summary['ignored'])} file(s) that are not images by their "
-                   f"suffix: {', '.join(printable(os.path.basename(p)) for p in summary['ignored'][:5])}"
+                   f"suffix: {', '.join(names)}"
                    + (" ..." if len(summary["ignored"]) > 5 else ""), err=True)
     for path, reason in summary["skipped"]:
         click.echo(f"Skipped {path}: {reason}", err=True)

@@ -127,7 +127,8 @@ def _check_folder(out_dir):
     if os.path.isdir(out_dir):
         others += [f"a dataset ({name} layout)" for name, module in LAYOUTS.items()
                    if module.matches(out_dir)]
-        others += [f"a dataset's record ({name})" for name in (synth.PARAMS_FILE, prepare.PARAMS_FILE)
+        others += [f"a dataset's record ({name})"
+                   for name in (synth.PARAMS_FILE, prepare.PARAMS_FILE)
                    if os.path.isfile(os.path.join(out_dir, name))]
     refuse_other_outputs(out_dir, "explain's results", own=(RESULTS_FILE,), others=others)
 
@@ -259,8 +260,12 @@ class _Report:
             pass  # as if it were gone
         row = self.previous.get(image_id)
         if row is not None and row.get("sha256") == record.get("sha256"):
-            if row.get("figure") and _figure_signature(row["figure"]) != _signature(row):
-                row = {**row, "figure": ""}  # the figure shows something else now
+            figure = row.get("figure")
+            # A figure drawn for another row (or gone) is not this row's; one drawn before
+            # figures carried their row's signature is taken as the row's, as it was then.
+            if figure and (not os.path.isfile(figure)
+                           or _figure_signature(figure) not in (None, _signature(row))):
+                row = {**row, "figure": ""}
             return row
         self.skip(image_id, printable(path or image_id),
                   "refined by an earlier run, but its photograph is gone or changed and the "

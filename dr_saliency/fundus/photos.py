@@ -50,7 +50,8 @@ _BLANK_RANGE = 8
 
 #: What a fundus photograph is, as limits on :func:`fundus_measures`. Measured on the 36 real
 #: photographs of ../shared/realdata (IDRiD, DIARETDB1, EyePACS) and the 4 of data/examples,
-#: extremes in brackets, and on what must be refused (docs/preprocessing.md#not-a-fundus-photograph):
+#: extremes in brackets, and on what must be refused
+#: (docs/preprocessing.md#not-a-fundus-photograph-fundus_problem):
 #:
 #: - ``fov``: at most this fraction of the image is field of view, the rest the dark surround
 #:   of the camera's round aperture [real 0.47-0.83; random noise and a page of text 1.00];
