@@ -310,8 +310,11 @@ def test_temporaries_of_a_killed_figure_write_are_removed(tmp_path, grader, caps
     live = f".{os.getppid()}.0123456789ab.tmp"
     for name in (f".{pid}.0123456789ab.tmp", f"eye.tmp{pid}.png", live):
         open(os.path.join(figures, name), "wb").write(b"half a PNG")
+    table = f".{pid}.{'0' * 12}.tmp"  # of a table
+    open(os.path.join(out, table), "w").write("id,pa")
     assert _explain(capsys, [eye], out, grader)[0] == 0
     assert sorted(os.listdir(figures)) == [live, "eye.png"]
+    assert table not in os.listdir(out)
 
 
 @pytest.mark.slow

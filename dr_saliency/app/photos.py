@@ -217,8 +217,9 @@ class _Report:
     def rows(self, store_path, photos, on_progress):
         """``(rows sorted by id, number of rows of photographs from earlier runs)``."""
         os.makedirs(self.figures, exist_ok=True)
-        # Left by a run killed while writing a figure; this run holds the folder's lock.
-        remove_stale_temps(self.figures)
+        # Left by a run killed while writing a figure or a table (this run holds the lock).
+        remove_stale_temps(self.figures, earlier=True)
+        remove_stale_temps(os.path.dirname(self.figures))
         rows = []
         with ResultStore(store_path) as store:
             named = {p.id for p in photos}
@@ -260,7 +261,10 @@ class _Report:
             pass  # as if it were gone
         row = self.previous.get(image_id)
         if row is not None and row.get("sha256") == record.get("sha256"):
-            figure = row.get("figure")
+            # Where the figure is from here (the earlier run may have named it from elsewhere).
+            figure = row.get("figure") and os.path.join(self.figures,
+                                                        os.path.basename(row["figure"]))
+            row = {**row, "figure": figure or ""}
             # A figure drawn for another row (or gone) is not this row's; one drawn before
             # figures carried their row's signature is taken as the row's, as it was then.
             if figure and (not os.path.isfile(figure)

@@ -57,18 +57,20 @@ def _process_gone(pid):
     return False
 
 
-def remove_stale_temps(folder):
+def remove_stale_temps(folder, *, earlier=False):
     """Delete the temporary files of atomic writes whose process is gone (killed mid-write).
 
     Args:
         folder: str; a missing folder holds none.
+        earlier: also the names earlier versions gave them (``<name>.tmp<pid>[.<ext>]``), in a
+            folder that holds nothing but the caller's outputs (a user's file could be named so).
 
     Returns:
         list of str, the names removed (sorted).
     """
     removed = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
-        match = _TEMP.match(name) or _OLD_TEMP.match(name)
+        match = _TEMP.match(name) or (_OLD_TEMP.match(name) if earlier else None)
         if match and _process_gone(int(match.group(1))):
             try:
                 os.remove(os.path.join(folder, name))
