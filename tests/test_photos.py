@@ -11,7 +11,7 @@ from PIL import Image
 from dr_saliency.core.errors import BadImageError
 from dr_saliency.fundus import fov as fov_lib
 from dr_saliency.fundus import photos
-from dr_saliency.fundus.imio import read_image
+from dr_saliency.fundus.imio import decode_image, read_image
 from tests.test_preprocess import fundus
 
 
@@ -108,6 +108,28 @@ def test_read_photo_names_what_is_wrong(tmp_path):
         with pytest.raises(BadImageError, match=pattern) as info:
             photos.read_photo(str(tmp_path / name))
         assert info.value.image == str(tmp_path / name)
+
+
+def test_a_jpeg_is_truncated_only_when_its_image_data_ends_early():
+    from dr_saliency.fundus.imio import _truncated_jpeg
+
+    image, _ = fundus((120, 160))
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_RST_INTERVAL, 2]):
+        ok, buf = cv2.imencode(".jpg", image, params)
+        data = buf.tobytes()
+        # An EXIF segment holding a thumbnail, with its own end marker, after the start marker.
+        thumb = b"Exif\x00\x00" + b"\xff\xd8" + bytes(range(200)) + b"\xff\xd9"
+        data = data[:2] + b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb + data[2:]
+        assert not _truncated_jpeg(data)
+        # Bytes after the end marker (a camera's trailer, padding): complete, and decoded.
+        assert not _truncated_jpeg(data + b"\x00" * 3000 + b"trailer")
+        np.testing.assert_array_equal(decode_image(data + b"\x00" * 3000),
+                                      decode_image(data))
+        # Cut anywhere before its end marker: truncated, also when the cut leaves the
+        # thumbnail's end marker in the last bytes.
+        for cut in (len(data) - 1, len(data) - 2, len(data) // 2, len(thumb) + 40):
+            assert _truncated_jpeg(data[:cut]), (params, cut)
+    assert not _truncated_jpeg(b"\x89PNG...")  # not a JPEG: the decoder judges it
 
 
 # ---------------------------------------------------------------------------- Photo records

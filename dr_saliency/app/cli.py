@@ -540,7 +540,7 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
                 type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: results.h5, figures/, explain.csv and explain.json; a rerun "
-                   "continues it (same settings only).")
+                   "continues it (same settings only), other photographs are added to it.")
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
               help="A grader's model file (.h5). Default: the bundled grader, trained on "
                    "synthetic images only (see data/README.md).")
@@ -555,6 +555,7 @@ def explain_cmd(inputs, out_dir, model_path, top, **values):
     figure per photograph and one table for all of them.
     """
     from dr_saliency.app import photos
+    from dr_saliency.fundus.photos import printable
 
     explanation, config, erase = _refine_settings(values)
     quiet = values.pop("quiet")
@@ -568,14 +569,18 @@ def explain_cmd(inputs, out_dir, model_path, top, **values):
         erase=erase, batch_size=values["batch_size"], top=top, skip_bad=values["skip_bad"],
         on_image=on_image, on_progress=_bar_progress, precision=values["precision"])
     if summary["ignored"]:
+        names = [printable(os.path.basename(p)) for p in summary["ignored"][:5]]
         click.echo(f"Ignored {len(summary['ignored'])} file(s) that are not images by their "
-                   f"suffix: {', '.join(os.path.basename(p) for p in summary['ignored'][:5])}"
+                   f"suffix: {', '.join(names)}"
                    + (" ..." if len(summary["ignored"]) > 5 else ""), err=True)
     for path, reason in summary["skipped"]:
         click.echo(f"Skipped {path}: {reason}", err=True)
-    click.echo(f"{len(summary['rows'])} photographs explained ({summary['written']} refined now, "
-               f"{summary['already_done']} already done), {len(summary['skipped'])} skipped, in "
-               f"{summary['seconds']:.0f} s: {summary['paths'][0]}")
+    again = f", {summary['replaced']} of them again: their file changed" * bool(summary["replaced"])
+    earlier = f", {summary['earlier']} from earlier runs" * bool(summary["earlier"])
+    click.echo(f"{len(summary['rows'])} photographs explained ({summary['written']} refined now"
+               f"{again}, {summary['already_done']} already done{earlier}), "
+               f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: "
+               f"{printable(summary['paths'][0])}")
 
 
 def _stages(value):

@@ -5,18 +5,25 @@ Two phases, each resumable:
 1. **Refine.** Every photograph is cropped to its field of view, squared and resized to the
    grader's input (:class:`dr_saliency.fundus.photos.Photo`, the geometry of ``preprocess``) and
    refined into the result store ``OUT/results.h5``; each image's params record the photograph's
-   size and the square's box (``params["photo"]``), so the stored maps can be put back on it.
-2. **Report.** For every refined photograph: s_0 and S mapped back onto the photograph's own
+   size, the square's box, its bytes' SHA-256 and its path (``params["photo"]``), so that the
+   stored maps can be put back on it and a result is reused only for the same photograph.
+2. **Report.** For every photograph in the store: s_0 and S mapped back onto the photograph's own
    pixel grid, the top candidate lesions of S in the photograph's coordinates, a figure
-   ``OUT/figures/<id>.png`` (written once), and one row of ``OUT/explain.csv`` and
-   ``OUT/explain.json`` (rewritten whole, atomically, at the end).
+   ``OUT/figures/<id>.png`` (redrawn only when what it shows changed), and one row of
+   ``OUT/explain.csv`` and ``OUT/explain.json`` (rewritten whole, atomically, at the end).
 
 An interrupted run is continued by the same command: refined photographs are not refined again,
-figures already written are kept. TensorFlow is imported when the grader is loaded.
+figures already right are kept. A later run with other photographs adds them: the tables list
+every photograph of the store, those of earlier runs too. A photograph whose bytes differ from
+those its result was made from (another eye under the same name, a file replaced in place) is
+refined again. The folder is locked while a run writes it; a folder another command made (a
+training run, a dataset) is refused. TensorFlow is imported when the grader is loaded.
 """
 
 import csv
+import hashlib
 import io
+import json
 import os
 import time
 
@@ -24,14 +31,18 @@ import cv2
 import numpy as np
 
 from dr_saliency.core.errors import BadImageError
-from dr_saliency.core.files import write_figure, write_json, write_text
+from dr_saliency.core.files import (file_sha256, read_json, refuse_other_outputs,
+                                    remove_stale_temps, write_figure, write_json, write_text)
+from dr_saliency.core.locks import lock_folder
 from dr_saliency.explain.options import DEFAULT_BATCH_SIZE
+from dr_saliency.fundus import prepare, synth
+from dr_saliency.fundus.datasets import LAYOUTS
 from dr_saliency.fundus.fov import restore_geometry
-from dr_saliency.fundus.photos import Photo, find_photos, read_photo
+from dr_saliency.fundus.photos import Photo, find_photos, printable
 from dr_saliency.lesions.localize import CandidateOptions, image_candidates
 from dr_saliency.refinement.loop import run_params
 from dr_saliency.refinement.run import describe, refine_dataset
-from dr_saliency.refinement.store import ResultStore
+from dr_saliency.refinement.store import ResultStore, read_params
 
 __all__ = ["DEFAULT_TOP", "FIGURE_SIDE", "explain_photos"]
 
@@ -46,6 +57,16 @@ DEFAULT_TOP = 5
 #: at full size would make a 30 MB PNG and show nothing more at screen size.
 FIGURE_SIDE = 1024
 
+#: The PNG text key holding what a figure shows (:func:`_signature`): a figure is redrawn when
+#: its row says otherwise (another --top, another photograph, other results).
+FIGURE_KEY = "dr_saliency.explain"
+
+# Longest file name where the file system does not say (ext4, XFS, APFS, NTFS: 255 bytes).
+_NAME_MAX = 255
+
+# What the photograph's record in the store holds besides its path.
+_RECORDED = ("height", "width", "box", "sha256")
+
 
 def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config=None,
                    erase=None, batch_size=DEFAULT_BATCH_SIZE, top=DEFAULT_TOP, options=None,
@@ -54,8 +75,10 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
 
     Args:
         inputs: list of photograph files and folders (:func:`~dr_saliency.fundus.photos.find_photos`).
-        out_dir: str, the output folder (created; a rerun continues it).
-        model_path: str, a grader's model file; None: the bundled grader.
+        out_dir: str, the output folder (created; a rerun continues it, a run with other
+            photographs adds them).
+        model_path: str, a grader's model file; None: the bundled grader. A folder made with
+            another copy of the same file (same SHA-256) is continued.
         explanation, config, erase, batch_size, precision: as
             :func:`dr_saliency.app.wiring.refine_run`.
         top: int >= 1, candidate lesions listed per photograph.
@@ -65,16 +88,19 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
         on_progress: optional callable(label, length) -> update(k=1), for progress bars.
 
     Returns:
-        dict: ``rows`` (one per refined photograph, as in explain.json), ``skipped`` (list of
-        (path, reason)), ``ignored`` (files in the folders that are not images), ``written`` and
-        ``already_done`` (refinement counts), ``paths`` (the table files), ``seconds``.
+        dict: ``rows`` (one per photograph of the store, as in explain.json), ``skipped`` (list
+        of (path, reason)), ``ignored`` (files in the folders that are not images), ``written``
+        and ``already_done`` (refinement counts), ``replaced`` (refined again: their file
+        changed), ``earlier`` (rows of photographs of earlier runs), ``paths`` (the table
+        files), ``seconds``.
 
     Raises:
         ValueError: bad options, no photographs, a bad photograph without ``skip_bad``
             (:class:`~dr_saliency.core.errors.BadImageError`), a model file that is not a
-            grader, or an output folder made with other settings.
+            grader, an output folder made with other settings, or another command's folder
+            (:class:`~dr_saliency.core.errors.FolderInUseError`).
+        BusyError: another process writes the folder.
     """
-    from dr_saliency.app import wiring
     from dr_saliency.grader.model import bundled_model_path
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
@@ -82,16 +108,42 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
     found, ignored = find_photos(inputs)
     if not found:
         raise ValueError("Expected at least one photograph. Received: inputs="
-                         f"{[os.fspath(i) for i in inputs]!r}"
+                         f"{[printable(i) for i in inputs]!r}"
                          + (f" ({len(ignored)} file(s) not images by their suffix)" * bool(ignored)))
     run_params(config, erase)  # bad settings fail before the model is loaded
     model_path = bundled_model_path() if model_path is None else os.fspath(model_path)
+    _check_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    with lock_folder(out_dir, "an explain folder"):
+        return _explain(found, ignored, out_dir, model_path, dict(
+            explanation=explanation, config=config, erase=erase, batch_size=batch_size,
+            precision=precision), top, options or CandidateOptions(), skip_bad, on_image,
+            on_progress)
+
+
+def _check_folder(out_dir):
+    """Refuse another command's folder: a training run, a dataset, a model or other results."""
+    others = []
+    if os.path.isdir(out_dir):
+        others += [f"a dataset ({name} layout)" for name, module in LAYOUTS.items()
+                   if module.matches(out_dir)]
+        others += [f"a dataset's record ({name})"
+                   for name in (synth.PARAMS_FILE, prepare.PARAMS_FILE)
+                   if os.path.isfile(os.path.join(out_dir, name))]
+    refuse_other_outputs(out_dir, "explain's results", own=(RESULTS_FILE,), others=others)
+
+
+def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_bad, on_image,
+             on_progress):
+    from dr_saliency.app import wiring
+
     store_path = os.path.join(out_dir, RESULTS_FILE)
     start = time.time()
-    grader = wiring.load_refiner(model_path, store_path, explanation=explanation,
-                                 batch_size=batch_size, precision=precision)
+    grader = wiring.load_refiner(model_path, store_path, explanation=settings["explanation"],
+                                 batch_size=settings["batch_size"],
+                                 precision=settings["precision"])
     photos = [Photo(image_id, path, grader["size"]) for image_id, path in found]
+    redo = _changed(store_path, photos)
     update = on_progress("Refining", len(photos)) if on_progress else (lambda k=1: None)
 
     def refined(rec, result, message):
@@ -100,70 +152,208 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
             on_image(rec.id, message)
 
     summary = refine_dataset(
-        photos, store_path, explain=grader["explain"], predict=grader["predict"], erase=erase,
-        config=config, size=grader["size"], params=grader["params"], batch_size=batch_size,
-        skip_bad=skip_bad, on_image=refined, image_params=lambda rec: {"photo": rec.geometry})
-    by_id = {p.id: p.image_path for p in photos}
+        photos, store_path, explain=grader["explain"], predict=grader["predict"],
+        erase=settings["erase"], config=settings["config"], size=grader["size"],
+        params=_same_model(store_path, grader["params"]), batch_size=settings["batch_size"],
+        skip_bad=skip_bad, on_image=refined, image_params=lambda rec: {"photo": rec.record},
+        redo=redo)
+    by_id = {p.id: p.name for p in photos}
     skipped = [(by_id[image_id], message) for image_id, message in summary["skipped"]]
     bad = {image_id for image_id, _ in summary["skipped"]}
-    rows = _report(store_path, [p for p in photos if p.id not in bad], out_dir, top,
-                   options or CandidateOptions(), skip_bad, skipped, on_image, on_progress)
+    report = _Report(out_dir, grader["size"], top, options, skip_bad, skipped, on_image)
+    rows, earlier = report.rows(store_path, [p for p in photos if p.id not in bad],
+                                on_progress)
     paths = _write_tables(out_dir, rows, top, skipped, ignored, model_path)
     return {"rows": rows, "skipped": skipped, "ignored": ignored, "written": summary["written"],
-            "already_done": summary["already_done"], "paths": paths,
+            "already_done": summary["already_done"],
+            "replaced": len(redo - bad), "earlier": earlier, "paths": paths,
             "seconds": time.time() - start}
 
 
-def _report(store_path, photos, out_dir, top, options, skip_bad, skipped, on_image, on_progress):
-    """Phase 2: per refined photograph, its row (and its figure when missing)."""
-    figures = os.path.join(out_dir, FIGURES)
-    os.makedirs(figures, exist_ok=True)
-    rows = []
+def _same_model(store_path, params):
+    """The model as the store already names it, when it is the same file by content.
+
+    A result file records its model by a path relative to it and by SHA-256; the same grader
+    reached by another path (a moved folder, a reinstalled package) is the same grader.
+    """
+    try:
+        stored = read_params(store_path) if os.path.isfile(store_path) else {}
+    except (OSError, ValueError):
+        return params  # refine_dataset names what is wrong with the file
+    if stored.get("model_sha256") == params["model_sha256"] and "model" in stored:
+        return {**params, "model": stored["model"]}
+    return params
+
+
+def _changed(store_path, photos):
+    """Ids of the photographs whose stored result was made from other bytes (or from bytes not
+    recorded, by an earlier version): they are refined again."""
+    if not os.path.isfile(store_path):
+        return set()
+    changed = set()
     with ResultStore(store_path) as store:
-        todo = [p for p in photos if p.id in store]
-        update = on_progress("Reporting", len(todo)) if on_progress else (lambda k=1: None)
-        for photo in todo:
+        for photo in photos:
+            if photo.id not in store:
+                continue
             try:
-                rows.append(_photo_report(store.read(photo.id), photo, figures, top, options))
-            except BadImageError as exc:
-                if not skip_bad:
-                    raise
-                skipped.append((photo.image_path, exc.reason))
-                if on_image:
-                    on_image(photo.id, f"skipped: {exc.reason}")
-            update(1)
-    return rows
+                digest = file_sha256(photo.image_path)
+            except OSError:
+                continue  # unreadable: the refinement names it
+            recorded = (store.read(photo.id).params.get("photo") or {}).get("sha256")
+            if recorded != digest:
+                changed.add(photo.id)
+    return changed
 
 
-def _photo_report(result, photo, figures, top, options):
-    """One photograph's row; writes its figure unless it exists."""
-    picture = read_photo(photo.image_path)
-    image = photo.load_image(picture)
-    fov = photo.load_fov(image)
-    stored = result.params.get("photo")
-    if stored != photo.geometry:
-        raise BadImageError(photo.image_path, "the photograph changed since it was refined "
-                                              f"(stored geometry {stored}, now {photo.geometry}); "
-                                              "use another output folder")
-    found, maps = image_candidates(result, image, fov, options)
-    best = found["S"][:top]
-    ys, xs = photo.box.to_source(best[:, 0], best[:, 1], photo.size)
-    candidates = [{"x": round(float(x), 1), "y": round(float(y), 1), "score": round(float(s), 4)}
-                  for x, y, s in zip(xs, ys, best[:, 2])]
-    predictions = [float(p) for p in result.predictions]
-    row = {"id": photo.id, "path": photo.image_path, "width": photo.shape[1],
-           "height": photo.shape[0], "p0": round(predictions[0], 4),
-           "pn": round(predictions[-1], 4), "iterations": int(result.iterations),
-           "stop_reason": result.stop_reason, "candidates": candidates,
-           "figure": os.path.join(figures, f"{photo.id}.png")}
-    if not os.path.isfile(row["figure"]):
-        _write_figure(row["figure"], picture, photo, maps, np.stack([ys, xs], axis=1), result)
-    return row
+class _Report:
+    """Phase 2: the row (and the figure) of every photograph in the store."""
+
+    def __init__(self, out_dir, size, top, options, skip_bad, skipped, on_image):
+        self.figures = os.path.join(out_dir, FIGURES)
+        self.previous = _previous_rows(out_dir)
+        self.size, self.top, self.options = size, top, options
+        self.skip_bad, self.skipped, self.on_image = skip_bad, skipped, on_image
+
+    def rows(self, store_path, photos, on_progress):
+        """``(rows sorted by id, number of rows of photographs from earlier runs)``."""
+        os.makedirs(self.figures, exist_ok=True)
+        # Left by a run killed while writing a figure or a table (this run holds the lock).
+        remove_stale_temps(self.figures, earlier=True)
+        remove_stale_temps(os.path.dirname(self.figures))
+        rows = []
+        with ResultStore(store_path) as store:
+            named = {p.id for p in photos}
+            todo = [p for p in photos if p.id in store]
+            earlier = [image_id for image_id in store.complete_ids() if image_id not in named]
+            update = on_progress("Reporting", len(todo) + len(earlier)) if on_progress else (
+                lambda k=1: None)
+            for photo in todo:
+                try:
+                    rows.append(self.photo_row(store.read(photo.id), photo))
+                except BadImageError as exc:
+                    if not self.skip_bad:
+                        raise
+                    self.skip(photo.id, photo.name, exc.reason)
+                update(1)
+            n_rows = len(rows)
+            for image_id in earlier:
+                row = self.earlier_row(store.read(image_id), image_id)
+                if row is not None:
+                    rows.append(row)
+                update(1)
+        return sorted(rows, key=lambda r: r["id"]), len(rows) - n_rows
+
+    def skip(self, image_id, name, reason):
+        self.skipped.append((name, reason))
+        if self.on_image:
+            self.on_image(image_id, f"skipped: {reason}")
+
+    def earlier_row(self, result, image_id):
+        """The row of a photograph refined by an earlier run: made again from its file when that
+        still holds the same photograph, else the earlier table's row (and its figure) as it was.
+        """
+        record = result.params.get("photo") or {}
+        path = record.get("path")
+        try:
+            if path and os.path.isfile(path) and file_sha256(path) == record.get("sha256"):
+                return self.photo_row(result, Photo(image_id, path, self.size))
+        except (BadImageError, OSError):
+            pass  # as if it were gone
+        row = self.previous.get(image_id)
+        if row is not None and row.get("sha256") == record.get("sha256"):
+            # Where the figure is from here (the earlier run may have named it from elsewhere).
+            figure = row.get("figure") and os.path.join(self.figures,
+                                                        os.path.basename(row["figure"]))
+            row = {**row, "figure": figure or ""}
+            # A figure drawn for another row (or gone) is not this row's; one drawn before
+            # figures carried their row's signature is taken as the row's, as it was then.
+            if figure and (not os.path.isfile(figure)
+                           or _figure_signature(figure) not in (None, _signature(row))):
+                row = {**row, "figure": ""}
+            return row
+        self.skip(image_id, printable(path or image_id),
+                  "refined by an earlier run, but its photograph is gone or changed and the "
+                  "earlier table has no row for it: not listed")
+        return None
+
+    def photo_row(self, result, photo):
+        """One photograph's row; (re)draws its figure unless it already shows this row."""
+        picture = photo.read()
+        image = photo.load_image(picture)
+        fov = photo.load_fov(image)
+        stored = result.params.get("photo") or {}
+        now = photo.record
+        if any(stored.get(k) != now[k] for k in _RECORDED):
+            raise BadImageError(photo.name, "the photograph changed since it was refined "
+                                            "(run the command again to refine it again)")
+        found, maps = image_candidates(result, image, fov, self.options)
+        best = found["S"][:self.top]
+        ys, xs = photo.box.to_source(best[:, 0], best[:, 1], photo.size)
+        candidates = [{"x": round(float(x), 1), "y": round(float(y), 1),
+                       "score": round(float(s), 4)} for x, y, s in zip(xs, ys, best[:, 2])]
+        predictions = [float(p) for p in result.predictions]
+        row = {"id": photo.id, "path": photo.name, "width": photo.shape[1],
+               "height": photo.shape[0], "p0": round(predictions[0], 4),
+               "pn": round(predictions[-1], 4), "iterations": int(result.iterations),
+               "stop_reason": result.stop_reason, "candidates": candidates,
+               "sha256": photo.sha256,
+               "figure": os.path.join(self.figures, _figure_name(self.figures, photo.id))}
+        signature = _signature(row)
+        if _figure_signature(row["figure"]) != signature:
+            _write_figure(row["figure"], picture, photo, maps, np.stack([ys, xs], axis=1),
+                          result, signature)
+        return row
 
 
-def _write_figure(path, picture, photo, maps, points, result):
+def _previous_rows(out_dir):
+    """The rows of the table an earlier run wrote, by id ({} when there is none or it is
+    unreadable: it is rewritten anyway)."""
+    try:
+        table = read_json(os.path.join(out_dir, f"{TABLE}.json"), {})
+        return {row["id"]: row for row in table.get("images", []) if isinstance(row, dict)}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _signature(row):
+    """What a photograph's figure shows, as a digest of its row (everything but where the files
+    are) and the figure's size."""
+    shown = {k: v for k, v in row.items() if k not in ("path", "figure")}
+    text = json.dumps({"row": shown, "side": FIGURE_SIDE}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _figure_signature(path):
+    """The signature a figure was drawn with (None: no figure, or one without it)."""
+    from PIL import Image  # matplotlib's own PNG writer
+
+    try:
+        with Image.open(path) as png:
+            return png.text.get(FIGURE_KEY)
+    except (OSError, ValueError, SyntaxError, AttributeError):
+        return None
+
+
+def _figure_name(folder, image_id):
+    """``<id>.png``, or, where that is longer than the file system allows, the id cut short
+    with a digest of the whole id (``<id start>~<digest>.png``)."""
+    name = f"{image_id}.png"
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = _NAME_MAX
+    encoded = os.fsencode(name)
+    if len(encoded) <= limit:
+        return name
+    digest = hashlib.sha256(os.fsencode(image_id)).hexdigest()[:12]
+    keep = os.fsencode(image_id)[:limit - len(digest) - len("~.png")]
+    return f"{keep.decode('utf-8', 'ignore')}~{digest}.png"
+
+
+def _write_figure(path, picture, photo, maps, points, result, signature):
     """Photograph | s_0 over it | S over it with the numbered candidates (``points``, (K, 2)
-    (row, col) in the photograph's pixels), drawn at FIGURE_SIDE."""
+    (row, col) in the photograph's pixels), drawn at FIGURE_SIDE; ``signature`` (what it shows,
+    :func:`_signature`) is kept in the PNG."""
     from dr_saliency.figures import plots
 
     height, width = picture.shape[:2]
@@ -180,12 +370,14 @@ def _write_figure(path, picture, photo, maps, points, result):
         panel_size=3.2)
     # Grades are the regression's output (0-4); > 1 is referable.
     fig.suptitle(f"{photo.id}: predicted grade {describe(result)}", fontsize=10)
-    write_figure(fig, path, dpi=150)
+    write_figure(fig, path, dpi=150, metadata={FIGURE_KEY: signature})
 
 
 def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
     """explain.csv (one row per photograph, top candidates as columns) and explain.json."""
     columns = ["id", "path", "width", "height", "p0", "pn", "iterations", "stop_reason"]
+    # Rows kept from an earlier run (their photograph gone) may list more candidates.
+    top = max([top] + [len(row["candidates"]) for row in rows])
     for k in range(1, top + 1):
         columns += [f"x{k}", f"y{k}", f"score{k}"]
     buffer = io.StringIO()
@@ -201,11 +393,11 @@ def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
     json_path = os.path.join(out_dir, f"{TABLE}.json")
     write_text(csv_path, buffer.getvalue())
     write_json(json_path, {
-        "model": os.path.abspath(model_path),
-        "results": os.path.abspath(os.path.join(out_dir, RESULTS_FILE)),
+        "model": printable(os.path.abspath(model_path)),
+        "results": printable(os.path.abspath(os.path.join(out_dir, RESULTS_FILE))),
         "coordinates": "x = column, y = row, in the photograph's pixels (pixel centres at "
                        "integers, origin top left, after EXIF rotation)",
         "images": rows,
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
-        "ignored": list(ignored)})
+        "ignored": [printable(p) for p in ignored]})
     return [csv_path, json_path]

@@ -2,7 +2,8 @@
 
 Every JSON record of a run (settings, timings, summaries) is written to a temporary file in the
 same folder and moved into place with ``os.replace``, which is atomic: a reader sees the old file
-or the new one, and a run killed mid-write leaves the old one. Folders that refuse to be mixed
+or the new one, and a run killed mid-write leaves the old one (and its temporary file, which
+:func:`remove_stale_temps` deletes once its process is gone). Folders that refuse to be mixed
 with other settings name the differences with :func:`differences`; a job that writes into a
 folder checks the record an earlier run left there with :func:`check_record`, and refuses folders
 holding another job's outputs with :func:`refuse_other_outputs`.
@@ -11,23 +12,84 @@ holding another job's outputs with :func:`refuse_other_outputs`.
 import hashlib
 import json
 import os
+import re
 
 from dr_saliency.core.errors import FolderInUseError
 from dr_saliency.core.locks import LOCK_NAME
 
 __all__ = ["TRAINING_RUN_FILES", "check_record", "differences", "file_sha256", "folder_entries",
-           "read_json", "refuse_other_outputs", "write_figure", "write_json", "write_text"]
+           "read_json", "refuse_other_outputs", "remove_stale_temps", "temp_path", "write_figure",
+           "write_json", "write_text"]
 
 #: The files that make a folder a training run (docs/file-formats.md#checkpoints).
 TRAINING_RUN_FILES = ("config.json", "split.json")
 
+# Temporary names of the atomic writes, ".<pid>.<12 hex digits>.tmp" (see temp_path), and the
+# "<name>.tmp<pid>[.ext]" of earlier versions, which a kill may have left too.
+_TEMP = re.compile(r"^\.(\d+)\.[0-9a-f]{12}\.tmp$")
+_OLD_TEMP = re.compile(r"^.+\.tmp(\d+)(\.[A-Za-z0-9]+)?$")
+
+
+def temp_path(path):
+    """Where to write ``path`` before moving it into place: ``.<pid>.<digest>.tmp`` in its folder.
+
+    Short whatever the target's name, so that a name near the file system's limit (255 bytes)
+    can still be written; hidden and without the target's suffix, so that a leftover of a killed
+    writer is never taken for an image or a record by whatever lists the folder. The digest (of
+    the target's name) keeps the temporaries of two targets apart.
+    """
+    folder, name = os.path.split(os.fspath(path))
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
+    return os.path.join(folder, f".{os.getpid()}.{digest}.tmp")
+
+
+def _process_gone(pid):
+    if os.name != "posix":  # pragma: no cover - os.kill(pid, 0) would end the process there
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # another user's live process, or not a pid at all: leave it
+    return False
+
+
+def remove_stale_temps(folder, *, earlier=False):
+    """Delete the temporary files of atomic writes whose process is gone (killed mid-write).
+
+    Args:
+        folder: str; a missing folder holds none.
+        earlier: also the names earlier versions gave them (``<name>.tmp<pid>[.<ext>]``), in a
+            folder that holds nothing but the caller's outputs (a user's file could be named so).
+
+    Returns:
+        list of str, the names removed (sorted).
+    """
+    removed = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        match = _TEMP.match(name) or (_OLD_TEMP.match(name) if earlier else None)
+        if match and _process_gone(int(match.group(1))):
+            try:
+                os.remove(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+    return removed
+
 
 def write_text(path, text):
     """Write ``text`` to ``path`` (UTF-8), atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json(path, data, *, default=None):
@@ -41,12 +103,20 @@ def write_json(path, data, *, default=None):
     write_text(path, json.dumps(data, indent=2, default=default))
 
 
-def write_figure(fig, path, *, dpi=150):
-    """Save a matplotlib figure to ``path`` atomically; the format follows the suffix."""
-    stem, ext = os.path.splitext(path)
-    tmp = f"{stem}.tmp{os.getpid()}{ext}"
+def write_figure(fig, path, *, dpi=150, metadata=None):
+    """Save a matplotlib figure to ``path`` atomically; the format follows the suffix.
+
+    Args:
+        fig: a matplotlib Figure.
+        path: str, e.g. ``figures/x.png``.
+        dpi: resolution.
+        metadata: optional dict of str, stored in the file (PNG text chunks, PDF info); see
+            matplotlib's ``savefig``.
+    """
+    tmp = temp_path(path)
     try:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, format=os.path.splitext(path)[1][1:].lower() or None,
+                    metadata=metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -107,7 +177,7 @@ def folder_entries(folder):
     return sorted(name for name in os.listdir(folder) if name != LOCK_NAME)
 
 
-def refuse_other_outputs(folder, what):
+def refuse_other_outputs(folder, what, *, own=(), others=()):
     """Refuse to write ``what`` into a folder that holds a training run or a result file.
 
     Mixing would corrupt both, and no ``overwrite`` may delete them: the error is a
@@ -116,16 +186,22 @@ def refuse_other_outputs(folder, what):
     Args:
         folder: str, the output folder (need not exist).
         what: str, what would be written ("a synthetic dataset", ...), for the message.
+        own: names in ``folder`` that are the writer's own outputs (``"results.h5"``), not
+            refused.
+        others: descriptions of further outputs the caller found there ("a folder dataset"),
+            refused with the rest.
 
     Raises:
-        FolderInUseError: ``folder`` holds ``config.json`` and ``split.json`` (a training run)
-            or an HDF5 file (``*.h5``: a result file or a model).
+        FolderInUseError: ``folder`` holds ``config.json`` and ``split.json`` (a training run),
+            an HDF5 file (``*.h5``: a result file or a model) not in ``own``, or ``others``.
     """
     names = folder_entries(folder)
     found = []
     if all(name in names for name in TRAINING_RUN_FILES):
         found.append(f"a training run ({', '.join(TRAINING_RUN_FILES)})")
-    found += [f"a result or model file ({name})" for name in names if name.endswith(".h5")]
+    found += [f"a result or model file ({name})" for name in names
+              if name.endswith(".h5") and name not in own]
+    found += list(others)
     if found:
         raise FolderInUseError(f"Expected a folder free of other outputs to write {what} into. "
                                f"Received: out={folder!r}, which holds {' and '.join(found)}",

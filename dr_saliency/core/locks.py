@@ -62,7 +62,9 @@ class OutputLock:
         os.ftruncate(fd, 0)
         command = " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:])
         started = datetime.datetime.now().isoformat(timespec="seconds")
-        os.write(fd, f"{os.getpid()}\n{socket.gethostname()}\n{started}\n{command}\n".encode())
+        # An argument that is not valid UTF-8 (a file name) is shown escaped, not refused.
+        os.write(fd, f"{os.getpid()}\n{socket.gethostname()}\n{started}\n{command}\n"
+                 .encode("utf-8", "backslashreplace"))
         self._fd = fd
         return self
 

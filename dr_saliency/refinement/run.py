@@ -19,7 +19,7 @@ from dr_saliency.refinement.store import ResultStore
 
 def refine_dataset(records, out, *, explain, predict=None, erase=None, config=None, size=None,
                    params=None, batch_size=4, keep_images=False, only_referable=False,
-                   skip_bad=False, on_image=None, image_params=None):
+                   skip_bad=False, on_image=None, image_params=None, redo=()):
     """Refine the saliency maps of records into the result store ``out``; resumable.
 
     Images already complete in ``out`` are skipped, so rerunning the same command continues an
@@ -43,6 +43,8 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
             is None for a skipped image and ``message`` says why.
         image_params: optional callable(record) -> dict of facts about the image (after its
             ``load_image()``), stored with its result's params (e.g. a photograph's geometry).
+        redo: ids to refine again although complete in ``out`` (their input has changed); their
+            results are replaced.
 
     Returns:
         dict: ``written``, ``already_done``, ``not_referable`` (not stored), ``skipped``
@@ -60,7 +62,8 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
                "stop_reasons": {}, "seconds": 0.0}
     start = time.time()
     with ResultStore(out, "a", params=stored) as store:
-        done = set(store.complete_ids())
+        redo = set(redo)
+        done = set(store.complete_ids()) - redo
         todo = [r for r in records if r.id not in done]
         summary["already_done"] = len(records) - len(todo)
         # The file records each run; one that never finishes tells the FROC its images are
@@ -87,7 +90,7 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
                 if image_params:
                     result = dataclasses.replace(result, params={**result.params,
                                                                  **image_params(rec)})
-                store.write(rec.id, result)
+                store.write(rec.id, result, overwrite=rec.id in redo)
                 summary["written"] += 1
                 reasons = summary["stop_reasons"]
                 reasons[result.stop_reason] = reasons.get(result.stop_reason, 0) + 1
