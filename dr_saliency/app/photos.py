@@ -368,7 +368,7 @@ def _write_figure(path, picture, photo, maps, points, result, signature):
         [{"image": shown, "s0": drawn["s0"], "S": drawn["S"], "points": (points + 0.5) * k - 0.5}],
         titles=("Photograph", "$s_0$ (first map)", "$S$ (refined), top candidates"),
         panel_size=3.2)
-    # Grades are the regression's output (0-4); > 1 is referable.
+    # The trajectory is the regression's output; rounded to 2 or more it is referable (core/grades).
     fig.suptitle(f"{photo.id}: predicted grade {describe(result)}", fontsize=10)
     write_figure(fig, path, dpi=150, metadata={FIGURE_KEY: signature})
 
