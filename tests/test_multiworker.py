@@ -189,7 +189,7 @@ def test_a_lost_worker_ends_the_others_in_one_line_and_the_cluster_resumes(data,
         "worker 1 (127.0.0.1:{1})"),
     (1, "Error: Expected the chief (worker 0, 127.0.0.1:{0}) within timeout=2 s. Received: "
         "no answer"),
-])
+], ids=["chief", "worker"])
 def test_a_worker_whose_peers_never_come_fails_in_one_line(data, tmp_path, index, waited_for):
     ports = _free_ports(2)  # nobody listens on the other one
     run = tmp_path / "run"
@@ -206,7 +206,7 @@ def test_a_worker_whose_peers_never_come_fails_in_one_line(data, tmp_path, index
 
 @LINUX
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_and_ctrl_c_end_a_waiting_worker(data, tmp_path, signum):
     ports = _free_ports(2)
     with Workers(tmp_path) as w:

@@ -25,6 +25,7 @@ import csv
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -672,13 +673,11 @@ def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_e
 
     model_path = os.path.join(run_dir, "model.h5")
     best_path = os.path.join(run_dir, "best.weights.h5")
-    if not chief:  # the chief exports the model
-        best_meta = _checkpoint_meta(best_path)
-    elif os.path.isfile(best_path):
-        best_meta = model_lib.load_checkpoint(net, best_path)
-    else:  # every epoch's kappa was undefined: keep the last weights
-        best_meta = {"epoch": None, "metrics": {}}
+    best_meta = {"epoch": None, "metrics": {}}  # as the other workers know it: the chief validates
     if chief:
+        if os.path.isfile(best_path):
+            best_meta = model_lib.load_checkpoint(net, best_path)
+        # else every epoch's kappa was undefined: the last weights stay
         model_lib.export_model(net, model_path)
         write_curves(run_dir)
     if worker is not None:
@@ -701,8 +700,6 @@ def _checkpoint_meta(path):
 
 def _what_is_trained(config, fingerprint, train_recs, val_recs, steps, epoch, worker):
     """What every worker of a cluster must agree on before training together."""
-    import hashlib
-
     ids = json.dumps([[r.id for r in train_recs], [r.id for r in val_recs]]).encode()
     return {"config": dataclasses.asdict(config), "data_fingerprint": fingerprint,
             "split_sha256": hashlib.sha256(ids).hexdigest(), "steps_per_epoch": steps,
