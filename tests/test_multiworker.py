@@ -296,6 +296,12 @@ def test_a_worker_alone_names_whom_it_waited_for():
             rf"Expected the chief \(worker 0, {addresses[0]}\) within timeout=0.5 s. "
             rf"Received: no answer")):
         cluster.meet(workers[2], {}, timeout=0.5)
+    # Reached, but the chief still waits for worker 2: both say whom they waited for.
+    results = _meet_all(workers[:2], [{}, {}], timeout=1)
+    assert str(results["worker 0"]).endswith(f"no word from worker 2 ({addresses[2]})")
+    assert str(results["worker 1"]).endswith("Received: it was reached but still waited for "
+                                             "other workers") or \
+        str(results["worker 1"]) == str(results["worker 0"])  # the chief's answer came first
 
 
 def test_workers_about_to_train_differently_are_all_stopped():
@@ -317,3 +323,23 @@ def test_a_taken_port_is_named():
         with pytest.raises(OSError, match=rf"Expected port {port} of this worker \(worker 1: "
                                           rf"{addresses[1]} in TF_CONFIG\) free"):
             cluster.meet(workers[1], {}, timeout=5)
+
+
+def test_a_worker_of_another_cluster_is_told_so():
+    workers, addresses = _cluster(2)
+    stranger = cluster.Worker("worker", 2, {"worker": (*addresses, "127.0.0.1:1")})
+    results = {}
+
+    def chief():
+        try:
+            cluster.meet(workers[0], {}, timeout=1.5)
+        except ClusterTimeoutError as exc:  # worker 1 never came: the stranger does not count
+            results["chief"] = exc
+
+    thread = threading.Thread(target=chief)
+    thread.start()
+    with pytest.raises(ValueError, match=r"Expected a task of the chief's TF_CONFIG cluster "
+                                         r"\(worker 1\). Received: worker 2"):
+        cluster.meet(stranger, {}, timeout=30)
+    thread.join()
+    assert "no word from worker 1" in str(results["chief"])

@@ -179,9 +179,9 @@ def _listen(worker):
             return socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
         return socket.create_server(("", port))
     except OSError as exc:
-        raise OSError(exc.errno, f"Expected port {port} of this worker ({worker.name}: "
-                                 f"{worker.address} in TF_CONFIG) free for its TensorFlow server. "
-                                 f"Received: {exc.strerror}") from None
+        raise OSError(f"Expected port {port} of this worker ({worker.name}: {worker.address} "
+                      f"in TF_CONFIG) free for its TensorFlow server. Received: "
+                      f"{exc.strerror or exc}") from None
 
 
 def _send(sock, message):
@@ -297,7 +297,10 @@ def _welcome(conn, hello, summary, expected, ready, sel, pending):
     """Take a hello: a task of the cluster with the chief's summary is ready; another summary
     stops both sides."""
     name = hello.get("task")
-    if name not in expected:
+    if name not in expected:  # another cluster's worker, or not a worker at all
+        if isinstance(name, str):
+            _answer(conn, {"refused": f"Expected a task of the chief's TF_CONFIG cluster "
+                                      f"({', '.join(expected)}). Received: {name}"})
         _drop(conn, sel, pending, ready)
         return
     if name in ready:
@@ -317,12 +320,14 @@ def _follow(worker, summary, timeout, deadline, on_wait):
     job, index = worker.chief
     address = worker.cluster[job][index]
     target = f"the chief ({job} {index}, {address})"
-    told = False
+    told = reached = False
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
+            received = ("it was reached but still waited for other workers" if reached
+                        else "no answer")
             raise ClusterTimeoutError(
-                f"Expected {target} within timeout={timeout:g} s. Received: no answer",
+                f"Expected {target} within timeout={timeout:g} s. Received: {received}",
                 [f"{job} {index} ({address})"], timeout)
         try:
             conn = socket.create_connection(_host_port(address), timeout=min(POLL * 4, left))
@@ -332,6 +337,7 @@ def _follow(worker, summary, timeout, deadline, on_wait):
                 on_wait(f"Waiting up to {timeout:g} s for {target}")
             time.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
             continue
+        reached = True
         with conn:
             answer = _hello(conn, worker, summary, deadline)
         if answer is None:  # the chief went away before answering: it may come back
