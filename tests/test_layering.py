@@ -22,6 +22,9 @@ WINGS = ("core", "figures", "fundus", "grader", "explain", "refinement", "lesion
 NO_TENSORFLOW = ("core", "figures", "fundus", "refinement", "lesions")
 TF_BOUNDARY = "dr_saliency.core._tf"
 TENSORFLOW = ("tensorflow", "keras", "tf_keras")
+#: Grader modules without TensorFlow: the command line shows config's defaults without it, and
+#: the workers of a multi-worker training meet (cluster) before TensorFlow joins them up.
+TF_FREE = ("dr_saliency.grader.config", "dr_saliency.grader.cluster")
 #: Imports a wing must not make although the ranks allow them: (importer wing, imported module).
 FORBIDDEN = (("lesions", "dr_saliency.refinement.loop"), ("lesions", "dr_saliency.refinement.run"),
              ("lesions", "dr_saliency.app"))
@@ -143,6 +146,14 @@ def test_no_tensorflow_below_the_grader():
         if wing(module) in NO_TENSORFLOW and module != TF_BOUNDARY:
             chain = reaches(graph, module, TENSORFLOW + (TF_BOUNDARY,))
             assert chain is None, " -> ".join(chain)
+
+
+def test_no_tensorflow_in_the_grader_modules_kept_free_of_it():
+    graph = import_graph()
+    for module in TF_FREE:
+        assert module in graph, module
+        chain = reaches(graph, module, TENSORFLOW + (TF_BOUNDARY,))
+        assert chain is None, " -> ".join(chain)
 
 
 def test_forbidden_imports_and_the_cli():

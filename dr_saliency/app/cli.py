@@ -324,7 +324,11 @@ def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
 @click.option("--force", is_flag=True,
               help="With --resume: continue on a dataset other than the run's (its fingerprint "
                    "differs).")
-def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, **options):
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              default=train_config.CLUSTER_TIMEOUT,
+              help="--strategy multiworker: seconds to wait for the other workers of TF_CONFIG "
+                   "to start before giving up (also with --resume).")
+def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, timeout, **options):
     """Train the VGG-16 grader on DATA (any layout; normally a preprocessed folder)."""
     if bool(run_dir) == bool(resume_dir):
         raise click.UsageError("Give exactly one of --out RUN_DIR (new run) or --resume RUN_DIR.")
@@ -348,9 +352,15 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, **opt
     with _Bar(n_images, "Checking images") as update:
         summary = train_lib.train(dataset, run_dir or resume_dir, config,
                                   resume=bool(resume_dir), skip_bad=skip_bad, force=force,
-                                  data_path=os.path.abspath(data), on_check=update)
+                                  data_path=os.path.abspath(data), on_check=update,
+                                  timeout=timeout)
     for path, message in summary["skipped"]:
         click.echo(f"Skipped {path}: {message}", err=True)
+    if not summary["chief"]:
+        click.echo(f"Trained on {summary['n_train']} images as {summary['worker']} of the "
+                   f"cluster; {summary['seconds']:.0f} s. The chief validates and writes the "
+                   f"model: {summary['model_path']}")
+        return
     click.echo(f"Trained on {summary['n_train']} images, validated on {summary['n_val']}; "
                f"best validation kappa {summary['best_kappa']} at epoch {summary['best_epoch']}; "
                f"{summary['seconds']:.0f} s. Model: {summary['model_path']}")
@@ -764,6 +774,8 @@ def _advice(exc, options=None):
         return use("--force", "pass --force to use it anyway")
     if isinstance(exc, errors.OutOfMemoryError):
         return f"try a smaller --batch-size, e.g. {exc.suggested}"
+    if isinstance(exc, errors.ClusterTimeoutError):
+        return "start the same command there with its TF_CONFIG, or give --timeout more seconds"
     return None
 
 

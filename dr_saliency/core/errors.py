@@ -5,7 +5,7 @@ carry the facts, and the message names the library's keyword, never a command-li
 command line (:mod:`dr_saliency.app.cli`) turns each into the advice its own flags give.
 """
 
-__all__ = ["BadImageError", "BusyError", "EmptySplitError", "ProvenanceError", "FolderInUseError", "ImageSizeError",
+__all__ = ["BadImageError", "BusyError", "ClusterTimeoutError", "EmptySplitError", "ProvenanceError", "FolderInUseError", "ImageSizeError",
            "NoValidationError", "OutOfMemoryError", "PartialResultsError", "RunExistsError"]
 
 
@@ -81,6 +81,16 @@ class BusyError(OSError):
     def __init__(self, message, path, holder):
         super().__init__(message)
         self.path, self.holder = path, holder
+
+
+class ClusterTimeoutError(TimeoutError):
+    """Workers of a multi-worker training did not all come within ``timeout`` seconds;
+    ``missing`` names them ("worker 1 (host:port)"). An ``OSError``, as waiting is: start them,
+    check their addresses, or give them longer."""
+
+    def __init__(self, message, missing, timeout):
+        super().__init__(message)
+        self.missing, self.timeout = tuple(missing), timeout
 
 
 class ProvenanceError(ValueError):

@@ -9,6 +9,9 @@ MIN_INPUT_SIZE = 128
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("default", "mirrored", "multiworker")
+#: Seconds a worker of a multi-worker training waits for the others to start (and to answer)
+#: before it gives up: long enough to start the same command on a few machines by hand.
+CLUSTER_TIMEOUT = 300.0
 #: Equal to dr_saliency.grader.model.PRECISIONS (a test checks), repeated to keep TensorFlow out.
 PRECISIONS = ("fp32", "bf16")
 

@@ -15,29 +15,40 @@ log.csv                one row per epoch: loss, learning rate, validation metric
 curves.png             training curves
 model.h5               the best model, full legacy HDF5 (keras.models.load_model, compile=False)
 ```
+
+With ``strategy="multiworker"`` every worker trains (its collectives need all of them), but only
+the chief validates, writes the run folder and holds its lock; the others read the chief's
+files (to resume) and write nothing.
 """
 
 import csv
+import contextlib
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
 
 from dr_saliency.core.files import file_sha256, write_json
-from dr_saliency.core.errors import (BadImageError, ImageSizeError, NoValidationError,
-                                     OutOfMemoryError, ProvenanceError, RunExistsError)
+from dr_saliency.core.errors import (BadImageError, ClusterTimeoutError, ImageSizeError,
+                                     NoValidationError, OutOfMemoryError, ProvenanceError,
+                                     RunExistsError)
 from dr_saliency.core.locks import lock_folder
 from dr_saliency.grader import metrics as metrics_lib
 from dr_saliency.grader import model as model_lib
 from dr_saliency.core._tf import keras, tf
+from dr_saliency.grader import cluster as cluster_lib
 from dr_saliency.grader.augment import augment_batch
 from dr_saliency.fundus.imio import read_image
-from dr_saliency.grader.config import STRATEGIES, TrainConfig
+from dr_saliency.grader.config import CLUSTER_TIMEOUT, STRATEGIES, TrainConfig
 
 #: The file that makes a folder a run that --resume can continue: its settings. (With no
 #: checkpoint beside it yet, the run was stopped during its first epoch and resumes at epoch 0.)
@@ -269,12 +280,16 @@ def _first_undecodable(records, size):
         try:
             decode(tf.constant(rec.image_path))
         except (tf.errors.OpError, ValueError) as exc:
-            # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name: "
-            reason = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
-            reason = re.sub(r"\s*\[Op:.*$", "", re.sub(r"^\{\{.*?\}\}\s*", "", reason))
-            return rec, (f"TensorFlow could not decode the image file ({reason}). "
+            return rec, (f"TensorFlow could not decode the image file ({_tf_reason(exc)}). "
                          f"Received: path={rec.image_path!r}")
     return None, None
+
+
+def _tf_reason(exc):
+    """The first line of a TensorFlow error without its node and op decorations."""
+    # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name: "
+    reason = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
+    return re.sub(r"\s*\[Op:.*$", "", re.sub(r"^\{\{.*?\}\}\s*", "", reason))
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,11 +331,22 @@ def make_optimizer(config, steps_per_epoch):
     return keras.optimizers.Adam(schedule, clipnorm=config.clipnorm)
 
 
-def get_strategy(name):
+def get_strategy(name, *, timeout=None):
     """TensorFlow's distribution strategy for ``name`` (no home-made distribution layer).
 
     ``mirrored``: synchronous data parallelism over the local GPUs (or logical CPUs).
-    ``multiworker``: the same across machines, configured by the ``TF_CONFIG`` variable.
+    ``multiworker``: the same across machines, configured by the ``TF_CONFIG`` variable. Build
+    it when the workers are all there (:func:`dr_saliency.grader.cluster.meet`): TensorFlow's
+    own wait for them cannot be interrupted.
+
+    Args:
+        name: one of ``STRATEGIES``.
+        timeout: optional float, seconds ``multiworker`` waits for the cluster to form before
+            failing (None: for ever, TensorFlow's default).
+
+    Raises:
+        ValueError: for an unknown name or a bad ``TF_CONFIG``.
+        ClusterTimeoutError: the cluster did not form within ``timeout``.
     """
     if name == "mirrored":
         # All local GPUs; on a machine without GPUs, all logical CPU devices (one unless the
@@ -328,10 +354,43 @@ def get_strategy(name):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy(cluster_lib.this_worker(), timeout)
     if name == "default":
         return tf.distribute.get_strategy()
     raise ValueError(f"Expected strategy in {STRATEGIES}. Received: strategy={name!r}")
+
+
+def _multi_worker_strategy(worker, timeout):
+    """MultiWorkerMirroredStrategy, its cluster wait bounded, SIGTERM left as it was."""
+    if worker is not None and len(worker.tasks) > 1 and timeout:
+        # The coordination service MultiWorkerMirroredStrategy would configure itself, with
+        # a deadline for every task to register (its default waits for ever). There is no
+        # public API for it; the strategy reads this setting when it finds it.
+        from tensorflow.python.eager import context as tf_context
+
+        ctx = tf_context.context()
+        if ctx.coordination_service is None:
+            job, index = worker.chief
+            ctx.configure_coordination_service(
+                service_type="standalone", service_leader=f"/job:{job}/replica:0/task:{index}",
+                cluster_register_timeout_in_ms=int(timeout * 1000),
+                shutdown_barrier_timeout_in_ms=int(timeout * 1000))
+            if hasattr(ctx.coordination_service, "cluster_register_with_barrier"):
+                ctx.coordination_service.cluster_register_with_barrier = True
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.DeadlineExceededError as exc:
+        raise ClusterTimeoutError(
+            f"Expected TensorFlow's cluster of TF_CONFIG to form within timeout={timeout:g} s. "
+            f"Received: {_tf_reason(exc)}", [], timeout) from None
+    finally:
+        # TensorFlow installs its own SIGTERM handler (a preemption notice for its
+        # checkpointing, unused here) that swallows the signal: give it back its action, so
+        # that a kill ends a worker as it ends any other training.
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def build_compiled(config, steps_per_epoch, strategy, *, warm_start=True):
@@ -348,6 +407,9 @@ def build_compiled(config, steps_per_epoch, strategy, *, warm_start=True):
         net = model_lib.with_precision(net, config.precision)
         # "mean_squared_error", not "mse": Keras 3 cannot reload an .h5 compiled with the alias.
         net.compile(optimizer=make_optimizer(config, steps_per_epoch), loss="mean_squared_error")
+        # Its variables (iterations, momentum) belong to the strategy too: built here, not
+        # lazily wherever they are first needed (a resumed run loads them outside the scope).
+        net.optimizer.build(net.trainable_variables)
     return net
 
 
@@ -363,17 +425,22 @@ class EpochEnd(keras.callbacks.Callback):
     ``last.weights.h5`` last, so an interruption loses at most the epoch in progress.
     """
 
-    def __init__(self, run_dir, val_ds, val_labels, best_kappa, on_epoch=None):
+    def __init__(self, run_dir, val_ds, val_labels, best_kappa, on_epoch=None, predict=None):
         super().__init__()
         self.run_dir = run_dir
         self.val_ds = val_ds
         self.val_labels = np.asarray(val_labels)
         self.best_kappa = best_kappa
         self.on_epoch = on_epoch
+        # callable(model, dataset) -> predictions; default: Keras' predict under the strategy.
+        self.predict = predict
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        predictions = self.model.predict(self.val_ds, verbose=0).reshape(-1)
+        if self.predict is None:
+            predictions = self.model.predict(self.val_ds, verbose=0).reshape(-1)
+        else:
+            predictions = np.asarray(self.predict(self.model, self.val_ds)).reshape(-1)
         scores = metrics_lib.grading_metrics(self.val_labels, predictions)
         logs.update({f"val_{k}": v for k, v in scores.items() if k != "n"})
         opt = self.model.optimizer
@@ -446,7 +513,7 @@ def is_run_dir(path):
 
 
 def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, force=False,
-          data_path=None, on_epoch=None, on_check=None, verbose=None):
+          data_path=None, on_epoch=None, on_check=None, verbose=None, timeout=CLUSTER_TIMEOUT):
     """Train (or resume training of) the grader on a dataset; write the run folder.
 
     Args:
@@ -466,19 +533,29 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, force=
         on_check: optional callable(k) while image files are checked.
         verbose: Keras fit verbosity (None: progress bar on a terminal, one line per epoch
             otherwise).
+        timeout: float > 0, seconds a worker of a multi-worker training (strategy
+            "multiworker" with a ``TF_CONFIG`` cluster) waits for the others to start.
 
     Returns:
         dict summary: ``epochs`` done, ``best_kappa``, ``best_epoch``, ``skipped`` files,
-        ``seconds``, ``model_path``, ``n_train``, ``n_val``.
+        ``seconds``, ``model_path``, ``n_train``, ``n_val``; ``worker``, this process's task in a
+        multi-worker training ("worker 1"; None otherwise) and ``chief``: False for a worker other
+        than the chief, which validates (``best_kappa`` and ``best_epoch`` are None elsewhere)
+        and writes ``model_path``.
 
     The run folder is locked while training (:mod:`dr_saliency.core.locks`): a second train on
-    it is refused, naming the first.
+    it is refused, naming the first. In a multi-worker training only the chief writes the run
+    folder and locks it; every other worker reads it (to resume from the chief's checkpoint)
+    and writes nothing.
 
     Raises:
         ValueError: for a bad config, a folder that already holds a run (without ``resume``) or
             is not a run (with ``resume``), another dataset on resume (``ProvenanceError``),
-            unusable data, or an out-of-memory batch size.
+            unusable data, an out-of-memory batch size, a bad ``TF_CONFIG``, or workers of one
+            cluster about to train different things.
         BusyError: another process is training in the folder.
+        ClusterTimeoutError: the workers of a multi-worker training did not all come within
+            ``timeout`` seconds.
     """
     run_dir = os.fspath(run_dir)
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
@@ -486,24 +563,40 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, force=
     if resume and not is_run_dir(run_dir):
         raise ValueError("Expected a training run folder (with config.json) to resume. "
                          f"Received: run_dir={run_dir!r}")
+    strategy = (_saved_run(run_dir)["config"].get("strategy") if resume
+                else (config or TrainConfig()).strategy)
+    worker = cluster_lib.this_worker() if strategy == "multiworker" else None
+    if worker is not None and not worker.is_chief:
+        # Another worker of a cluster writes nothing (the chief writes the run), so it takes
+        # no lock: two processes for one task are refused when the workers meet.
+        return _train(dataset, run_dir, config, resume=resume, skip_bad=skip_bad, force=force,
+                      data_path=data_path, on_epoch=on_epoch, on_check=on_check,
+                      verbose=verbose, worker=worker, timeout=timeout)
     os.makedirs(run_dir, exist_ok=True)
     with lock_folder(run_dir, "a training run"):
         return _train(dataset, run_dir, config, resume=resume, skip_bad=skip_bad, force=force,
                       data_path=data_path, on_epoch=on_epoch, on_check=on_check,
-                      verbose=verbose)
+                      verbose=verbose, worker=worker, timeout=timeout)
+
+
+def _saved_run(run_dir):
+    """The config.json record of a run folder."""
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_epoch, on_check,
-           verbose):
-    """:func:`train` with the run folder locked."""
+           verbose, worker, timeout):
+    """:func:`train` with the run folder locked (by the chief: ``worker`` None or its chief)."""
     from dr_saliency.fundus.datasets import dataset_fingerprint
 
+    chief = worker is None or worker.is_chief
     config_path = os.path.join(run_dir, "config.json")
-    started = os.path.isfile(os.path.join(run_dir, "last.weights.h5"))
+    last_path = os.path.join(run_dir, "last.weights.h5")
+    started = os.path.isfile(last_path)
     saved = None
     if resume:
-        with open(config_path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = _saved_run(run_dir)
         config = TrainConfig(**saved["config"])
     else:
         config = config or TrainConfig()
@@ -536,55 +629,182 @@ def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_e
         print("Note: the validation split has no referable image (stage >= 2): its AUC is "
               "undefined and logged as NaN.", file=sys.stderr)
 
-    strategy = get_strategy(config.strategy)
     steps = config.steps_per_epoch or max(1, len(train_recs) // config.batch_size)
-    if not resume:
+    if worker is not None:
+        # Every worker must run the very same steps: meet the others (interruptibly, with a
+        # deadline) and compare, before TensorFlow's own wait for them.
+        agreed = _what_is_trained(config, fingerprint, train_recs, val_recs, steps,
+                                  _checkpoint_meta(last_path)["epoch"], worker)
+        cluster_lib.meet(worker, agreed, timeout=timeout, on_wait=cluster_lib.print_wait)
+    strategy = get_strategy(config.strategy, timeout=timeout)
+    if chief and not resume:
         write_json(config_path,
                    {"config": dataclasses.asdict(config), "data": data_path,
                     "data_fingerprint": fingerprint,
                     **({"init_sha256": file_sha256(config.init_from)} if config.init_from else {}),
                     "n_train": len(train_recs), "n_val": len(val_recs)})
-    if not keep_split:
+    if chief and not keep_split:
         write_json(split_path,
                    {"train": [r.id for r in train_recs], "val": [r.id for r in val_recs]})
 
     net = build_compiled(config, steps, strategy, warm_start=not started)
     initial_epoch, best_kappa = 0, None
     if started:  # without a checkpoint, a resumed run starts at epoch 0
-        meta = model_lib.load_checkpoint(net, os.path.join(run_dir, "last.weights.h5"))
+        meta = model_lib.load_checkpoint(net, last_path)
         initial_epoch = int(meta.get("epoch") or 0)
         best_kappa = meta.get("metrics", {}).get("best_kappa")
 
     train_ds = make_dataset(train_recs, config, training=True, seed=config.seed + initial_epoch)
     val_ds = make_dataset(val_recs, config, training=False)
-    trim_log(run_dir, initial_epoch)
-    callbacks = [keras.callbacks.TerminateOnNaN(),
-                 EpochEnd(run_dir, val_ds, val_labels, best_kappa, on_epoch)]
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if chief:
+        trim_log(run_dir, initial_epoch)
+        callbacks.append(EpochEnd(run_dir, val_ds, val_labels, best_kappa, on_epoch,
+                                  predict=None if worker is None else _PredictHere()))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.time()
     if initial_epoch < config.epochs:
+        fit = net.fit if worker is None else functools.partial(_fit_across_workers, net, strategy)
         try:
-            net.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                    steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
-                    shuffle=False)
+            with _peers_kept(worker):
+                fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                    steps_per_epoch=steps, callbacks=callbacks, verbose=verbose, shuffle=False)
         except tf.errors.ResourceExhaustedError as exc:
             raise OutOfMemoryError(f"Out of memory at batch size {config.batch_size}. "
                                    f"Received: batch_size={config.batch_size}",
                                    config.batch_size) from exc
     seconds = time.time() - start
 
-    best_path = os.path.join(run_dir, "best.weights.h5")
-    if os.path.isfile(best_path):
-        best_meta = model_lib.load_checkpoint(net, best_path)
-    else:  # every epoch's kappa was undefined: keep the last weights
-        best_meta = {"epoch": None, "metrics": {}}
     model_path = os.path.join(run_dir, "model.h5")
-    model_lib.export_model(net, model_path)
-    write_curves(run_dir)
+    best_path = os.path.join(run_dir, "best.weights.h5")
+    best_meta = {"epoch": None, "metrics": {}}  # as the other workers know it: the chief validates
+    if chief:
+        if os.path.isfile(best_path):
+            best_meta = model_lib.load_checkpoint(net, best_path)
+        # else every epoch's kappa was undefined: the last weights stay
+        model_lib.export_model(net, model_path)
+        write_curves(run_dir)
+    if worker is not None:
+        with _peers_kept(worker):
+            _together(strategy)
     return {"epochs": config.epochs, "best_kappa": best_meta["metrics"].get("val_kappa"),
             "best_epoch": best_meta["epoch"], "skipped": bad, "seconds": seconds,
-            "model_path": model_path, "n_train": len(train_recs), "n_val": len(val_recs)}
+            "model_path": model_path, "n_train": len(train_recs), "n_val": len(val_recs),
+            "chief": chief, "worker": None if worker is None else worker.name}
+
+
+def _checkpoint_meta(path):
+    """The epoch and metrics recorded beside a checkpoint (epoch None without one)."""
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {"epoch": None, "metrics": {}}
+
+
+def _what_is_trained(config, fingerprint, train_recs, val_recs, steps, epoch, worker):
+    """What every worker of a cluster must agree on before training together."""
+    ids = json.dumps([[r.id for r in train_recs], [r.id for r in val_recs]]).encode()
+    return {"config": dataclasses.asdict(config), "data_fingerprint": fingerprint,
+            "split_sha256": hashlib.sha256(ids).hexdigest(), "steps_per_epoch": steps,
+            "resume_epoch": epoch, "cluster": {k: list(v) for k, v in worker.cluster.items()}}
+
+
+def _fit_across_workers(net, strategy, train_ds, *, epochs, initial_epoch, steps_per_epoch,
+                        callbacks, verbose, shuffle=False):
+    """``net.fit(train_ds, ...)`` under MultiWorkerMirroredStrategy.
+
+    Keras 3 does not support this strategy in ``fit`` (keras-team/keras#20585: the reductions of
+    its first batch and of its logs fail across workers), so the loop is written out as
+    TensorFlow's guide to custom training loops with MultiWorkerMirroredStrategy does: every
+    replica runs Keras' own ``train_step`` on its part of each global batch (the optimizer
+    all-reduces the gradients, as in ``fit``), and the epoch's loss is read from the model's
+    metrics, which sum over all replicas.
+
+    Args:
+        net: a compiled keras.Model built under ``strategy``.
+        strategy: tf.distribute.MultiWorkerMirroredStrategy.
+        train_ds: infinite tf.data.Dataset of global batches.
+        epochs, initial_epoch, steps_per_epoch, callbacks, verbose: as ``keras.Model.fit``.
+        shuffle: ignored (the dataset shuffles), as ``fit`` ignores it for datasets.
+    """
+    options = tf.data.Options()
+    # Each worker takes its part of every global batch. Said explicitly: the default tries to
+    # split the input by file first, which a dataset of decoded images does not allow, and warns.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    batches = iter(strategy.experimental_distribute_dataset(train_ds.with_options(options)))
+
+    @tf.function
+    def train_step(batches):
+        strategy.run(net.train_step, args=(next(batches),))
+
+    callbacks = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, model=net,
+                                             verbose=verbose, epochs=epochs,
+                                             steps=steps_per_epoch)
+    net.stop_training = False
+    callbacks.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        net.reset_metrics()
+        callbacks.on_epoch_begin(epoch)
+        for step in range(steps_per_epoch):
+            callbacks.on_train_batch_begin(step)
+            train_step(batches)
+            logs = {m.name: float(m.result()) for m in net.metrics}
+            callbacks.on_train_batch_end(step, logs)
+            if net.stop_training:
+                break
+        callbacks.on_epoch_end(epoch, logs)
+        if net.stop_training:
+            break
+    callbacks.on_train_end()
+
+
+@contextlib.contextmanager
+def _peers_kept(worker):
+    """Turn the loss of a worker during multi-worker training into one line: TensorFlow aborts
+    the collectives of the others (with its gRPC details) once it stops answering."""
+    if worker is None:
+        yield
+        return
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError, tf.errors.InternalError) as exc:
+        raise ConnectionError(
+            f"Expected every worker of TF_CONFIG to keep training ({worker.name} here). "
+            f"Received: {_tf_reason(exc)} (start every worker again with resume=True to "
+            "continue from the last finished epoch)") from None
+
+
+def _together(strategy):
+    """Return once every worker of ``strategy`` has come here (an all-reduce of nothing).
+
+    The workers leave together: a worker that ended while the chief still validates or writes
+    the model would stop its heartbeats, which the chief's TensorFlow reports as a crash.
+    """
+    @tf.function
+    def all_reduce():
+        return strategy.reduce("SUM", strategy.run(lambda: tf.ones([])), axis=None)
+
+    all_reduce()
+
+
+class _PredictHere:
+    """callable(model, ds) -> (N,) float32: ``model``'s predictions on ``ds`` computed by this
+    process alone, with no collective. The chief of a multi-worker training validates with it:
+    Keras' ``predict`` would spread the batches over all workers, which (not validating) would
+    never join in. The forward pass is traced once for the run, not once per epoch."""
+
+    def __init__(self):
+        self._forward = None
+
+    def __call__(self, model, ds):
+        if self._forward is None:
+            self._forward = tf.function(lambda x: model(x, training=False),
+                                        reduce_retracing=True)
+        return np.concatenate([np.asarray(self._forward(x)).reshape(-1)
+                               for x, _ in ds]).astype(np.float32)
 
 
 def _stored_split(path, graded, all_ids):
