@@ -32,7 +32,79 @@ class _Interrupted(Exception):
     "Aborted.") to :func:`main`, which says "Interrupted." for every command alike."""
 
 
+class _Option(click.Option):
+    """A click option with hidden alias names and a default written as text.
+
+    ``aliases``: old names that still parse but are not shown (``"--old"`` or, for an on/off
+    flag, ``"--old/--old-off"``). A ``show_default`` string is shown as ``[default: text]``, the
+    style of every other default (click would write ``[default: (text)]``).
+    """
+
+    def __init__(self, *args, aliases=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.aliases = [name for alias in aliases for name in alias.split("/")]
+        for alias in aliases:
+            on, _, off = alias.partition("/")
+            self.opts.append(on)
+            if off:
+                self.secondary_opts.append(off)
+
+    def get_help_record(self, ctx):
+        kept = self.opts, self.secondary_opts, self.show_default
+        text = self.show_default if isinstance(self.show_default, str) else None
+        self.opts = [o for o in self.opts if o not in self.aliases]
+        self.secondary_opts = [o for o in self.secondary_opts if o not in self.aliases]
+        if text is not None:
+            self.show_default = False
+        try:
+            record = super().get_help_record(ctx)
+        finally:
+            self.opts, self.secondary_opts, self.show_default = kept
+        if record is not None and text is not None:
+            help_text, extra = record[1], ""
+            if help_text.endswith("]") and "  [" in help_text:  # click's own [x>=1] etc.
+                help_text, _, extra = help_text.rpartition("  [")
+                extra = "; " + extra[:-1]
+            record = (record[0], f"{help_text}  [default: {text}{extra}]".lstrip())
+        return record
+
+
+def _option(*names, **kwargs):
+    """``click.option`` with :class:`_Option` (hidden aliases, defaults in one style)."""
+    return click.option(*names, cls=_Option, **kwargs)
+
+
+#: What each --profile name means, in train, demo and replicate alike.
+PROFILES_HELP = (
+    "quick: 256 px, a VGG-16 of 1/8 width trained from scratch for 6 epochs (minutes on a CPU); "
+    "reference: 512 px, a quarter-width VGG-16 from scratch, 20 epochs (under an hour of "
+    "training on 2 CPU cores); paper (train only): the paper's settings, 512 px, full width, "
+    "ImageNet weights, 500 epochs, which no demo runs; smoke (demo and replicate only): the "
+    "same steps on tiny data in about a minute, to check an installation (numbers meaningless).")
+
+WEIGHTS_HELP = '"imagenet", "none", or the path of a VGG-16 HDF5 weights file.'
+
+_BOOTSTRAP_OPTION = _option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=1),
+                            help="Bootstrap resamples of the 95% intervals.")
+
+_BATCH_OPTION = _option("--batch-size", default=xo.DEFAULT_BATCH_SIZE, type=click.IntRange(min=1),
+                        help="Images the network takes at once: bounds memory; the results do "
+                             "not depend on it.")
+
+
+class _Command(click.Command):
+    """A command whose summary in ``dr-saliency --help`` is its docstring's whole first
+    paragraph (click cuts it at about 45 characters)."""
+
+    def get_short_help_str(self, limit=45):
+        if self.short_help:
+            return self.short_help
+        return " ".join((self.help or "").split("\n\n")[0].split())
+
+
 class _Group(click.Group):
+    command_class = _Command
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -43,7 +115,7 @@ class _Group(click.Group):
 @click.group(cls=_Group,
              context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="dr-saliency")
-@click.option("--debug", is_flag=True, help="Show full tracebacks and library warnings.")
+@_option("--debug", is_flag=True, help="Show full tracebacks and library warnings.")
 def cli(debug):
     """Weakly-supervised lesion localization in fundus images with iterative saliency map
     refinement (González-Gonzalo et al., MIDL 2018)."""
@@ -54,19 +126,18 @@ def cli(debug):
 
 
 @cli.command("model")
-@click.option("--input-size", default=512, type=int, help="Input side in pixels (square).")
-@click.option("--width", default=1.0, type=float, help="Multiplier on filters and units.")
-@click.option("--weights", default="none",
-              help='"imagenet", "none", or the path of a VGG-16 HDF5 weights file.')
-@click.option("--dropout", default=0.5, type=float, help="Dropout after fc1 and fc2.")
-@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False),
+@_option("--input-size", default=512, type=int, help="Input side in pixels (square).")
+@_option("--width", default=1.0, type=float, help="Multiplier on filters and units.")
+@_option("--weights", default="none", help=WEIGHTS_HELP)
+@_option("--dropout", default=0.5, type=float, help="Dropout after fc1 and fc2.")
+@_option("--from", "source", type=click.Path(exists=True, dir_okay=False),
               help="Describe (and export) this grader's model file instead of building one.")
-@click.option("--export", "export_path", type=click.Path(dir_okay=False),
+@_option("--export", "export_path", type=click.Path(dir_okay=False),
               help="Also write the full model as legacy HDF5 (.h5) here.")
-@click.option("--half", is_flag=True,
+@_option("--half", is_flag=True,
               help="Export the weights as float16: half the file, float32 arithmetic "
                    "(the bundled grader's format).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --export file.")
+@_option("--overwrite", is_flag=True, help="Replace an existing --export file.")
 def model_cmd(input_size, width, weights, dropout, source, export_path, half, overwrite):
     """Build the VGG-16 grader (or load one) and print its layers, output shapes and parameter
     count."""
@@ -93,18 +164,20 @@ def model_cmd(input_size, width, weights, dropout, source, export_path, half, ov
 
 
 @cli.command("demo")
-@click.option("--out", "out_dir", default="demo_out", type=click.Path(file_okay=False),
+@_option("--out", "out_dir", default="demo_out", type=click.Path(file_okay=False),
               help="Folder for everything the demo makes; a rerun reuses finished steps.")
-@click.option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
-              help="quick: 2,000 synthetic images at 256 px, a narrow VGG-16 trained from "
-                   "scratch (about 8 minutes on 2 CPU cores); reference: 2,000 images at 512 px, "
-                   "a quarter-width VGG-16 (about an hour); smoke: the same steps on tiny "
-                   "data in under a minute, to check an installation (numbers meaningless).")
-def demo_cmd(out_dir, profile):
+@_option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
+              help="Data and network size (2,000 synthetic images for quick and reference). "
+                   + PROFILES_HELP)
+@_option("--seed", type=click.IntRange(0, 2 ** 32 - 1), show_default="the profile's",
+              help="Seeds both the synthetic data and the training (as each seed of replicate).")
+def demo_cmd(out_dir, profile, seed):
     """The whole method end to end on synthetic data: synth -> train -> evaluate -> refine
-    (referable test images) -> froc -> figures -> REPORT.md."""
+    (referable test images) -> froc -> figures -> REPORT.md; minutes on a laptop with the quick
+    profile (each step's time is in OUT/timings.json)."""
     from dr_saliency.app import demo
-    report = demo.run_demo(out_dir, profile=profile, on_step=_on_step, on_progress=_on_progress)
+    report = demo.run_demo(out_dir, profile=profile, seed=seed, on_step=_on_step,
+                           on_progress=_on_progress)
     click.echo(f"Report: {report}")
 
 
@@ -133,15 +206,13 @@ def _on_progress(label, length):
 
 
 @cli.command("replicate")
-@click.option("--seeds", default="1,2,3",
+@_option("--seeds", default="1,2,3",
               help="Comma-separated seeds; each seeds both the synthetic data and the training.")
-@click.option("--out", "out_dir", default="replicate_out", type=click.Path(file_okay=False),
+@_option("--out", "out_dir", default="replicate_out", type=click.Path(file_okay=False),
               help="Experiment folder (one sub-folder per seed); a rerun continues it.")
-@click.option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
-              help="The demo's profiles: quick (~7 min a seed on 2 CPU cores), reference (about "
-                   "an hour a seed) or smoke.")
-@click.option("--bootstrap", "n_boot", default=1000, type=int,
-              help="Bootstrap replicates of the paired intervals.")
+@_option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
+              help="The demo's profile, run once per seed. " + PROFILES_HELP)
+@_BOOTSTRAP_OPTION
 def replicate_cmd(seeds, out_dir, profile, n_boot):
     """The demo's pipeline once per seed, then S against s_0 across seeds.
 
@@ -161,15 +232,22 @@ def replicate_cmd(seeds, out_dir, profile, n_boot):
     click.echo(f"Report: {os.path.join(out_dir, 'REPLICATE.md')}")
 
 
-def _profiles(field):
-    shown = [f"{name}: {values.get(field, getattr(train_config.TrainConfig(), field))}"
-             for name, values in train_config.PROFILES.items()]
-    return f"  [{'; '.join(shown)}]"
+def _profile_default(field):
+    """A train option's default per --profile, as ``show_default`` text:
+    ``512 (paper, reference), 256 (quick)``."""
+    by_value = {}
+    for name, values in train_config.PROFILES.items():
+        value = values.get(field, getattr(train_config.TrainConfig(), field))
+        by_value.setdefault("none" if value is None else f"{value:g}" if isinstance(value, float)
+                            else str(value), []).append(name)
+    if len(by_value) == 1:
+        return next(iter(by_value))
+    return ", ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
 
 
 LAYOUT_CHOICE = click.Choice(list(LAYOUTS))
 SPLIT_CHOICE = click.Choice(list(SPLITS))
-_PRECISION_OPTION = click.option(
+_PRECISION_OPTION = _option(
     "--precision", default="fp32", type=click.Choice(train_config.PRECISIONS),
     help="The network's arithmetic: fp32, or bf16 (bfloat16, about twice as fast on CPUs with "
          "AVX-512 BF16/AMX; docs/performance.md says what it changes).")
@@ -234,22 +312,43 @@ def _fractions(ctx, param, value):
     return parts
 
 
+def _out_option(help_text):
+    """OUT as a positional argument (the original form) or as --out, like every other command."""
+    def decorate(func):
+        func = _option("--out", "out_option", type=click.Path(file_okay=False),
+                       help=help_text + " Also accepted as the last argument, OUT.")(func)
+        return click.argument("out", required=False, type=click.Path(file_okay=False))(func)
+    return decorate
+
+
+def _one_out(out, out_option):
+    """The output folder given either way (one of them, or both the same)."""
+    if out is None and out_option is None:
+        raise click.UsageError("Missing the output folder: give --out OUT (or OUT last).")
+    if out is not None and out_option is not None and out != out_option:
+        raise click.UsageError(f"Give the output folder once: OUT {out!r} and --out "
+                               f"{out_option!r} differ.")
+    return out if out is not None else out_option
+
+
 @cli.command("synth")
-@click.argument("out", type=click.Path(file_okay=False))
-@click.option("--n", "n", default=1000, type=int, help="Number of images.")
-@click.option("--size", default=512, type=int, help="Image side in pixels (>= 128).")
-@click.option("--seed", default=0, type=int, help="Same seed, same files.")
-@click.option("--stages", default="balanced", type=click.Choice(list(STAGE_MIXES)),
+@_out_option("Folder to write the dataset to (created; a rerun continues it).")
+@_option("--n", "n", default=1000, type=int, help="Number of images.")
+@_option("--size", default=512, type=int, help="Image side in pixels (>= 128).")
+@_option("--seed", default=0, type=int, help="Same seed, same files.")
+@_option("--stages", default="balanced", type=click.Choice(list(STAGE_MIXES)),
               help="balanced: equal counts per stage; kaggle: Kaggle's stage frequencies.")
-@click.option("--split", default="0.7,0.15,0.15", callback=_fractions,
+@_option("--split", default="0.7,0.15,0.15", callback=_fractions,
               help="train,val,test fractions (stratified by stage).")
-@click.option("--workers", type=int, help="Processes (default: one per CPU core).")
-@click.option("--overwrite", is_flag=True, help="Regenerate a folder made with other parameters.")
-@click.option("--generator", default=3, show_default=True, type=click.IntRange(2, 3),
+@_option("--workers", type=click.IntRange(min=1), show_default="one per CPU core",
+         help="Processes.")
+@_option("--overwrite", is_flag=True, help="Regenerate a folder made with other parameters.")
+@_option("--generator", default=3, show_default=True, type=click.IntRange(2, 3),
               help="Generator version: 3 (lesions as conspicuous relative to each other as in "
                    "photographs) or 2 (earlier datasets, redrawn bit for bit). docs/synthetic.md.")
-def synth_cmd(out, n, size, seed, stages, split, workers, overwrite, generator):
+def synth_cmd(out, out_option, n, size, seed, stages, split, workers, overwrite, generator):
     """Write a synthetic fundus dataset with lesion masks to OUT (resumable)."""
+    out = _one_out(out, out_option)
     from dr_saliency.fundus import synth
     with _Bar(n, "Synthesizing") as update:
         labels = synth.write_dataset(out, n, size=size, seed=seed, stages=stages, split=split,
@@ -260,16 +359,18 @@ def synth_cmd(out, n, size, seed, stages, split, workers, overwrite, generator):
 
 @cli.command("preprocess")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
-@click.argument("out", type=click.Path(file_okay=False))
-@click.option("--size", default=512, type=int, help="Output side in pixels.")
-@click.option("--layout", type=LAYOUT_CHOICE, help="Layout of SRC (default: detect).")
-@click.option("--workers", type=int, help="Processes (default: one per CPU core).")
-@click.option("--skip-bad", is_flag=True,
+@_out_option("Folder to write the preprocessed dataset to (folder layout).")
+@_option("--size", default=512, type=int, help="Output side in pixels.")
+@_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
+@_option("--workers", type=click.IntRange(min=1), show_default="one per CPU core",
+         help="Processes.")
+@_option("--skip-bad", is_flag=True,
               help="Skip unreadable images and bad rows (listed at the end) instead of failing.")
-@click.option("--overwrite", is_flag=True, help="Redo every image of an existing OUT.")
-def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
+@_option("--overwrite", is_flag=True, help="Redo every image of an existing OUT.")
+def preprocess_cmd(src, out, out_option, size, layout, workers, skip_bad, overwrite):
     """Crop SRC's images to their field of view, pad square and resize (with masks and FOV)
     into the folder layout at OUT. Resumable: images already written are skipped."""
+    out = _one_out(out, out_option)
     from dr_saliency.fundus import prepare as preprocess
     dataset = _open(src, layout, skip_bad)
     with _Bar(len(dataset), "Preprocessing") as update:
@@ -286,45 +387,47 @@ def preprocess_cmd(src, out, size, layout, workers, skip_bad, overwrite):
 
 @cli.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "run_dir", type=click.Path(file_okay=False),
+@_option("--out", "run_dir", type=click.Path(file_okay=False),
               help="Run folder to create (required unless --resume).")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+@_option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the run in this folder from its last finished epoch.")
-@click.option("--profile", type=click.Choice(list(train_config.PROFILES)), default="paper",
-              help="paper: the paper's settings (512 px, ImageNet, 500 epochs); quick: a narrow "
-                   "network from scratch that trains on a CPU in minutes; reference: 512 px, "
-                   "quarter width, from scratch, within 45 minutes on 2 CPU cores. Options "
-                   "given explicitly override the profile.")
-@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
-@click.option("--input-size", type=int, help="Input side in pixels." + _profiles("input_size"))
-@click.option("--width", type=float, help="Filter multiplier." + _profiles("width"))
-@click.option("--weights", help='"imagenet", "none" or a VGG-16 HDF5 file.' + _profiles("weights"))
-@click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
+@_option("--profile", type=click.Choice(list(train_config.PROFILES)), default="paper",
+              help="The training settings below; options given explicitly override them. "
+                   + PROFILES_HELP)
+@_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
+@_option("--input-size", type=int, help="Input side in pixels.", show_default=_profile_default("input_size"))
+@_option("--width", type=float, help="Filter multiplier.", show_default=_profile_default("width"))
+@_option("--weights", help=WEIGHTS_HELP, show_default=_profile_default("weights"))
+@_option("--init-from", type=click.Path(exists=True, dir_okay=False),
               help="Warm start: a trained grader (model.h5) of the same input size and width "
                    "whose weights start this run (replaces --weights).")
-@click.option("--epochs", type=int, help="Epochs." + _profiles("epochs"))
-@click.option("--batch-size", type=int, help="Global batch size." + _profiles("batch_size"))
-@click.option("--optimizer", type=click.Choice(list(train_config.OPTIMIZERS)),
-              help="sgd: Nesterov momentum 0.9 (the paper's)." + _profiles("optimizer"))
-@click.option("--lr", "learning_rate", type=float, help="Peak learning rate." + _profiles("learning_rate"))
-@click.option("--schedule", type=click.Choice(list(train_config.SCHEDULES)),
-              help="Learning-rate schedule after warm-up." + _profiles("schedule"))
-@click.option("--warmup-epochs", type=float, help="Linear learning-rate warm-up." + _profiles("warmup_epochs"))
-@click.option("--clipnorm", type=float, help="Gradient norm clipping." + _profiles("clipnorm"))
-@click.option("--val-fraction", type=float, default=0.15,
+@_option("--epochs", type=int, help="Epochs.", show_default=_profile_default("epochs"))
+@_option("--batch-size", type=int, show_default=_profile_default("batch_size"),
+         help="Images per optimiser step, over all replicas: a training setting (evaluate's, "
+              "refine's and explain's --batch-size only bound memory).")
+@_option("--optimizer", type=click.Choice(list(train_config.OPTIMIZERS)),
+              help="sgd: Nesterov momentum 0.9 (the paper's).", show_default=_profile_default("optimizer"))
+@_option("--lr", "learning_rate", type=float, help="Peak learning rate.", show_default=_profile_default("learning_rate"))
+@_option("--schedule", type=click.Choice(list(train_config.SCHEDULES)),
+              help="Learning-rate schedule after warm-up.", show_default=_profile_default("schedule"))
+@_option("--warmup-epochs", type=float, help="Linear learning-rate warm-up.", show_default=_profile_default("warmup_epochs"))
+@_option("--clipnorm", type=float, help="Gradient norm clipping.", show_default=_profile_default("clipnorm"))
+@_option("--val-fraction", type=float, default=0.15,
               help="Stratified validation fraction when DATA has no split column.")
-@click.option("--augment/--no-augment", default=True, help="Random flips, rotation, scale, colour.")
-@click.option("--balance/--no-balance", default=True, help="Resample stages equally per epoch.")
-@click.option("--seed", type=int, default=0)
-@click.option("--strategy", type=click.Choice(list(train_config.STRATEGIES)),
+@_option("--augment/--no-augment", default=True, help="Random flips, rotation, scale, colour.")
+@_option("--balance/--no-balance", default=True, help="Resample stages equally per epoch.")
+@_option("--seed", type=int, default=0,
+         help="Seeds the initial weights, the validation split, shuffling and augmentation.")
+@_option("--strategy", type=click.Choice(list(train_config.STRATEGIES)),
               default="default", help="TensorFlow distribution strategy (see docs/training.md).")
-@click.option("--steps-per-epoch", type=int, help="Default: training images / batch size.")
+@_option("--steps-per-epoch", type=int, show_default="training images / batch size",
+         help="Optimiser steps per epoch.")
 @_PRECISION_OPTION
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed at the end).")
-@click.option("--force", is_flag=True,
+@_option("--skip-bad", is_flag=True, help="Skip unreadable images (listed at the end).")
+@_option("--force", is_flag=True,
               help="With --resume: continue on a dataset other than the run's (its fingerprint "
                    "differs).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+@_option("--timeout", type=click.FloatRange(min=0, min_open=True),
               default=train_config.CLUSTER_TIMEOUT,
               help="--strategy multiworker: seconds to wait for the other workers of TF_CONFIG "
                    "to start before giving up (also with --resume).")
@@ -369,14 +472,15 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, timeo
 @cli.command("evaluate")
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--split", default="test", type=SPLIT_CHOICE, help="Which images of DATA to grade.")
-@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
-@click.option("--batch-size", default=16, type=click.IntRange(min=1))
-@click.option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=1),
-              help="Bootstrap resamples for 95% CIs.")
+@_option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+         help="Output folder: evaluation.json, predictions.csv, the confusion matrix and ROC "
+              "figures.")
+@_option("--split", default="test", type=SPLIT_CHOICE, help="Which images of DATA to grade.")
+@_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
+@_BATCH_OPTION
+@_BOOTSTRAP_OPTION
 @_PRECISION_OPTION
-@click.option("--skip-bad", is_flag=True,
+@_option("--skip-bad", is_flag=True,
               help="Skip unreadable images and images not of the model's input size (listed "
                    "at the end) instead of failing.")
 def evaluate_cmd(model_path, data, out_dir, split, layout, batch_size, n_boot, precision,
@@ -413,60 +517,64 @@ def _ids(value):
 def _refine_options(func):
     """The options of the saliency method, the loop and the erase step (refine and explain)."""
     options = [
-        click.option("--method", default=xo.DEFAULT_METHOD, type=click.Choice(xo.METHODS),
+        _option("--method", default=xo.DEFAULT_METHOD, type=click.Choice(xo.METHODS),
                      help="Saliency method (guided: the paper's guided back-propagation)."),
-        click.option("--sign", default=xo.DEFAULT_SIGN, type=click.Choice(xo.SIGNS),
+        _option("--sign", default=xo.DEFAULT_SIGN, type=click.Choice(xo.SIGNS),
                      help="Which part of the gradient is evidence (negative: what lowers the "
                           "grade)."),
-        click.option("--reduce", default=xo.DEFAULT_REDUCE, type=click.Choice(xo.REDUCTIONS),
+        _option("--reduce", default=xo.DEFAULT_REDUCE, type=click.Choice(xo.REDUCTIONS),
                      help="How the three colour channels become one map."),
-        click.option("--target", default=xo.DEFAULT_TARGET, type=click.Choice(xo.TARGETS),
+        _option("--target", default=xo.DEFAULT_TARGET, type=click.Choice(xo.TARGETS),
                      help="Differentiate the output, or the negated output (the other reading "
                           "of 'negative gradients')."),
-        click.option("--ig-steps", default=xo.DEFAULT_IG_STEPS, type=int,
+        _option("--ig-steps", default=xo.DEFAULT_IG_STEPS, type=int,
                      help="Integrated gradients: path intervals."),
-        click.option("--gradcam-layer", default=xo.DEFAULT_GRADCAM_LAYER, help="Grad-CAM layer."),
-        click.option("--max-iterations", default=loop_lib.DEFAULT_MAX_ITERATIONS, type=int,
+        _option("--gradcam-layer", default=xo.DEFAULT_GRADCAM_LAYER, help="Grad-CAM layer."),
+        _option("--max-iterations", default=loop_lib.DEFAULT_MAX_ITERATIONS, type=int,
                      help="Cap on inpaintings per image; 0 gives plain s_0 maps."),
-        click.option("--stop-at", default=loop_lib.DEFAULT_STOP_AT, type=click.IntRange(0, 3),
+        _option("--stop-at", default=loop_lib.DEFAULT_STOP_AT, type=click.IntRange(0, 3),
                      show_default=True,
                      help="Stop once the image is graded (prediction rounded to a stage) at or "
                           "below this; 1: no longer referable."),
-        click.option("--decay", default=maps.DEFAULT_DECAY, type=float,
+        _option("--decay", default=maps.DEFAULT_DECAY, type=float,
                      help="Weight decay**i of map s_i in the final map S."),
-        click.option("--combine", default=maps.DEFAULT_COMBINE,
+        _option("--combine", default=maps.DEFAULT_COMBINE,
                      type=click.Choice(maps.COMBINE_MODES),
                      help="mean: the paper's weighted mean; max; masked: each map counts fully "
                           "only inside its own inpainted mask."),
-        click.option("--normalize", default=maps.DEFAULT_NORMALIZE,
+        _option("--normalize", default=maps.DEFAULT_NORMALIZE,
                      type=click.Choice(maps.NORMALIZE_MODES),
                      help="Scale of the maps in S (and in scoring): map: each by its own robust "
                           "maximum; image: all by s_0's; none: raw gradients."),
-        click.option("--binarize", "binarize_rule", default=erase_lib.DEFAULT_RULE,
+        _option("--binarize", "binarize_rule", default=erase_lib.DEFAULT_RULE,
                      type=click.Choice(erase_lib.BINARIZE_RULES), help="Rule that makes a mask."),
-        click.option("--level", "binarize_level", type=float,
+        _option("--level", "binarize_level", type=float,
                      help="top_fraction: fraction of FOV pixels; fraction_of_max: fraction of "
-                          f"the maximum.  [default: {erase_lib.DEFAULT_LEVELS}]"),
-        click.option("--smooth-sigma", default=erase_lib.DEFAULT_SMOOTH_SIGMA, type=float,
-                     help="Gaussian smoothing of the map before binarising (px)."),
-        click.option("--dilation", default=erase_lib.DEFAULT_DILATION, type=int,
+                          "the maximum; otsu takes none.",
+                     show_default="; ".join(f"{rule} {level:g}" for rule, level
+                                            in erase_lib.DEFAULT_LEVELS.items()
+                                            if level is not None)),
+        _option("--smooth-sigma", default=erase_lib.DEFAULT_SMOOTH_SIGMA, type=float,
+                     help="Gaussian smoothing of the map before binarising (px); the "
+                          "candidates' own is --cand-sigma."),
+        _option("--dilation", default=erase_lib.DEFAULT_DILATION, type=int,
                      help="Dilation of the mask (px)."),
-        click.option("--min-component-size", default=erase_lib.DEFAULT_MIN_COMPONENT_SIZE,
+        _option("--min-component-size", default=erase_lib.DEFAULT_MIN_COMPONENT_SIZE,
                      type=int, help="Drop mask components smaller than this (px)."),
-        click.option("--inpaint", "inpaint_method", default=erase_lib.DEFAULT_INPAINT_METHOD,
+        _option("--inpaint", "inpaint_method", default=erase_lib.DEFAULT_INPAINT_METHOD,
                      type=click.Choice(list(erase_lib.INPAINT_METHODS)),
                      help="ns: Navier-Stokes (the paper's); telea."),
-        click.option("--inpaint-radius", default=erase_lib.DEFAULT_INPAINT_RADIUS, type=int),
-        click.option("--inpaint-inside-fov/--inpaint-whole-image", "inpaint_inside_fov",
+        _option("--inpaint-radius", default=erase_lib.DEFAULT_INPAINT_RADIUS, type=int,
+                help="How far around each masked pixel the inpainting draws from (px)."),
+        _option("--inpaint-inside-fov/--inpaint-whole-image", "inpaint_inside_fov",
                      default=True,
                      help="Fill masked pixels from inside the field of view only (the black "
                           "surround never bleeds in at the rim)."),
-        click.option("--batch-size", default=xo.DEFAULT_BATCH_SIZE, type=int,
-                     help="Images refined together."),
+        _BATCH_OPTION,
         _PRECISION_OPTION,
-        click.option("--skip-bad", is_flag=True,
+        _option("--skip-bad", is_flag=True,
                      help="Report and skip bad images instead of failing."),
-        click.option("--quiet", is_flag=True, help="No line per image."),
+        _option("--quiet", is_flag=True, help="No line per image."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -501,15 +609,15 @@ def _refine_settings(values):
 @cli.command("refine")
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
+@_option("--out", required=True, type=click.Path(dir_okay=False),
               help="Result file (.h5); an existing one is resumed (same parameters only).")
-@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
-@click.option("--split", default="all", type=SPLIT_CHOICE, help="Which images of DATA to refine.")
-@click.option("--ids", help="Only these ids: comma-separated, or @FILE with one per line.")
-@click.option("--only-referable", is_flag=True,
+@_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
+@_option("--split", default="all", type=SPLIT_CHOICE, help="Which images of DATA to refine.")
+@_option("--ids", help="Only these ids: comma-separated, or @FILE with one per line.")
+@_option("--only-referable", is_flag=True,
               help="Store only images graded above --stop-at, i.e. referable (the paper "
                    "refines these).")
-@click.option("--keep-images", is_flag=True, help="Also store the inpainted images I_1..I_n.")
+@_option("--keep-images", is_flag=True, help="Also store the inpainted images I_1..I_n.")
 @_refine_options
 def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_images,
                **values):
@@ -545,18 +653,58 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
                f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: {out}")
 
 
+def _candidate_options(func):
+    """The options that turn a map into lesion candidates (froc and explain); each is named
+    --cand-*, the names they had before still parse."""
+    from dr_saliency.lesions.candidates import CANDIDATE_METHODS
+    from dr_saliency.lesions.localize import CandidateOptions
+
+    c = CandidateOptions()
+    options = [
+        _option("--cand-sigma", default=c.sigma, type=float,
+                     help="Smoothing of the map before peak finding (px)."),
+        _option("--cand-min-distance", "min_distance", default=c.min_distance, type=int,
+                aliases=("--min-distance",), help="Minimum distance between candidates (px)."),
+        _option("--cand-max", "max_candidates", default=c.max_candidates, type=int,
+                aliases=("--max-candidates",), help="Candidates per image (highest scores)."),
+        _option("--cand-border", "border", default=c.border, type=int, aliases=("--border",),
+                help="No candidates within this distance of the FOV edge (px)."),
+        _option("--cand-exclude-disc/--cand-keep-disc", "exclude_disc", default=c.exclude_disc,
+                aliases=("--exclude-disc/--keep-disc",),
+                help="No candidates on the optic disc (the dataset's mask or an estimate)."),
+        _option("--cand-method", default=c.method, type=click.Choice(CANDIDATE_METHODS),
+                     help="peaks: local maxima of the smoothed map; components: centroids of "
+                          "its regions above --cand-level of the image's maximum."),
+        _option("--cand-level", default=c.level, type=float,
+                     help="components: region threshold, fraction of the image's maximum."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _candidate_config(values):
+    from dr_saliency.lesions.localize import CandidateOptions
+
+    return CandidateOptions(sigma=values.pop("cand_sigma"), min_distance=values.pop("min_distance"),
+                            max_candidates=values.pop("max_candidates"),
+                            border=values.pop("border"), exclude_disc=values.pop("exclude_disc"),
+                            method=values.pop("cand_method"), level=values.pop("cand_level"))
+
+
 @cli.command("explain")
 @click.argument("inputs", metavar="IMAGE_OR_FOLDER...", nargs=-1, required=True,
                 type=click.Path(exists=True))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@_option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: results.h5, figures/, explain.csv and explain.json; a rerun "
                    "continues it (same settings only), other photographs are added to it.")
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
+@_option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
               help="A grader's model file (.h5). Default: the bundled grader, trained on "
                    "synthetic images only (see data/README.md).")
-@click.option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(min=1),
+@_option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(min=1),
               help="Candidate lesions listed per photograph.")
 @_refine_options
+@_candidate_options
 def explain_cmd(inputs, out_dir, model_path, top, **values):
     """Grade and explain your own fundus photographs (any size; JPEG, PNG, TIFF, ...).
 
@@ -577,6 +725,7 @@ def explain_cmd(inputs, out_dir, model_path, top, **values):
     summary = photos.explain_photos(
         list(inputs), out_dir, model_path=model_path, explanation=explanation, config=config,
         erase=erase, batch_size=values["batch_size"], top=top, skip_bad=values["skip_bad"],
+        options=_candidate_config(values),
         on_image=on_image, on_progress=_bar_progress, precision=values["precision"])
     if summary["ignored"]:
         names = [printable(os.path.basename(p)) for p in summary["ignored"][:5]]
@@ -606,68 +755,33 @@ def _stages(value):
     return tuple(dict.fromkeys(stages))
 
 
-def _candidate_options(func):
-    """The options that turn a map into lesion candidates (shared by froc, figures, demo)."""
-    from dr_saliency.lesions.candidates import CANDIDATE_METHODS
-    from dr_saliency.lesions.localize import CandidateOptions
-
-    c = CandidateOptions()
-    options = [
-        click.option("--cand-sigma", default=c.sigma, type=float,
-                     help="Smoothing of the map before peak finding (px)."),
-        click.option("--min-distance", default=c.min_distance, type=int,
-                     help="Minimum distance between candidates (px)."),
-        click.option("--max-candidates", default=c.max_candidates, type=int,
-                     help="Candidates per image (highest scores)."),
-        click.option("--border", default=c.border, type=int,
-                     help="No candidates within this distance of the FOV edge (px)."),
-        click.option("--exclude-disc/--keep-disc", default=c.exclude_disc,
-                     help="No candidates on the optic disc (the dataset's mask or an estimate)."),
-        click.option("--cand-method", default=c.method, type=click.Choice(CANDIDATE_METHODS),
-                     help="peaks: local maxima of the smoothed map; components: centroids of "
-                          "its regions above --cand-level of the image's maximum."),
-        click.option("--cand-level", default=c.level, type=float,
-                     help="components: region threshold, fraction of the image's maximum."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _candidate_config(values):
-    from dr_saliency.lesions.localize import CandidateOptions
-
-    return CandidateOptions(sigma=values.pop("cand_sigma"), min_distance=values.pop("min_distance"),
-                            max_candidates=values.pop("max_candidates"),
-                            border=values.pop("border"), exclude_disc=values.pop("exclude_disc"),
-                            method=values.pop("cand_method"), level=values.pop("cand_level"))
-
-
 @cli.command("froc")
 @click.argument("results", type=click.Path(exists=True, dir_okay=False))
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
-@click.option("--allow-partial", is_flag=True,
+@_option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+         help="Output folder: metrics.json, curves.csv and the FROC figures (PNG and PDF).")
+@_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
+@_option("--allow-partial", is_flag=True,
               help="Evaluate the images present in both RESULTS and DATA when ids differ, and "
                    "the results of a refine run that did not finish.")
-@click.option("--force", is_flag=True,
+@_option("--force", is_flag=True,
               help="Use DATA even though it differs from the dataset RESULTS was made from.")
-@click.option("--stages", default="2,3,4", callback=lambda c, p, v: _stages(v),
+@_option("--stages", default="2,3,4", callback=lambda c, p, v: _stages(v),
               help="DR stages reported separately.")
-@click.option("--tolerance", default=0.0, type=float,
+@_option("--tolerance", default=0.0, type=float,
               help="A candidate within this distance of a lesion hits it (px).")
-@click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap replicates.")
-@click.option("--combine", type=click.Choice(maps.COMBINE_MODES),
-              help="Recombine S from the stored maps this way (default: the run's).")
-@click.option("--decay", type=float, help="Recombine S with this decay (default: the run's).")
-@click.option("--normalize", type=click.Choice(maps.NORMALIZE_MODES),
-              help="Scale of s_0 and S, the same for both (default: the run's).")
-@click.option("--lesions", is_flag=True,
+@_BOOTSTRAP_OPTION
+@_option("--combine", type=click.Choice(maps.COMBINE_MODES),
+              show_default="the run's", help="Recombine S from the stored maps this way.")
+@_option("--decay", type=float, show_default="the run's",
+         help="Recombine S with this decay.")
+@_option("--normalize", type=click.Choice(maps.NORMALIZE_MODES),
+              show_default="the run's", help="Scale of s_0 and S, the same for both.")
+@_option("--lesions", is_flag=True,
               help="Also say which lesions s_0 and S find at --lesions-fp, which S keeps, loses "
                    "and gains, and at which iteration each was inpainted: lesions.csv (one row "
                    "per lesion), lesion_fate.csv and lesion_fate.md.")
-@click.option("--lesions-fp", type=float, show_default="10, the upper end of AS10",
+@_option("--lesions-fp", type=float, show_default="10, the upper end of AS10",
               help="False positives per image of --lesions' operating point, on each group's "
                    "own FROC curve.")
 @_candidate_options
@@ -713,14 +827,15 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
 @cli.command("figures")
 @click.argument("results", type=click.Path(exists=True, dir_okay=False))
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--layout", type=LAYOUT_CHOICE, help="Dataset layout (default: detect).")
-@click.option("--ids", help="Images to show: comma-separated, or @FILE (default: picked "
-                            "automatically where S finds most more lesions than s_0).")
-@click.option("--rows", "n_rows", default=4, type=int, help="Images when picking automatically.")
-@click.option("--format", "formats", default="png,pdf",
+@_option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+         help="Output folder for the figures.")
+@_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
+@_option("--ids", show_default="picked where S finds most more lesions than s_0",
+         help="Images to show: comma-separated, or @FILE with one per line.")
+@_option("--rows", "n_rows", default=4, type=int, help="Images when picking automatically.")
+@_option("--format", "formats", default="png,pdf",
               help="Comma-separated figure formats.")
-@click.option("--force", is_flag=True,
+@_option("--force", is_flag=True,
               help="Use DATA even though it differs from the dataset RESULTS was made from.")
 def figures_cmd(results, data, out_dir, layout, ids, n_rows, formats, force):
     """Figure-1 panels (image, s_0, S) and per-iteration strips (I_i, s_i, mask_i, p_i)."""

@@ -57,12 +57,14 @@ class Step:
     run: object
 
 
-def run_demo(out, *, profile="quick", on_step=None, on_progress=None):
+def run_demo(out, *, profile="quick", seed=None, on_step=None, on_progress=None):
     """Run (or continue) the whole method on synthetic data into ``out``.
 
     Args:
         out: str, the demo folder.
         profile: key of :data:`PROFILES`.
+        seed: int, the data seed and the training seed together; None: the profile's (as
+            :func:`demo_steps`).
         on_step: optional callable(name, status, seconds, message) for progress lines.
         on_progress: optional callable(label, length) -> update callable, for progress bars.
 
@@ -73,7 +75,7 @@ def run_demo(out, *, profile="quick", on_step=None, on_progress=None):
         ValueError: for an unknown profile, or from any step.
         BusyError: another process is running a demo into ``out`` (naming it).
     """
-    steps = demo_steps(out, profile=profile, on_step=on_step, on_progress=on_progress)
+    steps = demo_steps(out, profile=profile, seed=seed, on_step=on_step, on_progress=on_progress)
     from dr_saliency.lesions import reports
     from dr_saliency.refinement.store import ResultStore
 
