@@ -194,3 +194,221 @@ def test_preprocess_command_on_a_folder(tmp_path):
     assert len(ds) == 4 and ds[0].load_image().shape == (128, 128, 3)
     result = runner.invoke(cli, ["preprocess", src, out, "--size", "128", "--workers", "1"])
     assert "0 images written, 4 already done" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# One command line: every option has help, one default style, one meaning per name
+# --------------------------------------------------------------------------------------------
+
+def _options():
+    """(command name, click.Option, its help line) for every option of every command."""
+    import click
+
+    root = click.Context(cli, info_name="dr-saliency", show_default=True)
+    for name, command in sorted(cli.commands.items()):
+        ctx = click.Context(command, parent=root, info_name=name)
+        for param in command.params:
+            if isinstance(param, click.Option):
+                yield name, param, param.get_help_record(ctx)
+
+
+def test_every_option_has_help_and_shows_its_default_one_way():
+    import click
+
+    for name, param, record in _options():
+        where = f"{name} {param.opts[0]}"
+        assert record is not None and param.help and param.help.strip(), f"{where}: no help"
+        text = " ".join(record[1].split())
+        # Defaults are "[default: text]": never a Python value, never "(default: ...)" in prose.
+        assert text.lower().count("default:") == text.count("[default: "), where
+        assert "[default: (" not in text and "None" not in text and "{" not in text, where
+        has_default = param.default not in (None, click.core.UNSET) and not (
+            param.is_flag and not param.secondary_opts)
+        if has_default:
+            assert "[default: " in text, f"{where}: default {param.default!r} not shown"
+        for alias in getattr(param, "aliases", ()):
+            assert alias not in record[0].split(", ") and alias not in record[0].split(" / "), \
+                f"{where}: alias {alias} shown"
+
+
+#: Option names that differ between commands on purpose: why.
+_DIFFERENT_ON_PURPOSE = {
+    "--out": "a folder everywhere, refine's result file; each command's own default",
+    "--profile": "train's training settings, the demo's data and network: cli.PROFILES_HELP "
+                 "says what each name means and where it exists",
+    "--batch-size": "train: images per optimiser step (a training setting); evaluate, refine, "
+                    "explain: images per network pass (memory only), one default",
+    "--seed": "one type everywhere; the demo's default is its profile's",
+    "--split": "which split: evaluate grades the test images, refine any",
+    "--ids": "refine: every image of --split; figures: picked automatically",
+    "--combine": "froc recombines the stored maps; default: the run's",
+    "--decay": "froc recombines the stored maps; default: the run's",
+    "--normalize": "froc recombines the stored maps; default: the run's",
+    "--input-size": "train's default follows --profile (model's is the paper profile's)",
+    "--width": "train's default follows --profile (model's is the paper profile's)",
+    "--weights": "train's default follows --profile (model's is none)",
+}
+
+
+def test_an_option_name_means_one_thing_in_every_command():
+    import collections
+
+    seen = collections.defaultdict(set)
+    kinds = collections.defaultdict(set)
+    for name, param, _ in _options():
+        choices = tuple(getattr(param.type, "choices", ()))
+        seen[param.opts[0]].add((param.type.name, choices, str(param.default)))
+        kinds[param.opts[0]].add((param.type.name, tuple(sorted(set(choices) & {"quick"}))))
+    for option, variants in seen.items():
+        if option in _DIFFERENT_ON_PURPOSE:
+            continue
+        assert len(variants) == 1, f"{option} differs between commands: {sorted(variants)}"
+    # Even where defaults differ on purpose, the kind of value is one (profile names aside).
+    for option in _DIFFERENT_ON_PURPOSE:
+        if option not in ("--profile", "--out"):
+            assert len(kinds[option]) == 1, (option, kinds[option])
+    # Hidden old names take no other option's name, except synth's two that were renamed
+    # because evaluate's --split (which split) and froc's --stages (which stages) differ.
+    names = {opt for _, p, _ in _options() for opt in p.opts if opt not in getattr(p, "aliases", ())}
+    aliases = {a for _, p, _ in _options() for a in getattr(p, "aliases", ())}
+    assert names & aliases == {"--split", "--stages"}
+
+
+def test_top_level_help_shows_each_whole_summary():
+    result = CliRunner().invoke(cli, ["--help"], terminal_width=80)
+    assert result.exit_code == 0
+    shown = " ".join(result.output.split())
+    for name, command in cli.commands.items():
+        summary = " ".join(command.help.split("\n\n")[0].split())
+        assert summary in shown, name
+
+
+def test_level_and_weights_show_readable_defaults():
+    runner = CliRunner()
+    refine = " ".join(runner.invoke(cli, ["refine", "--help"]).output.split())
+    assert "[default: top_fraction 0.005; fraction_of_max 0.5]" in refine
+    model = " ".join(runner.invoke(cli, ["model", "--help"]).output.split())
+    train = " ".join(runner.invoke(cli, ["train", "--help"]).output.split())
+    assert "[default: none]" in model
+    assert "[default: imagenet (paper), none (quick, reference)]" in train
+
+
+def test_profile_names_are_explained_in_every_command_that_takes_them():
+    for command in ("train", "demo", "replicate"):
+        text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
+        for name in ("quick:", "reference:", "paper (train only):",
+                     "smoke (demo and replicate only):"):
+            assert name in text, (command, name)
+
+
+@pytest.mark.parametrize("args", [
+    ["synth", "--out", "{d}", "--n", "2", "--size", "128", "--workers", "1"],
+    ["synth", "{d}", "--n", "2", "--size", "128", "--workers", "1"],
+    ["synth", "{d}", "--out", "{d}", "--n", "2", "--size", "128", "--workers", "1"],
+])
+def test_synth_takes_out_as_option_or_argument(tmp_path, capsys, args):
+    d = str(tmp_path / "data")
+    code, out, err = run_main([a.format(d=d) for a in args], capsys)
+    assert code == 0, err
+    assert out.startswith("2 synthetic images of 128x128") and os.path.isdir(d)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["synth", "a", "--out", "b"], "Give the output folder once: OUT 'a' and --out 'b' differ."),
+    (["synth"], "Missing the output folder: give --out OUT (or OUT last)."),
+])
+def test_synth_out_given_twice_or_never_is_a_usage_error(tmp_path, capsys, monkeypatch, args,
+                                                        message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(args, capsys)
+    assert code == 2 and message in err
+    assert not os.listdir(tmp_path)
+
+
+def test_preprocess_takes_out_as_option(tmp_path, capsys):
+    src, out = str(tmp_path / "src"), str(tmp_path / "out")
+    assert run_main(["synth", src, "--n", "2", "--size", "128", "--workers", "1"], capsys)[0] == 0
+    code, stdout, err = run_main(["preprocess", src, "--out", out, "--size", "128",
+                                  "--workers", "1"], capsys)
+    assert code == 0, err
+    assert "2 images written" in stdout
+
+
+def test_old_option_names_still_parse_but_are_not_shown(tmp_path):
+    results, data = tmp_path / "r.h5", tmp_path / "data"
+    results.write_bytes(b"")
+    data.mkdir()
+    froc = cli.commands["froc"]
+    ctx = froc.make_context("froc", [str(results), str(data), "--out", "o", "--border", "3",
+                                     "--min-distance", "5", "--max-candidates", "7",
+                                     "--keep-disc"])
+    assert (ctx.params["border"], ctx.params["min_distance"], ctx.params["max_candidates"],
+            ctx.params["exclude_disc"]) == (3, 5, 7, False)
+    ctx = cli.commands["synth"].make_context("synth", ["o", "--stages", "kaggle",
+                                                       "--split", "0.5,0.25,0.25"])
+    assert ctx.params["stages"] == "kaggle" and ctx.params["split"] == (0.5, 0.25, 0.25)
+    shown = CliRunner().invoke(cli, ["froc", "--help"]).output
+    for old in ("--border", "--min-distance", "--max-candidates", "--exclude-disc"):
+        assert f" {old} " not in shown and f"--cand-{old[2:]}" in shown.replace(
+            "--cand-max ", "--cand-max-candidates ")
+
+
+def test_explain_takes_the_candidate_options_of_froc(tmp_path, monkeypatch):
+    from dr_saliency.app import photos
+
+    def names(command):
+        return {o for p in cli.commands[command].params for o in p.opts if o.startswith("--cand")}
+
+    assert names("froc") == names("explain") and "--cand-border" in names("explain")
+    seen = {}
+
+    def fake(inputs, out_dir, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(photos, "explain_photos", fake)
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    result = CliRunner().invoke(cli, ["explain", str(image), "--out", str(tmp_path / "x"),
+                                      "--cand-border", "9", "--cand-max", "11"])
+    assert "stopped by the test" in str(result.exception)
+    assert (seen["options"].border, seen["options"].max_candidates) == (9, 11)
+
+
+def test_demo_takes_a_seed(tmp_path, monkeypatch, capsys):
+    from dr_saliency.app import demo
+
+    seen = {}
+
+    def fake(out, **kwargs):
+        seen.update(kwargs)
+        return os.path.join(out, "REPORT.md")
+
+    monkeypatch.setattr(demo, "run_demo", fake)
+    code, out, err = run_main(["demo", "--profile", "smoke", "--seed", "7",
+                               "--out", str(tmp_path / "d")], capsys)
+    assert code == 0, err
+    assert seen["seed"] == 7 and seen["profile"] == "smoke"
+    code, _, err = run_main(["demo", "--seed", "-1"], capsys)
+    assert code == 2 and "Invalid value for '--seed': -1 is not in the range" in err
+
+
+@pytest.mark.parametrize("command", ["froc", "replicate", "evaluate"])
+def test_bootstrap_is_range_checked_everywhere(tmp_path, capsys, command):
+    files = []
+    if command in ("froc", "evaluate"):
+        (tmp_path / "f.h5").write_bytes(b"")
+        (tmp_path / "data").mkdir()
+        files = [str(tmp_path / "f.h5"), str(tmp_path / "data")]
+    code, _, err = run_main([command, *files, "--out", str(tmp_path / "o"), "--bootstrap", "0"],
+                            capsys)
+    assert code == 2
+    assert "Invalid value for '--bootstrap': 0 is not in the range x>=1." in err
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_evaluate_and_refine_batch_size_share_one_default():
+    defaults = {name: p.default for name, p, _ in _options() if p.opts[0] == "--batch-size"}
+    del defaults["train"]  # a training setting, its default follows --profile
+    assert sorted(defaults) == ["evaluate", "explain", "refine"]
+    assert len(set(defaults.values())) == 1, defaults

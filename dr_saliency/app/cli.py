@@ -82,6 +82,9 @@ PROFILES_HELP = (
     "ImageNet weights, 500 epochs, which no demo runs; smoke (demo and replicate only): the "
     "same steps on tiny data in about a minute, to check an installation (numbers meaningless).")
 
+#: --seed of every command: numpy's seeding takes 0 .. 2**32 - 1.
+SEED = click.IntRange(0, 2 ** 32 - 1)
+
 WEIGHTS_HELP = '"imagenet", "none", or the path of a VGG-16 HDF5 weights file.'
 
 _BOOTSTRAP_OPTION = _option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=1),
@@ -169,7 +172,7 @@ def model_cmd(input_size, width, weights, dropout, source, export_path, half, ov
 @_option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
               help="Data and network size (2,000 synthetic images for quick and reference). "
                    + PROFILES_HELP)
-@_option("--seed", type=click.IntRange(0, 2 ** 32 - 1), show_default="the profile's",
+@_option("--seed", type=SEED, show_default="the profile's",
               help="Seeds both the synthetic data and the training (as each seed of replicate).")
 def demo_cmd(out_dir, profile, seed):
     """The whole method end to end on synthetic data: synth -> train -> evaluate -> refine
@@ -335,11 +338,12 @@ def _one_out(out, out_option):
 @_out_option("Folder to write the dataset to (created; a rerun continues it).")
 @_option("--n", "n", default=1000, type=int, help="Number of images.")
 @_option("--size", default=512, type=int, help="Image side in pixels (>= 128).")
-@_option("--seed", default=0, type=int, help="Same seed, same files.")
-@_option("--stages", default="balanced", type=click.Choice(list(STAGE_MIXES)),
-              help="balanced: equal counts per stage; kaggle: Kaggle's stage frequencies.")
-@_option("--split", default="0.7,0.15,0.15", callback=_fractions,
-              help="train,val,test fractions (stratified by stage).")
+@_option("--seed", default=0, type=SEED, help="Same seed, same files.")
+@_option("--stage-mix", "stages", default="balanced", type=click.Choice(list(STAGE_MIXES)),
+         aliases=("--stages",),
+         help="balanced: equal counts per stage; kaggle: Kaggle's stage frequencies.")
+@_option("--fractions", "split", default="0.7,0.15,0.15", callback=_fractions,
+         aliases=("--split",), help="train,val,test fractions (stratified by stage).")
 @_option("--workers", type=click.IntRange(min=1), show_default="one per CPU core",
          help="Processes.")
 @_option("--overwrite", is_flag=True, help="Regenerate a folder made with other parameters.")
@@ -402,7 +406,7 @@ def preprocess_cmd(src, out, out_option, size, layout, workers, skip_bad, overwr
               help="Warm start: a trained grader (model.h5) of the same input size and width "
                    "whose weights start this run (replaces --weights).")
 @_option("--epochs", type=int, help="Epochs.", show_default=_profile_default("epochs"))
-@_option("--batch-size", type=int, show_default=_profile_default("batch_size"),
+@_option("--batch-size", type=click.IntRange(min=1), show_default=_profile_default("batch_size"),
          help="Images per optimiser step, over all replicas: a training setting (evaluate's, "
               "refine's and explain's --batch-size only bound memory).")
 @_option("--optimizer", type=click.Choice(list(train_config.OPTIMIZERS)),
@@ -416,7 +420,7 @@ def preprocess_cmd(src, out, out_option, size, layout, workers, skip_bad, overwr
               help="Stratified validation fraction when DATA has no split column.")
 @_option("--augment/--no-augment", default=True, help="Random flips, rotation, scale, colour.")
 @_option("--balance/--no-balance", default=True, help="Resample stages equally per epoch.")
-@_option("--seed", type=int, default=0,
+@_option("--seed", type=SEED, default=0,
          help="Seeds the initial weights, the validation split, shuffling and augmentation.")
 @_option("--strategy", type=click.Choice(list(train_config.STRATEGIES)),
               default="default", help="TensorFlow distribution strategy (see docs/training.md).")
@@ -613,7 +617,8 @@ def _refine_settings(values):
               help="Result file (.h5); an existing one is resumed (same parameters only).")
 @_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
 @_option("--split", default="all", type=SPLIT_CHOICE, help="Which images of DATA to refine.")
-@_option("--ids", help="Only these ids: comma-separated, or @FILE with one per line.")
+@_option("--ids", show_default="every image of --split",
+         help="Only these ids: comma-separated, or @FILE with one per line.")
 @_option("--only-referable", is_flag=True,
               help="Store only images graded above --stop-at, i.e. referable (the paper "
                    "refines these).")
@@ -699,8 +704,9 @@ def _candidate_config(values):
               help="Output folder: results.h5, figures/, explain.csv and explain.json; a rerun "
                    "continues it (same settings only), other photographs are added to it.")
 @_option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
-              help="A grader's model file (.h5). Default: the bundled grader, trained on "
-                   "synthetic images only (see data/README.md).")
+              show_default="the bundled grader, trained on synthetic images only "
+                           "(data/README.md)",
+              help="A grader's model file (.h5).")
 @_option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(min=1),
               help="Candidate lesions listed per photograph.")
 @_refine_options
