@@ -31,7 +31,8 @@ setup(
     long_description=_read("README.md"),
     long_description_content_type="text/markdown",
     # The bundled grader and its model card live in the repository's top-level data/ folder; the
-    # package installs them as dr_saliency.bundled (dr_saliency.grader.bundled finds them).
+    # package installs them as dr_saliency.bundled (dr_saliency.grader.model.bundled_model_path
+    # finds them there, or in data/ in a source checkout).
     packages=find_packages(include=["dr_saliency", "dr_saliency.*"]) + ["dr_saliency.bundled"],
     package_dir={"dr_saliency.bundled": "data"},
     package_data={"dr_saliency": ["py.typed"], "dr_saliency.bundled": ["grader.h5", "README.md"]},
