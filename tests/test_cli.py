@@ -269,7 +269,8 @@ def test_an_option_name_means_one_thing_in_every_command():
             assert len(kinds[option]) == 1, (option, kinds[option])
     # Hidden old names take no other option's name, except synth's two that were renamed
     # because evaluate's --split (which split) and froc's --stages (which stages) differ.
-    names = {opt for _, p, _ in _options() for opt in p.opts if opt not in getattr(p, "aliases", ())}
+    names = {opt for _, p, _ in _options() for opt in p.opts
+             if opt not in getattr(p, "aliases", ())}
     aliases = {a for _, p, _ in _options() for a in getattr(p, "aliases", ())}
     assert names & aliases == {"--split", "--stages"}
 

@@ -134,12 +134,12 @@ def cli(debug):
 @_option("--weights", default="none", help=WEIGHTS_HELP)
 @_option("--dropout", default=0.5, type=float, help="Dropout after fc1 and fc2.")
 @_option("--from", "source", type=click.Path(exists=True, dir_okay=False),
-              help="Describe (and export) this grader's model file instead of building one.")
+         help="Describe (and export) this grader's model file instead of building one.")
 @_option("--export", "export_path", type=click.Path(dir_okay=False),
-              help="Also write the full model as legacy HDF5 (.h5) here.")
+         help="Also write the full model as legacy HDF5 (.h5) here.")
 @_option("--half", is_flag=True,
-              help="Export the weights as float16: half the file, float32 arithmetic "
-                   "(the bundled grader's format).")
+         help="Export the weights as float16: half the file, float32 arithmetic "
+              "(the bundled grader's format).")
 @_option("--overwrite", is_flag=True, help="Replace an existing --export file.")
 def model_cmd(input_size, width, weights, dropout, source, export_path, half, overwrite):
     """Build the VGG-16 grader (or load one) and print its layers, output shapes and parameter
@@ -168,12 +168,12 @@ def model_cmd(input_size, width, weights, dropout, source, export_path, half, ov
 
 @cli.command("demo")
 @_option("--out", "out_dir", default="demo_out", type=click.Path(file_okay=False),
-              help="Folder for everything the demo makes; a rerun reuses finished steps.")
+         help="Folder for everything the demo makes; a rerun reuses finished steps.")
 @_option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
-              help="Data and network size (2,000 synthetic images for quick and reference). "
-                   + PROFILES_HELP)
+         help="Data and network size (2,000 synthetic images for quick and reference). "
+              + PROFILES_HELP)
 @_option("--seed", type=SEED, show_default="the profile's",
-              help="Seeds both the synthetic data and the training (as each seed of replicate).")
+         help="Seeds both the synthetic data and the training (as each seed of replicate).")
 def demo_cmd(out_dir, profile, seed):
     """The whole method end to end on synthetic data: synth -> train -> evaluate -> refine
     (referable test images) -> froc -> figures -> REPORT.md; minutes on a laptop with the quick
@@ -210,11 +210,11 @@ def _on_progress(label, length):
 
 @cli.command("replicate")
 @_option("--seeds", default="1,2,3",
-              help="Comma-separated seeds; each seeds both the synthetic data and the training.")
+         help="Comma-separated seeds; each seeds both the synthetic data and the training.")
 @_option("--out", "out_dir", default="replicate_out", type=click.Path(file_okay=False),
-              help="Experiment folder (one sub-folder per seed); a rerun continues it.")
+         help="Experiment folder (one sub-folder per seed); a rerun continues it.")
 @_option("--profile", default="quick", type=click.Choice(list(DEMO_PROFILES)),
-              help="The demo's profile, run once per seed. " + PROFILES_HELP)
+         help="The demo's profile, run once per seed. " + PROFILES_HELP)
 @_BOOTSTRAP_OPTION
 def replicate_cmd(seeds, out_dir, profile, n_boot):
     """The demo's pipeline once per seed, then S against s_0 across seeds.
@@ -348,8 +348,8 @@ def _one_out(out, out_option):
          help="Processes.")
 @_option("--overwrite", is_flag=True, help="Regenerate a folder made with other parameters.")
 @_option("--generator", default=3, show_default=True, type=click.IntRange(2, 3),
-              help="Generator version: 3 (lesions as conspicuous relative to each other as in "
-                   "photographs) or 2 (earlier datasets, redrawn bit for bit). docs/synthetic.md.")
+         help="Generator version: 3 (lesions as conspicuous relative to each other as in "
+              "photographs) or 2 (earlier datasets, redrawn bit for bit). docs/synthetic.md.")
 def synth_cmd(out, out_option, n, size, seed, stages, split, workers, overwrite, generator):
     """Write a synthetic fundus dataset with lesion masks to OUT (resumable)."""
     out = _one_out(out, out_option)
@@ -369,7 +369,7 @@ def synth_cmd(out, out_option, n, size, seed, stages, split, workers, overwrite,
 @_option("--workers", type=click.IntRange(min=1), show_default="one per CPU core",
          help="Processes.")
 @_option("--skip-bad", is_flag=True,
-              help="Skip unreadable images and bad rows (listed at the end) instead of failing.")
+         help="Skip unreadable images and bad rows (listed at the end) instead of failing.")
 @_option("--overwrite", is_flag=True, help="Redo every image of an existing OUT.")
 def preprocess_cmd(src, out, out_option, size, layout, workers, skip_bad, overwrite):
     """Crop SRC's images to their field of view, pad square and resize (with masks and FOV)
@@ -392,49 +392,56 @@ def preprocess_cmd(src, out, out_option, size, layout, workers, skip_bad, overwr
 @cli.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @_option("--out", "run_dir", type=click.Path(file_okay=False),
-              help="Run folder to create (required unless --resume).")
+         help="Run folder to create (required unless --resume).")
 @_option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="Continue the run in this folder from its last finished epoch.")
+         help="Continue the run in this folder from its last finished epoch.")
 @_option("--profile", type=click.Choice(list(train_config.PROFILES)), default="paper",
-              help="The training settings below; options given explicitly override them. "
-                   + PROFILES_HELP)
+         help="The training settings below; options given explicitly override them. "
+              + PROFILES_HELP)
 @_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
-@_option("--input-size", type=int, help="Input side in pixels.", show_default=_profile_default("input_size"))
-@_option("--width", type=float, help="Filter multiplier.", show_default=_profile_default("width"))
+@_option("--input-size", type=int, show_default=_profile_default("input_size"),
+         help="Input side in pixels.")
+@_option("--width", type=float, show_default=_profile_default("width"),
+         help="Filter multiplier.")
 @_option("--weights", help=WEIGHTS_HELP, show_default=_profile_default("weights"))
 @_option("--init-from", type=click.Path(exists=True, dir_okay=False),
-              help="Warm start: a trained grader (model.h5) of the same input size and width "
-                   "whose weights start this run (replaces --weights).")
-@_option("--epochs", type=int, help="Epochs.", show_default=_profile_default("epochs"))
+         help="Warm start: a trained grader (model.h5) of the same input size and width "
+              "whose weights start this run (replaces --weights).")
+@_option("--epochs", type=int, show_default=_profile_default("epochs"),
+         help="Epochs.")
 @_option("--batch-size", type=click.IntRange(min=1), show_default=_profile_default("batch_size"),
          help="Images per optimiser step, over all replicas: a training setting (evaluate's, "
               "refine's and explain's --batch-size only bound memory).")
 @_option("--optimizer", type=click.Choice(list(train_config.OPTIMIZERS)),
-              help="sgd: Nesterov momentum 0.9 (the paper's).", show_default=_profile_default("optimizer"))
-@_option("--lr", "learning_rate", type=float, help="Peak learning rate.", show_default=_profile_default("learning_rate"))
+         show_default=_profile_default("optimizer"),
+         help="sgd: Nesterov momentum 0.9 (the paper's).")
+@_option("--lr", "learning_rate", type=float, show_default=_profile_default("learning_rate"),
+         help="Peak learning rate.")
 @_option("--schedule", type=click.Choice(list(train_config.SCHEDULES)),
-              help="Learning-rate schedule after warm-up.", show_default=_profile_default("schedule"))
-@_option("--warmup-epochs", type=float, help="Linear learning-rate warm-up.", show_default=_profile_default("warmup_epochs"))
-@_option("--clipnorm", type=float, help="Gradient norm clipping.", show_default=_profile_default("clipnorm"))
+         show_default=_profile_default("schedule"), help="Learning-rate schedule after warm-up.")
+@_option("--warmup-epochs", type=float, show_default=_profile_default("warmup_epochs"),
+         help="Linear learning-rate warm-up.")
+@_option("--clipnorm", type=float, show_default=_profile_default("clipnorm"),
+         help="Gradient norm clipping.")
 @_option("--val-fraction", type=float, default=0.15,
-              help="Stratified validation fraction when DATA has no split column.")
+         help="Stratified validation fraction when DATA has no split column.")
 @_option("--augment/--no-augment", default=True, help="Random flips, rotation, scale, colour.")
 @_option("--balance/--no-balance", default=True, help="Resample stages equally per epoch.")
 @_option("--seed", type=SEED, default=0,
          help="Seeds the initial weights, the validation split, shuffling and augmentation.")
 @_option("--strategy", type=click.Choice(list(train_config.STRATEGIES)),
-              default="default", help="TensorFlow distribution strategy (see docs/training.md).")
+         default="default", help="TensorFlow distribution strategy (see docs/training.md).")
 @_option("--steps-per-epoch", type=int, show_default="training images / batch size",
          help="Optimiser steps per epoch.")
 @_PRECISION_OPTION
 @_option("--skip-bad", is_flag=True, help="Skip unreadable images (listed at the end).")
 @_option("--force", is_flag=True,
-              help="With --resume: continue on a dataset other than the run's (its fingerprint "
-                   "differs).")
+         help="With --resume: continue on a dataset other than the run's (its fingerprint "
+              "differs).")
 @_option("--timeout", type=click.FloatRange(min=0, min_open=True),
-              default=train_config.CLUSTER_TIMEOUT,
-              help="--strategy multiworker: seconds to wait for the other workers of TF_CONFIG "
-                   "to start before giving up (also with --resume).")
+         default=train_config.CLUSTER_TIMEOUT,
+         help="--strategy multiworker: seconds to wait for the other workers of TF_CONFIG "
+              "to start before giving up (also with --resume).")
 def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, timeout, **options):
     """Train the VGG-16 grader on DATA (any layout; normally a preprocessed folder)."""
     if bool(run_dir) == bool(resume_dir):
@@ -478,15 +485,15 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, timeo
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @_option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
          help="Output folder: evaluation.json, predictions.csv, the confusion matrix and ROC "
-              "figures.")
+         "figures.")
 @_option("--split", default="test", type=SPLIT_CHOICE, help="Which images of DATA to grade.")
 @_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
 @_BATCH_OPTION
 @_BOOTSTRAP_OPTION
 @_PRECISION_OPTION
 @_option("--skip-bad", is_flag=True,
-              help="Skip unreadable images and images not of the model's input size (listed "
-                   "at the end) instead of failing.")
+         help="Skip unreadable images and images not of the model's input size (listed "
+              "at the end) instead of failing.")
 def evaluate_cmd(model_path, data, out_dir, split, layout, batch_size, n_boot, precision,
                  skip_bad):
     """Grade DATA with MODEL (a model.h5): kappa, AUC with 95% CI, confusion matrix, ROC."""
@@ -522,62 +529,62 @@ def _refine_options(func):
     """The options of the saliency method, the loop and the erase step (refine and explain)."""
     options = [
         _option("--method", default=xo.DEFAULT_METHOD, type=click.Choice(xo.METHODS),
-                     help="Saliency method (guided: the paper's guided back-propagation)."),
+                help="Saliency method (guided: the paper's guided back-propagation)."),
         _option("--sign", default=xo.DEFAULT_SIGN, type=click.Choice(xo.SIGNS),
-                     help="Which part of the gradient is evidence (negative: what lowers the "
-                          "grade)."),
+                help="Which part of the gradient is evidence (negative: what lowers the "
+                     "grade)."),
         _option("--reduce", default=xo.DEFAULT_REDUCE, type=click.Choice(xo.REDUCTIONS),
-                     help="How the three colour channels become one map."),
+                help="How the three colour channels become one map."),
         _option("--target", default=xo.DEFAULT_TARGET, type=click.Choice(xo.TARGETS),
-                     help="Differentiate the output, or the negated output (the other reading "
-                          "of 'negative gradients')."),
+                help="Differentiate the output, or the negated output (the other reading "
+                     "of 'negative gradients')."),
         _option("--ig-steps", default=xo.DEFAULT_IG_STEPS, type=int,
-                     help="Integrated gradients: path intervals."),
+                help="Integrated gradients: path intervals."),
         _option("--gradcam-layer", default=xo.DEFAULT_GRADCAM_LAYER, help="Grad-CAM layer."),
         _option("--max-iterations", default=loop_lib.DEFAULT_MAX_ITERATIONS, type=int,
-                     help="Cap on inpaintings per image; 0 gives plain s_0 maps."),
+                help="Cap on inpaintings per image; 0 gives plain s_0 maps."),
         _option("--stop-at", default=loop_lib.DEFAULT_STOP_AT, type=click.IntRange(0, 3),
-                     show_default=True,
-                     help="Stop once the image is graded (prediction rounded to a stage) at or "
-                          "below this; 1: no longer referable."),
+                show_default=True,
+                help="Stop once the image is graded (prediction rounded to a stage) at or "
+                     "below this; 1: no longer referable."),
         _option("--decay", default=maps.DEFAULT_DECAY, type=float,
-                     help="Weight decay**i of map s_i in the final map S."),
+                help="Weight decay**i of map s_i in the final map S."),
         _option("--combine", default=maps.DEFAULT_COMBINE,
-                     type=click.Choice(maps.COMBINE_MODES),
-                     help="mean: the paper's weighted mean; max; masked: each map counts fully "
-                          "only inside its own inpainted mask."),
+                type=click.Choice(maps.COMBINE_MODES),
+                help="mean: the paper's weighted mean; max; masked: each map counts fully "
+                     "only inside its own inpainted mask."),
         _option("--normalize", default=maps.DEFAULT_NORMALIZE,
-                     type=click.Choice(maps.NORMALIZE_MODES),
-                     help="Scale of the maps in S (and in scoring): map: each by its own robust "
-                          "maximum; image: all by s_0's; none: raw gradients."),
+                type=click.Choice(maps.NORMALIZE_MODES),
+                help="Scale of the maps in S (and in scoring): map: each by its own robust "
+                     "maximum; image: all by s_0's; none: raw gradients."),
         _option("--binarize", "binarize_rule", default=erase_lib.DEFAULT_RULE,
-                     type=click.Choice(erase_lib.BINARIZE_RULES), help="Rule that makes a mask."),
+                type=click.Choice(erase_lib.BINARIZE_RULES), help="Rule that makes a mask."),
         _option("--level", "binarize_level", type=float,
-                     help="top_fraction: fraction of FOV pixels; fraction_of_max: fraction of "
-                          "the maximum; otsu takes none.",
-                     show_default="; ".join(f"{rule} {level:g}" for rule, level
-                                            in erase_lib.DEFAULT_LEVELS.items()
-                                            if level is not None)),
+                help="top_fraction: fraction of FOV pixels; fraction_of_max: fraction of "
+                     "the maximum; otsu takes none.",
+                show_default="; ".join(f"{rule} {level:g}" for rule, level
+                                       in erase_lib.DEFAULT_LEVELS.items()
+                                       if level is not None)),
         _option("--smooth-sigma", default=erase_lib.DEFAULT_SMOOTH_SIGMA, type=float,
-                     help="Gaussian smoothing of the map before binarising (px); the "
-                          "candidates' own is --cand-sigma."),
+                help="Gaussian smoothing of the map before binarising (px); the "
+                     "candidates' own is --cand-sigma."),
         _option("--dilation", default=erase_lib.DEFAULT_DILATION, type=int,
-                     help="Dilation of the mask (px)."),
+                help="Dilation of the mask (px)."),
         _option("--min-component-size", default=erase_lib.DEFAULT_MIN_COMPONENT_SIZE,
-                     type=int, help="Drop mask components smaller than this (px)."),
+                type=int, help="Drop mask components smaller than this (px)."),
         _option("--inpaint", "inpaint_method", default=erase_lib.DEFAULT_INPAINT_METHOD,
-                     type=click.Choice(list(erase_lib.INPAINT_METHODS)),
-                     help="ns: Navier-Stokes (the paper's); telea."),
+                type=click.Choice(list(erase_lib.INPAINT_METHODS)),
+                help="ns: Navier-Stokes (the paper's); telea."),
         _option("--inpaint-radius", default=erase_lib.DEFAULT_INPAINT_RADIUS, type=int,
                 help="How far around each masked pixel the inpainting draws from (px)."),
         _option("--inpaint-inside-fov/--inpaint-whole-image", "inpaint_inside_fov",
-                     default=True,
-                     help="Fill masked pixels from inside the field of view only (the black "
-                          "surround never bleeds in at the rim)."),
+                default=True,
+                help="Fill masked pixels from inside the field of view only (the black "
+                     "surround never bleeds in at the rim)."),
         _BATCH_OPTION,
         _PRECISION_OPTION,
         _option("--skip-bad", is_flag=True,
-                     help="Report and skip bad images instead of failing."),
+                help="Report and skip bad images instead of failing."),
         _option("--quiet", is_flag=True, help="No line per image."),
     ]
     for option in reversed(options):
@@ -614,14 +621,14 @@ def _refine_settings(values):
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @_option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Result file (.h5); an existing one is resumed (same parameters only).")
+         help="Result file (.h5); an existing one is resumed (same parameters only).")
 @_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
 @_option("--split", default="all", type=SPLIT_CHOICE, help="Which images of DATA to refine.")
 @_option("--ids", show_default="every image of --split",
          help="Only these ids: comma-separated, or @FILE with one per line.")
 @_option("--only-referable", is_flag=True,
-              help="Store only images graded above --stop-at, i.e. referable (the paper "
-                   "refines these).")
+         help="Store only images graded above --stop-at, i.e. referable (the paper "
+              "refines these).")
 @_option("--keep-images", is_flag=True, help="Also store the inpainted images I_1..I_n.")
 @_refine_options
 def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_images,
@@ -667,7 +674,7 @@ def _candidate_options(func):
     c = CandidateOptions()
     options = [
         _option("--cand-sigma", default=c.sigma, type=float,
-                     help="Smoothing of the map before peak finding (px)."),
+                help="Smoothing of the map before peak finding (px)."),
         _option("--cand-min-distance", "min_distance", default=c.min_distance, type=int,
                 aliases=("--min-distance",), help="Minimum distance between candidates (px)."),
         _option("--cand-max", "max_candidates", default=c.max_candidates, type=int,
@@ -678,10 +685,10 @@ def _candidate_options(func):
                 aliases=("--exclude-disc/--keep-disc",),
                 help="No candidates on the optic disc (the dataset's mask or an estimate)."),
         _option("--cand-method", default=c.method, type=click.Choice(CANDIDATE_METHODS),
-                     help="peaks: local maxima of the smoothed map; components: centroids of "
-                          "its regions above --cand-level of the image's maximum."),
+                help="peaks: local maxima of the smoothed map; components: centroids of "
+                     "its regions above --cand-level of the image's maximum."),
         _option("--cand-level", default=c.level, type=float,
-                     help="components: region threshold, fraction of the image's maximum."),
+                help="components: region threshold, fraction of the image's maximum."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -701,14 +708,14 @@ def _candidate_config(values):
 @click.argument("inputs", metavar="IMAGE_OR_FOLDER...", nargs=-1, required=True,
                 type=click.Path(exists=True))
 @_option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder: results.h5, figures/, explain.csv and explain.json; a rerun "
-                   "continues it (same settings only), other photographs are added to it.")
+         help="Output folder: results.h5, figures/, explain.csv and explain.json; a rerun "
+              "continues it (same settings only), other photographs are added to it.")
 @_option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
-              show_default="the bundled grader, trained on synthetic images only "
-                           "(data/README.md)",
-              help="A grader's model file (.h5).")
+         show_default="the bundled grader, trained on synthetic images only "
+                       "(data/README.md)",
+         help="A grader's model file (.h5).")
 @_option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(min=1),
-              help="Candidate lesions listed per photograph.")
+         help="Candidate lesions listed per photograph.")
 @_refine_options
 @_candidate_options
 def explain_cmd(inputs, out_dir, model_path, top, **values):
@@ -768,28 +775,28 @@ def _stages(value):
          help="Output folder: metrics.json, curves.csv and the FROC figures (PNG and PDF).")
 @_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
 @_option("--allow-partial", is_flag=True,
-              help="Evaluate the images present in both RESULTS and DATA when ids differ, and "
-                   "the results of a refine run that did not finish.")
+         help="Evaluate the images present in both RESULTS and DATA when ids differ, and "
+              "the results of a refine run that did not finish.")
 @_option("--force", is_flag=True,
-              help="Use DATA even though it differs from the dataset RESULTS was made from.")
+         help="Use DATA even though it differs from the dataset RESULTS was made from.")
 @_option("--stages", default="2,3,4", callback=lambda c, p, v: _stages(v),
-              help="DR stages reported separately.")
+         help="DR stages reported separately.")
 @_option("--tolerance", default=0.0, type=float,
-              help="A candidate within this distance of a lesion hits it (px).")
+         help="A candidate within this distance of a lesion hits it (px).")
 @_BOOTSTRAP_OPTION
 @_option("--combine", type=click.Choice(maps.COMBINE_MODES),
-              show_default="the run's", help="Recombine S from the stored maps this way.")
+         show_default="the run's", help="Recombine S from the stored maps this way.")
 @_option("--decay", type=float, show_default="the run's",
          help="Recombine S with this decay.")
 @_option("--normalize", type=click.Choice(maps.NORMALIZE_MODES),
-              show_default="the run's", help="Scale of s_0 and S, the same for both.")
+         show_default="the run's", help="Scale of s_0 and S, the same for both.")
 @_option("--lesions", is_flag=True,
-              help="Also say which lesions s_0 and S find at --lesions-fp, which S keeps, loses "
-                   "and gains, and at which iteration each was inpainted: lesions.csv (one row "
-                   "per lesion), lesion_fate.csv and lesion_fate.md.")
+         help="Also say which lesions s_0 and S find at --lesions-fp, which S keeps, loses "
+              "and gains, and at which iteration each was inpainted: lesions.csv (one row "
+              "per lesion), lesion_fate.csv and lesion_fate.md.")
 @_option("--lesions-fp", type=float, show_default="10, the upper end of AS10",
-              help="False positives per image of --lesions' operating point, on each group's "
-                   "own FROC curve.")
+         help="False positives per image of --lesions' operating point, on each group's "
+              "own FROC curve.")
 @_candidate_options
 def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, tolerance, n_boot,
              combine, decay, normalize, lesions, lesions_fp, **candidate_values):
@@ -840,9 +847,9 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
          help="Images to show: comma-separated, or @FILE with one per line.")
 @_option("--rows", "n_rows", default=4, type=int, help="Images when picking automatically.")
 @_option("--format", "formats", default="png,pdf",
-              help="Comma-separated figure formats.")
+         help="Comma-separated figure formats.")
 @_option("--force", is_flag=True,
-              help="Use DATA even though it differs from the dataset RESULTS was made from.")
+         help="Use DATA even though it differs from the dataset RESULTS was made from.")
 def figures_cmd(results, data, out_dir, layout, ids, n_rows, formats, force):
     """Figure-1 panels (image, s_0, S) and per-iteration strips (I_i, s_i, mask_i, p_i)."""
     from dr_saliency.lesions import panels
