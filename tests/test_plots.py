@@ -8,6 +8,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from scipy import ndimage
 
 from dr_saliency.figures import plots
 from dr_saliency.lesions.froc import DEFAULT_RATES, bootstrap, froc
@@ -258,10 +259,15 @@ def test_overlay_panel_outlines_the_lesion_boundary():
     assert np.all(out[ring] == colour)
     # Inside the lesion and away from it nothing changes: the lesion stays visible.
     np.testing.assert_array_equal(out[~ring], plain[~ring])
-    # A dict of masks is their union; a wider outline reaches further.
-    both = plots.overlay_panel(image, smap, lesions={"HE": lesion, "EX": np.zeros_like(lesion)},
-                               outline_width=1)
-    np.testing.assert_array_equal(both, out)
+    # A dict of masks: each type outlined in its own colour; a wider outline reaches further.
+    other = np.zeros((SIZE, SIZE), bool)
+    other[5:9, 5:9] = True
+    both = plots.overlay_panel(image, smap, lesions={"HE": lesion, "EX": other}, outline_width=1)
+    for kind, mask in (("HE", lesion), ("EX", other)):
+        grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool)) & ~mask
+        hue = np.rint(np.array(to_rgb(plots.LESION_COLOURS[kind])) * 255).astype(np.uint8)
+        assert np.all(both[grown] == hue)
+    assert plots.LESION_COLOURS["HE"] != plots.LESION_COLOURS["EX"]
     wide = plots.overlay_panel(image, smap, lesions=lesion, outline_width=2)
     assert np.all(wide[26, 26:38] == colour)
 
