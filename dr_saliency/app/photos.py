@@ -36,6 +36,7 @@ from dr_saliency.core.files import (file_sha256, read_json, refuse_other_outputs
                                     remove_stale_temps, write_figure, write_json, write_text)
 from dr_saliency.core.locks import lock_folder
 from dr_saliency.explain.options import DEFAULT_BATCH_SIZE
+from dr_saliency.figures import overview
 from dr_saliency.fundus import prepare, synth
 from dr_saliency.fundus.datasets import LAYOUTS
 from dr_saliency.fundus.fov import restore_geometry
@@ -50,6 +51,7 @@ __all__ = ["DEFAULT_TOP", "FIGURE_SIDE", "explain_photos"]
 RESULTS_FILE = "results.h5"
 FIGURES = "figures"
 TABLE = "explain"
+PAGE = "index.html"
 
 #: Candidate lesions listed per photograph (CSV columns x1, y1, score1, ...).
 DEFAULT_TOP = 5
@@ -410,7 +412,8 @@ def _graded(row):
 
 
 def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
-    """explain.csv (one row per photograph, top candidates as columns) and explain.json."""
+    """explain.csv (one row per photograph, top candidates as columns), explain.json and the
+    overview page index.html (:mod:`dr_saliency.figures.overview`)."""
     columns = ["id", "path", "width", "height", "p0", "pn", "iterations", "stop_reason",
                "grade", "stage", "referable"]
     # Rows kept from an earlier run (their photograph gone) may list more candidates.
@@ -437,4 +440,13 @@ def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
         "images": rows,
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "ignored": [printable(p) for p in ignored]})
-    return [csv_path, json_path]
+    # The page last: it shows what the tables hold.
+    page = overview.write_overview(
+        os.path.join(out_dir, PAGE), rows, title="dr-saliency explain",
+        skipped=list(skipped) + [(printable(p), "not an image by its suffix") for p in ignored],
+        notes=[f"Grader: {printable(os.path.abspath(model_path))}"
+               + " (trained on synthetic images only)" * any(r.get("bundled_grader") for r in rows),
+               "Grade: the first prediction p0 rounded (0-4); referable: grade 2 or higher. "
+               "Candidates: (x, y) in the photograph's pixels; score: S at the candidate's peak. "
+               "Click a thumbnail for the full figure."])
+    return [csv_path, json_path, page]
