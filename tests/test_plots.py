@@ -524,3 +524,38 @@ def test_froc_figure_legends_sit_under_their_panels_inside_the_figure(froc_pair,
         labels = ax.xaxis.get_tightbbox(renderer)  # None on a panel without x tick labels
         assert labels is None or legend.y1 <= labels.y0 + 1
         assert page.x0 <= legend.x0 and legend.x1 <= page.x1 and page.y0 <= legend.y0
+
+
+def test_candidate_numbers_do_not_overlap():
+    """Five candidates in a clump: every number is drawn, none over another (leader lines)."""
+    row = _row(0)
+    points = np.array([[30, 30], [31, 33], [33, 30], [29, 28], [32, 35]], float)
+    fig = plots.heatmap_panels([{**row, "points": points}], panel_size=2)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    numbers = [t for t in _image_axes(fig)[2].texts if t.get_text().isdigit()]
+    assert sorted(t.get_text() for t in numbers) == ["1", "2", "3", "4", "5"]
+    boxes = [t.get_window_extent(renderer) for t in numbers]
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1:])
+    # One legend names the outlines and the candidate marker; the colour bar names the scale.
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(label.startswith("ground truth") for label in labels)
+    assert any("candidate" in label for label in labels)
+    assert "s_0" in fig.axes[-1].get_ylabel()
+
+
+def test_maps_are_drawn_on_the_scale_of_s0():
+    """A late map ten times weaker than s_0 looks weaker, not as strong (issue 21)."""
+    row = _row(0)
+    fig = plots.heatmap_panels([{**row, "S": row["s0"] * 0.1}])
+    s0, weak = (ax.get_images()[0].get_array() for ax in _image_axes(fig)[1:])
+    blank = plots.overlay_panel(row["image"], np.zeros((SIZE, SIZE))).astype(int)
+    assert np.abs(weak.astype(int) - blank).sum() < 0.5 * np.abs(s0.astype(int) - blank).sum()
+    own = plots.heatmap_panels([{**row, "S": row["s0"] * 0.1}], scale="own")
+    s0_own, weak_own = (ax.get_images()[0].get_array() for ax in _image_axes(own)[1:])
+    np.testing.assert_array_equal(s0_own, weak_own)
+    assert "own" in own.axes[-1].get_ylabel()
