@@ -15,7 +15,7 @@ from dr_saliency.lesions import candidates as cand_lib
 from dr_saliency.refinement.erase import Eraser
 from dr_saliency.figures import plots
 from dr_saliency.core.maps import Combination
-from dr_saliency.lesions.localize import LESION_TYPES, check_dataset
+from dr_saliency.lesions.localize import LESION_TYPES, check_dataset, lesion_union
 from dr_saliency.refinement.store import ResultStore
 
 #: Written last into a figures folder: the chosen ids and the figure files (its presence means
