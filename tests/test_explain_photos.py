@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from dr_saliency.app.cli import cli
+from dr_saliency.core.grades import STAGE_NAMES
 from dr_saliency.grader import model as model_lib
 from dr_saliency.refinement.store import ResultStore
 from tests.test_preprocess import fundus
@@ -168,6 +169,20 @@ def test_explain_bundled_examples_prints_nothing_from_tensorflow(tmp_path):
     n = len([f for f in os.listdir(examples) if os.path.isfile(os.path.join(examples, f))])
     assert f"{n} photographs explained" in proc.stdout
     assert len(os.listdir(os.path.join(out, "figures"))) == n
+    # The table's grade, stage name and referable follow core/grades from p0.
+    with open(os.path.join(out, "explain.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[8:11] == ["grade", "stage", "referable"]
+    for row in rows:
+        grade = int(np.clip(np.rint(float(row["p0"])), 0, 4))
+        assert (int(row["grade"]), row["referable"]) == (grade, str(grade >= 2))
+        assert row["stage"] == STAGE_NAMES[grade]
+    table = json.load(open(os.path.join(out, "explain.json")))
+    assert all(r["bundled_grader"] for r in table["images"])
+    # The overview page: one row per photograph, each with its embedded thumbnail.
+    page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
+    assert page.count('<img class="thumb"') == n
+    assert "trained on synthetic images only" in page
 
 
 @pytest.mark.slow

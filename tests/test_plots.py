@@ -8,6 +8,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from scipy import ndimage
 
 from dr_saliency.figures import plots
 from dr_saliency.lesions.froc import DEFAULT_RATES, bootstrap, froc
@@ -258,10 +259,15 @@ def test_overlay_panel_outlines_the_lesion_boundary():
     assert np.all(out[ring] == colour)
     # Inside the lesion and away from it nothing changes: the lesion stays visible.
     np.testing.assert_array_equal(out[~ring], plain[~ring])
-    # A dict of masks is their union; a wider outline reaches further.
-    both = plots.overlay_panel(image, smap, lesions={"HE": lesion, "EX": np.zeros_like(lesion)},
-                               outline_width=1)
-    np.testing.assert_array_equal(both, out)
+    # A dict of masks: each type outlined in its own colour; a wider outline reaches further.
+    other = np.zeros((SIZE, SIZE), bool)
+    other[5:9, 5:9] = True
+    both = plots.overlay_panel(image, smap, lesions={"HE": lesion, "EX": other}, outline_width=1)
+    for kind, mask in (("HE", lesion), ("EX", other)):
+        grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool)) & ~mask
+        hue = np.rint(np.array(to_rgb(plots.LESION_COLOURS[kind])) * 255).astype(np.uint8)
+        assert np.all(both[grown] == hue)
+    assert plots.LESION_COLOURS["HE"] != plots.LESION_COLOURS["EX"]
     wide = plots.overlay_panel(image, smap, lesions=lesion, outline_width=2)
     assert np.all(wide[26, 26:38] == colour)
 
@@ -518,3 +524,38 @@ def test_froc_figure_legends_sit_under_their_panels_inside_the_figure(froc_pair,
         labels = ax.xaxis.get_tightbbox(renderer)  # None on a panel without x tick labels
         assert labels is None or legend.y1 <= labels.y0 + 1
         assert page.x0 <= legend.x0 and legend.x1 <= page.x1 and page.y0 <= legend.y0
+
+
+def test_candidate_numbers_do_not_overlap():
+    """Five candidates in a clump: every number is drawn, none over another (leader lines)."""
+    row = _row(0)
+    points = np.array([[30, 30], [31, 33], [33, 30], [29, 28], [32, 35]], float)
+    fig = plots.heatmap_panels([{**row, "points": points}], panel_size=2)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    numbers = [t for t in _image_axes(fig)[2].texts if t.get_text().isdigit()]
+    assert sorted(t.get_text() for t in numbers) == ["1", "2", "3", "4", "5"]
+    boxes = [t.get_window_extent(renderer) for t in numbers]
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1:])
+    # One legend names the outlines and the candidate marker; the colour bar names the scale.
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(label.startswith("ground truth") for label in labels)
+    assert any("candidate" in label for label in labels)
+    assert "s_0" in fig.axes[-1].get_ylabel()
+
+
+def test_maps_are_drawn_on_the_scale_of_s0():
+    """A late map ten times weaker than s_0 looks weaker, not as strong (issue 21)."""
+    row = _row(0)
+    fig = plots.heatmap_panels([{**row, "S": row["s0"] * 0.1}])
+    s0, weak = (ax.get_images()[0].get_array() for ax in _image_axes(fig)[1:])
+    blank = plots.overlay_panel(row["image"], np.zeros((SIZE, SIZE))).astype(int)
+    assert np.abs(weak.astype(int) - blank).sum() < 0.5 * np.abs(s0.astype(int) - blank).sum()
+    own = plots.heatmap_panels([{**row, "S": row["s0"] * 0.1}], scale="own")
+    s0_own, weak_own = (ax.get_images()[0].get_array() for ax in _image_axes(own)[1:])
+    np.testing.assert_array_equal(s0_own, weak_own)
+    assert "own" in own.axes[-1].get_ylabel()

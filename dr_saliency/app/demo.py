@@ -88,9 +88,48 @@ def run_demo(out, *, profile="quick", seed=None, on_step=None, on_progress=None)
         shown = (read_json(os.path.join(out, "figures", "done.json")) or {}).get("ids")
         with ResultStore(os.path.join(out, "refine.h5")) as store:
             by_rule = example_ids(store.complete_ids(), PROFILES[profile]["figure_rows"])
-        return reports.write_demo_report(out, profile=profile, timings=timings,
-                                         choice_seed=CHOICE_SEED,
-                                         examples_rule=EXAMPLES_RULE if shown == by_rule else None)
+        report = reports.write_demo_report(out, profile=profile, timings=timings,
+                                           choice_seed=CHOICE_SEED,
+                                           examples_rule=EXAMPLES_RULE if shown == by_rule else None)
+        write_page(out)
+        return report
+
+
+def write_page(out, top=5):
+    """The demo's overview page ``out/index.html``: one row per refined test image (its
+    iteration strip as thumbnail where the figures step drew one, its top candidates of S)."""
+    from dr_saliency.figures import overview
+    from dr_saliency.fundus.datasets import open_dataset
+    from dr_saliency.lesions.localize import image_candidates
+    from dr_saliency.refinement.store import ResultStore
+
+    by_id = {rec.id: rec for rec in open_dataset(os.path.join(out, "data"))}
+    rows = []
+    with ResultStore(os.path.join(out, "refine.h5")) as store:
+        for image_id in store.complete_ids():
+            result, rec = store.read(image_id), by_id.get(image_id)
+            candidates = []
+            if rec is not None:
+                image = rec.load_image()
+                found, _ = image_candidates(result, image, rec.load_fov(image))
+                candidates = [{"x": round(float(c), 1), "y": round(float(r), 1),
+                               "score": round(float(v), 4)} for r, c, v in found["S"][:top]]
+            figure = os.path.join(out, "figures", f"iterations_{image_id}.png")
+            rows.append({"id": image_id, "p0": float(result.predictions[0]),
+                         "pn": float(result.predictions[-1]), "iterations": result.iterations,
+                         "stop_reason": result.stop_reason, "candidates": candidates,
+                         "figure": figure if os.path.isfile(figure) else "",
+                         "extra": "" if rec is None or rec.grade is None
+                         else f"true stage {rec.grade}"})
+    rows.sort(key=lambda r: (not r["figure"], r["id"]))  # the drawn examples first
+    done = read_json(os.path.join(out, "refine.done.json")) or {}
+    skipped = [tuple(s) for s in done.get("skipped", []) if len(s) == 2]
+    return overview.write_overview(
+        os.path.join(out, "index.html"), rows, title="dr-saliency demo", skipped=skipped,
+        notes=["Referable test images of the synthetic data, refined by the demo's grader "
+               "(trained on synthetic images only). See REPORT.md and figures/figure1_panels.png.",
+               "Grade: p0 rounded (0-4); referable: grade 2 or higher. Candidates: (x, y) in "
+               "pixels, score: S at the candidate's peak."])
 
 
 def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=None):

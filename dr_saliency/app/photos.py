@@ -31,10 +31,12 @@ import cv2
 import numpy as np
 
 from dr_saliency.core.errors import BadImageError
+from dr_saliency.core.grades import STAGE_NAMES, is_referable, to_grades
 from dr_saliency.core.files import (file_sha256, read_json, refuse_other_outputs,
                                     remove_stale_temps, write_figure, write_json, write_text)
 from dr_saliency.core.locks import lock_folder
 from dr_saliency.explain.options import DEFAULT_BATCH_SIZE
+from dr_saliency.figures import overview
 from dr_saliency.fundus import prepare, synth
 from dr_saliency.fundus.datasets import LAYOUTS
 from dr_saliency.fundus.fov import restore_geometry
@@ -49,6 +51,7 @@ __all__ = ["DEFAULT_TOP", "FIGURE_SIDE", "explain_photos"]
 RESULTS_FILE = "results.h5"
 FIGURES = "figures"
 TABLE = "explain"
+PAGE = "index.html"
 
 #: Candidate lesions listed per photograph (CSV columns x1, y1, score1, ...).
 DEFAULT_TOP = 5
@@ -56,6 +59,9 @@ DEFAULT_TOP = 5
 #: Longest side, in pixels, of the photograph as drawn in a figure: a 4288 px photograph drawn
 #: at full size would make a 30 MB PNG and show nothing more at screen size.
 FIGURE_SIDE = 1024
+
+#: What a figure looks like, in its signature: a figure drawn in an older style is redrawn.
+FIGURE_STYLE = 2
 
 #: The PNG text key holding what a figure shows (:func:`_signature`): a figure is redrawn when
 #: its row says otherwise (another --top, another photograph, other results).
@@ -160,7 +166,8 @@ def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_b
     by_id = {p.id: p.name for p in photos}
     skipped = [(by_id[image_id], message) for image_id, message in summary["skipped"]]
     bad = {image_id for image_id, _ in summary["skipped"]}
-    report = _Report(out_dir, grader["size"], top, options, skip_bad, skipped, on_image)
+    report = _Report(out_dir, grader["size"], top, options, skip_bad, skipped, on_image,
+                     _is_bundled(model_path))
     rows, earlier = report.rows(store_path, [p for p in photos if p.id not in bad],
                                 on_progress)
     paths = _write_tables(out_dir, rows, top, skipped, ignored, model_path)
@@ -168,6 +175,17 @@ def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_b
             "already_done": summary["already_done"],
             "replaced": len(redo - bad), "earlier": earlier, "paths": paths,
             "seconds": time.time() - start}
+
+
+def _is_bundled(model_path):
+    """Whether ``model_path`` holds the bundled grader (by content: any copy of it counts)."""
+    from dr_saliency.grader.model import bundled_model_path
+
+    bundled = bundled_model_path()
+    try:
+        return os.path.samefile(model_path, bundled) or file_sha256(model_path) == file_sha256(bundled)
+    except OSError:
+        return False
 
 
 def _same_model(store_path, params):
@@ -208,8 +226,9 @@ def _changed(store_path, photos):
 class _Report:
     """Phase 2: the row (and the figure) of every photograph in the store."""
 
-    def __init__(self, out_dir, size, top, options, skip_bad, skipped, on_image):
+    def __init__(self, out_dir, size, top, options, skip_bad, skipped, on_image, bundled):
         self.figures = os.path.join(out_dir, FIGURES)
+        self.bundled = bundled
         self.previous = _previous_rows(out_dir)
         self.size, self.top, self.options = size, top, options
         self.skip_bad, self.skipped, self.on_image = skip_bad, skipped, on_image
@@ -270,7 +289,7 @@ class _Report:
             if figure and (not os.path.isfile(figure)
                            or _figure_signature(figure) not in (None, _signature(row))):
                 row = {**row, "figure": ""}
-            return row
+            return _graded(row)
         self.skip(image_id, printable(path or image_id),
                   "refined by an earlier run, but its photograph is gone or changed and the "
                   "earlier table has no row for it: not listed")
@@ -292,16 +311,19 @@ class _Report:
         candidates = [{"x": round(float(x), 1), "y": round(float(y), 1),
                        "score": round(float(s), 4)} for x, y, s in zip(xs, ys, best[:, 2])]
         predictions = [float(p) for p in result.predictions]
+        # The photograph's grade is that of its first prediction, p0 (core/grades: one rule).
+        grade = int(to_grades(predictions[0]))
         row = {"id": photo.id, "path": photo.name, "width": photo.shape[1],
                "height": photo.shape[0], "p0": round(predictions[0], 4),
                "pn": round(predictions[-1], 4), "iterations": int(result.iterations),
-               "stop_reason": result.stop_reason, "candidates": candidates,
-               "sha256": photo.sha256,
+               "stop_reason": result.stop_reason, "grade": grade, "stage": STAGE_NAMES[grade],
+               "referable": bool(is_referable(predictions[0])), "candidates": candidates,
+               "bundled_grader": self.bundled, "sha256": photo.sha256,
                "figure": os.path.join(self.figures, _figure_name(self.figures, photo.id))}
         signature = _signature(row)
         if _figure_signature(row["figure"]) != signature:
-            _write_figure(row["figure"], picture, photo, maps, np.stack([ys, xs], axis=1),
-                          result, signature)
+            _write_figure(row, picture, photo, maps, np.stack([ys, xs], axis=1), result,
+                          signature)
         return row
 
 
@@ -319,7 +341,7 @@ def _signature(row):
     """What a photograph's figure shows, as a digest of its row (everything but where the files
     are) and the figure's size."""
     shown = {k: v for k, v in row.items() if k not in ("path", "figure")}
-    text = json.dumps({"row": shown, "side": FIGURE_SIDE}, sort_keys=True)
+    text = json.dumps({"row": shown, "side": FIGURE_SIDE, "style": FIGURE_STYLE}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -350,10 +372,10 @@ def _figure_name(folder, image_id):
     return f"{keep.decode('utf-8', 'ignore')}~{digest}.png"
 
 
-def _write_figure(path, picture, photo, maps, points, result, signature):
+def _write_figure(row, picture, photo, maps, points, result, signature):
     """Photograph | s_0 over it | S over it with the numbered candidates (``points``, (K, 2)
-    (row, col) in the photograph's pixels), drawn at FIGURE_SIDE; ``signature`` (what it shows,
-    :func:`_signature`) is kept in the PNG."""
+    (row, col) in the photograph's pixels), drawn at FIGURE_SIDE on the scale the maps are scored
+    on; ``signature`` (what it shows, :func:`_signature`) is kept in the PNG."""
     from dr_saliency.figures import plots
 
     height, width = picture.shape[:2]
@@ -364,18 +386,36 @@ def _write_figure(path, picture, photo, maps, points, result, signature):
     shown = cv2.resize(picture, shape[::-1], interpolation=cv2.INTER_AREA)
     drawn = {name: cv2.resize(restore_geometry(m, photo.box, (height, width)), shape[::-1],
                               interpolation=cv2.INTER_AREA) for name, m in maps.items()}
+    if result.iterations == 0:
+        # Not refined (graded not referable at once, or an empty first mask): S is s_0.
+        why = "graded not referable" if result.stop_reason == "not_referable" else result.stop_reason
+        refined = f"$S = s_0$ ({why}:\nnot refined), top candidates"
+    else:
+        refined = f"$S$ (refined, {result.iterations} it.), top candidates"
     fig = plots.heatmap_panels(
         [{"image": shown, "s0": drawn["s0"], "S": drawn["S"], "points": (points + 0.5) * k - 0.5}],
-        titles=("Photograph", "$s_0$ (first map)", "$S$ (refined), top candidates"),
-        panel_size=3.2)
+        titles=("Photograph", "$s_0$ (first map)", refined), panel_size=3.2,
+        note="grader trained on synthetic images only (the bundled grader)"
+        if row["bundled_grader"] else None)
+    referable = "referable" if row["referable"] else "not referable"
     # The trajectory is the regression's output; rounded to 2 or more it is referable (core/grades).
-    fig.suptitle(f"{photo.id}: predicted grade {describe(result)}", fontsize=10)
-    write_figure(fig, path, dpi=150, metadata={FIGURE_KEY: signature})
+    fig.suptitle(f"{photo.id}: grade {row['grade']} ({row['stage']}, {referable}); "
+                 f"predicted {describe(result)}", fontsize=10)
+    write_figure(fig, row["figure"], dpi=150, metadata={FIGURE_KEY: signature})
+
+
+def _graded(row):
+    """A row of an earlier version's table, with the grade, stage and referable of its p0."""
+    grade = int(to_grades(row["p0"]))
+    return {"grade": grade, "stage": STAGE_NAMES[grade],
+            "referable": bool(is_referable(row["p0"])), **row}
 
 
 def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
-    """explain.csv (one row per photograph, top candidates as columns) and explain.json."""
-    columns = ["id", "path", "width", "height", "p0", "pn", "iterations", "stop_reason"]
+    """explain.csv (one row per photograph, top candidates as columns), explain.json and the
+    overview page index.html (:mod:`dr_saliency.figures.overview`)."""
+    columns = ["id", "path", "width", "height", "p0", "pn", "iterations", "stop_reason",
+               "grade", "stage", "referable"]
     # Rows kept from an earlier run (their photograph gone) may list more candidates.
     top = max([top] + [len(row["candidates"]) for row in rows])
     for k in range(1, top + 1):
@@ -384,7 +424,7 @@ def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        cells = [row[c] for c in columns[:8]]
+        cells = [row[c] for c in columns[:11]]
         for k in range(top):
             c = row["candidates"][k] if k < len(row["candidates"]) else {}
             cells += [c.get("x", ""), c.get("y", ""), c.get("score", "")]
@@ -400,4 +440,13 @@ def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
         "images": rows,
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "ignored": [printable(p) for p in ignored]})
-    return [csv_path, json_path]
+    # The page last: it shows what the tables hold.
+    page = overview.write_overview(
+        os.path.join(out_dir, PAGE), rows, title="dr-saliency explain",
+        skipped=list(skipped) + [(printable(p), "not an image by its suffix") for p in ignored],
+        notes=[f"Grader: {printable(os.path.abspath(model_path))}"
+               + " (trained on synthetic images only)" * any(r.get("bundled_grader") for r in rows),
+               "Grade: the first prediction p0 rounded (0-4); referable: grade 2 or higher. "
+               "Candidates: (x, y) in the photograph's pixels; score: S at the candidate's peak. "
+               "Click a thumbnail for the full figure."])
+    return [csv_path, json_path, page]

@@ -33,7 +33,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dr_saliency.core.checks import check_fov, check_image, check_saliency_map, is_int, is_real
-from dr_saliency.core.maps import normalize_map
+from dr_saliency.core.maps import NORMALIZE_PERCENTILE, normalize_map, normalize_maps
 
 #: Okabe & Ito (2008) colour-blind-safe palette.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -50,8 +50,26 @@ SALIENCY_CMAP = "inferno"
 #: inferno's black-red-yellow.
 LESION_COLOUR = "#56B4E9"
 
-#: Colour of the binarised masks in :func:`iteration_strip`: Okabe-Ito bluish green.
-MASK_COLOUR = "#009E73"
+#: Ground-truth outline colour of each lesion type (Okabe-Ito): sky blue, bluish green, reddish
+#: purple, yellow; a type not listed takes the next of :data:`OKABE_ITO`. One colour per type in
+#: every figure, named in its legend.
+LESION_COLOURS = {"MA": "#56B4E9", "HE": "#009E73", "EX": "#CC79A7", "SE": "#F0E442"}
+
+#: Legend names of the lesion types.
+LESION_NAMES = {"MA": "microaneurysms", "HE": "haemorrhages", "EX": "hard exudates",
+                "SE": "soft exudates"}
+
+#: Predicted candidates: white open squares with a black rim, numbered by rank, so they read
+#: apart from the coloured ground-truth outlines on the image and on inferno alike.
+CANDIDATE_COLOUR = "white"
+CANDIDATE_MARKER = "s"
+
+#: Colour of the binarised masks in :func:`iteration_strip`: Okabe-Ito blue (the lesion types
+#: have the other colours).
+MASK_COLOUR = "#0072B2"
+
+#: Colour bar label of maps drawn on s_0's scale (:func:`heatmap_panels`, :func:`iteration_strip`).
+SHARED_SCALE_LABEL = "saliency on the scored scale,\n÷ robust max of $s_0$ (per image)"
 
 #: FP/image rates of the 7-point FROC score, marked on the curves (CAMELYON16, LUNA16); equal to
 #: ``dr_saliency.lesions.froc.DEFAULT_RATES`` (repeated so that importing this module stays light).
@@ -353,6 +371,37 @@ def _check_lesions(lesions, shape, name="lesions"):
     return array
 
 
+def _lesion_layers(lesions, shape, name="lesions"):
+    """``{type: (H, W) bool}`` of the lesions to outline, each type in its own colour: a dict of
+    masks as given (types in :data:`LESION_COLOURS` order first), a bare mask as ``{"lesions":
+    mask}``; None: {}."""
+    if lesions is None:
+        return {}
+    if not isinstance(lesions, collections.abc.Mapping):
+        return {"lesions": _check_lesions(lesions, shape, name)}
+    order = sorted(lesions, key=lambda t: (list(LESION_COLOURS).index(t)
+                                           if t in LESION_COLOURS else len(LESION_COLOURS), str(t)))
+    return {t: _check_lesions(lesions[t], shape, f"{name}[{t!r}]") for t in order}
+
+
+def lesion_colour(kind):
+    """The outline colour of a lesion type (:data:`LESION_COLOURS`; a bare mask, ``"lesions"``,
+    in MA's sky blue; another type a colour of :data:`OKABE_ITO` chosen by its name)."""
+    if kind in LESION_COLOURS:
+        return LESION_COLOURS[kind]
+    if kind == "lesions":
+        return LESION_COLOUR
+    spare = [c for c in OKABE_ITO if c not in LESION_COLOURS.values() and c != MASK_COLOUR]
+    return spare[sum(map(ord, str(kind))) % len(spare)]
+
+
+def _outline_layers(rgb, layers, width):
+    """Float RGB with every layer's outline drawn in its type's colour."""
+    for kind, mask in layers.items():
+        rgb = _draw_outline(rgb, mask, lesion_colour(kind), width)
+    return rgb
+
+
 def _rgb(colour):
     from matplotlib.colors import to_rgb
 
@@ -404,23 +453,41 @@ def _to_uint8(rgb):
     return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
 
 
-def _normalized(saliency_map, fov, shape, name):
-
+def _normalized(saliency_map, fov, shape, name, vmax=None):
+    """The map in [0, 1]: divided by ``vmax`` (clipped), or by its own robust maximum."""
     smap = check_saliency_map(saliency_map, name)
     fov = check_fov(fov, shape, "fov")
     if smap.shape != tuple(shape):
         raise ValueError(f"Expected a saliency map of the image's shape {tuple(shape)}. "
                          f"Received: {name}.shape={smap.shape}")
-    return normalize_map(smap, fov), fov
+    if vmax is None:
+        return normalize_map(smap, fov), fov
+    out = np.clip(smap / np.float32(vmax), 0, 1).astype(np.float32)
+    out[~fov] = 0
+    return out, fov
+
+
+def shared_vmax(s0, fov=None):
+    """The value maps of one image are drawn up to: s_0's robust maximum inside the FOV (the
+    scale :func:`dr_saliency.core.maps.normalize_maps` calls ``"image"``), so that a later map
+    weaker than s_0 looks weaker; 1.0 where s_0 has no positive value."""
+    smap = check_saliency_map(s0, "s0")
+    fov = check_fov(fov, smap.shape, "fov")
+    values = smap[fov]
+    values = values[values > 0]
+    if not values.size:
+        return 1.0
+    # As core.maps's robust maximum (numpy's linear-interpolation percentile).
+    return float(np.percentile(values, NORMALIZE_PERCENTILE))
 
 
 def overlay_panel(image, saliency_map, *, fov=None, lesions=None, alpha=0.9, gamma=0.75,
                   cmap=SALIENCY_CMAP, desaturate=0.85, brightness=0.8,
-                  outline_colour=LESION_COLOUR, outline_width=None):
+                  outline_colour=None, outline_width=None, vmax=None):
     """A saliency map drawn over its image, as an RGB array ready for ``imshow`` or saving.
 
-    The map is scaled to [0, 1] by its robust maximum inside the FOV
-    (:func:`dr_saliency.core.maps.normalize_map`), coloured with ``cmap`` and blended over the image
+    The map is scaled to [0, 1] by ``vmax`` (clipped), or without one by its own robust maximum
+    inside the FOV (:func:`dr_saliency.core.maps.normalize_map`), coloured with ``cmap`` and blended over the image
     with a per-pixel opacity ``alpha * n ** gamma``: salient pixels show the colour map, the rest
     the image. The image is first partly desaturated so that the fundus's own reds and oranges do
     not read as saliency, and dimmed so that bright exudates stay darker than the colour map's
@@ -431,15 +498,18 @@ def overlay_panel(image, saliency_map, *, fov=None, lesions=None, alpha=0.9, gam
         image: (H, W, 3) uint8 RGB.
         saliency_map: (H, W) real, finite, larger = more salient.
         fov: (H, W) bool field of view, or None (whole image). The map is 0 outside it.
-        lesions: (H, W) bool union of lesion masks, a dict of such masks, or None.
+        lesions: (H, W) bool union of lesion masks, a dict ``{type: mask}`` (each type
+            outlined in its colour, :func:`lesion_colour`), or None.
         alpha: float in [0, 1], opacity of the colour map where the map is 1.
         gamma: float > 0, opacity exponent (< 1 makes moderately salient pixels more visible).
         cmap: matplotlib colour map name.
         desaturate: float in [0, 1], how far the image is moved toward its grey level.
         brightness: float in [0, 1], factor on the image under the map.
-        outline_colour: matplotlib colour of the lesion outlines.
+        outline_colour: matplotlib colour of every lesion outline; None: each type its own.
         outline_width: int >= 1, outline width in pixels; None: 1 px per 320 px of image side
             (at least 1), so that outlines stay visible when a large image is shown small.
+        vmax: float > 0, the map value drawn at the colour map's top (a shared scale, e.g.
+            s_0's robust maximum); None: the map's own robust maximum.
 
     Returns:
         (H, W, 3) uint8 RGB.
@@ -462,22 +532,27 @@ def overlay_panel(image, saliency_map, *, fov=None, lesions=None, alpha=0.9, gam
         outline_width = _auto_width(shape)
     if not is_int(outline_width) or outline_width < 1:
         raise ValueError(f"Expected an integer outline_width >= 1. Received: outline_width={outline_width!r}")
-    n, _ = _normalized(saliency_map, fov, shape, "saliency_map")
-    lesions = _check_lesions(lesions, shape)
+    if vmax is not None and (not is_real(vmax) or not 0 < vmax < np.inf):
+        raise ValueError(f"Expected a finite vmax > 0. Received: vmax={vmax!r}")
+    n, _ = _normalized(saliency_map, fov, shape, "saliency_map", vmax)
+    layers = _lesion_layers(lesions, shape)
     colours = matplotlib.colormaps[cmap](n)[..., :3].astype(np.float32)
     base = image.astype(np.float32) / 255
     grey = base @ np.array([0.299, 0.587, 0.114], np.float32)
     base = brightness * ((1 - desaturate) * base + desaturate * grey[..., None])
     weight = (alpha * n ** gamma)[..., None]
     out = (1 - weight) * base + weight * colours
-    return _to_uint8(_draw_outline(out, lesions, outline_colour, outline_width))
+    if outline_colour is not None:
+        return _to_uint8(_draw_outline(out, _check_lesions(lesions, shape), outline_colour,
+                                       outline_width))
+    return _to_uint8(_outline_layers(out, layers, outline_width))
 
 
-def _heat(saliency_map, fov, shape, name, cmap=SALIENCY_CMAP):
+def _heat(saliency_map, fov, shape, name, cmap=SALIENCY_CMAP, vmax=None):
     """A plain colour-mapped map (no image under it), black outside the FOV."""
     import matplotlib
 
-    n, fov = _normalized(saliency_map, fov, shape, name)
+    n, fov = _normalized(saliency_map, fov, shape, name, vmax)
     rgb = matplotlib.colormaps[cmap](n)[..., :3].astype(np.float32)
     rgb[~fov] = 0
     return rgb
@@ -501,13 +576,14 @@ def _bare(ax):
         spine.set_visible(False)
 
 
-def _saliency_colorbar(fig, axes, cmap=SALIENCY_CMAP, **kwargs):
+def _saliency_colorbar(fig, axes, cmap=SALIENCY_CMAP, label=SHARED_SCALE_LABEL, **kwargs):
+    """One colour bar for the figure's maps, saying what scale they are drawn on."""
     import matplotlib
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
     mappable = ScalarMappable(norm=Normalize(0, 1), cmap=matplotlib.colormaps[cmap])
-    bar = fig.colorbar(mappable, ax=axes, label="saliency (scaled)", **kwargs)
+    bar = fig.colorbar(mappable, ax=axes, label=label, extend="max", **kwargs)
     bar.set_ticks([0, 0.5, 1])
     return bar
 
@@ -515,22 +591,29 @@ def _saliency_colorbar(fig, axes, cmap=SALIENCY_CMAP, **kwargs):
 _ROW_KEYS = ("image", "s0", "S")
 
 
-def heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), outline_maps=False, panel_size=1.9):
+def heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), outline_maps=False, panel_size=1.9,
+                   scale="s0", note=None):
     """Image / ``s_0`` / ``S`` rows, as in González-Gonzalo et al. (2018), Figure 1.
 
-    Each row is one image: (a) the image, with its lesions outlined when given; (b) ``s_0`` and (c)
-    ``S`` over the image (:func:`overlay_panel`). The row label (id, stage, predictions) is written
-    to the left of the row. One colour bar for the figure; no ticks.
+    Each row is one image: (a) the image, with its lesions outlined (one colour per type) when
+    given; (b) ``s_0`` and (c) ``S`` over the image (:func:`overlay_panel`). With ``scale="s0"``
+    both maps of a row are drawn on one scale, up to s_0's robust maximum (:func:`shared_vmax`):
+    pass the maps as they are scored (``Combination.scored``), and a weak S looks weak. The
+    row label (id, stage, predictions) is written to the left of the row. One colour bar for the
+    figure, saying the scale; one legend naming the outlines and the candidate marker; no ticks.
 
     Args:
         rows: list of dicts, one per image, with keys ``image`` ((H, W, 3) uint8 RGB), ``s0`` and
             ``S`` ((H, W) float maps), and optionally ``fov`` ((H, W) bool), ``lesions`` ((H, W)
-            bool union of lesion masks, a dict of masks, or None), ``label`` (str, e.g.
+            bool union of lesion masks, a dict ``{type: mask}``, or None), ``label`` (str, e.g.
             ``"synth_00012, stage 3, 3.1 -> 0.9"``; a newline is allowed) and ``points``
             ((K, 2) ``(row, col)`` of lesion candidates, marked and numbered 1..K on ``S``).
         titles: three column titles (mathtext allowed).
         outline_maps: also outline the lesions on the two maps.
         panel_size: float, side of one panel in inches.
+        scale: ``"s0"`` (both maps of a row up to s_0's robust maximum) or ``"own"`` (each map
+            up to its own: the colour bar says so).
+        note: optional str written under the figure (e.g. what the grader was trained on).
 
     Returns:
         matplotlib Figure with ``3 * len(rows)`` image axes and a colour bar axes.
@@ -545,18 +628,25 @@ def heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), outline_maps=False
         raise ValueError(f"Expected three titles. Received: titles={titles!r}")
     if not is_real(panel_size) or not panel_size > 0:
         raise ValueError(f"Expected panel_size > 0. Received: panel_size={panel_size!r}")
-    panels = []
+    if scale not in ("s0", "own"):
+        raise ValueError(f"Expected scale in ('s0', 'own'). Received: scale={scale!r}")
+    panels, kinds = [], {}
     for r, row in enumerate(rows):
         if not isinstance(row, collections.abc.Mapping) or any(k not in row for k in _ROW_KEYS):
             keys = sorted(row) if isinstance(row, collections.abc.Mapping) else type(row).__name__
             raise ValueError(f"Expected rows[{r}] to be a dict with keys {_ROW_KEYS} (and optionally "
                              f"fov, lesions, label). Received: rows[{r}] keys={keys}")
         image = check_image(row["image"], f"rows[{r}]['image']")
-        lesions = _check_lesions(row.get("lesions"), image.shape[:2], f"rows[{r}]['lesions']")
-        shown = _to_uint8(_draw_outline(image.astype(np.float32) / 255, lesions, LESION_COLOUR,
-                                        _auto_width(image.shape[:2])))
-        maps = [overlay_panel(image, row[key], fov=row.get("fov"),
-                              lesions=lesions if outline_maps else None) for key in ("s0", "S")]
+        layers = _lesion_layers(row.get("lesions"), image.shape[:2], f"rows[{r}]['lesions']")
+        kinds.update((kind, None) for kind, mask in layers.items())
+        shown = _to_uint8(_outline_layers(image.astype(np.float32) / 255, layers,
+                                          _auto_width(image.shape[:2])))
+        vmax = None
+        if scale == "s0":
+            check_saliency_map(row["s0"], f"rows[{r}]['s0']")
+            vmax = shared_vmax(row["s0"], check_fov(row.get("fov"), np.shape(row["s0"]), "fov"))
+        maps = [overlay_panel(image, row[key], fov=row.get("fov"), vmax=vmax,
+                              lesions=layers if outline_maps else None) for key in ("s0", "S")]
         points = np.asarray(row.get("points", np.zeros((0, 2))), dtype=np.float64)
         if points.ndim != 2 or points.shape[1] != 2 or not np.all(np.isfinite(points)):
             raise ValueError(f"Expected rows[{r}]['points'] as a (K, 2) array of (row, col). "
@@ -576,28 +666,92 @@ def heatmap_panels(rows, *, titles=("Image", "$s_0$", "$S$"), outline_maps=False
         _mark_points(axes[r, 2], points, images[0].shape[:2])
         if label:
             axes[r, 0].set_ylabel(str(label), fontsize=8)
-    _saliency_colorbar(fig, axes, shrink=min(0.9, 0.9 / len(rows) ** 0.5), aspect=15, pad=0.02)
+    bar_label = (SHARED_SCALE_LABEL if scale == "s0"
+                 else "saliency, each map ÷ its own\nrobust max (rescaled per panel)")
+    _saliency_colorbar(fig, axes, shrink=min(0.9, 0.9 / len(rows) ** 0.5), aspect=15, pad=0.02,
+                       label=bar_label)
+    has_points = any(len(p) for _, _, p in panels)
+    _legend(fig, list(kinds), candidates=has_points, note=note)
     return fig
 
 
+def _legend(fig, kinds, *, candidates=False, masks=False, note=None):
+    """One legend under the figure: the ground-truth outline colour of each lesion type, the
+    candidate marker, the masks; ``note`` as its last line."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor="none", edgecolor=lesion_colour(k), linewidth=1.5,
+                     label=f"ground truth: {LESION_NAMES.get(k, k)}") for k in kinds]
+    if candidates:
+        handles.append(Line2D([], [], ls="none", marker=CANDIDATE_MARKER, ms=6, mfc="none",
+                              mec=CANDIDATE_COLOUR, markeredgewidth=1.2,
+                              label="predicted candidate, numbered by score (S at its peak)"))
+    if masks:
+        handles.append(Patch(facecolor=MASK_COLOUR, alpha=0.6,
+                             label="mask$_i$: pixels of $s_i$ above the threshold, inpainted "
+                                   "to make $I_{i+1}$"))
+    if note:
+        handles.append(Patch(facecolor="none", edgecolor="none", label=note))
+    if handles:
+        legend = fig.legend(handles=handles, loc="outside lower center", frameon=False,
+                            ncols=min(2, len(handles)), fontsize=7, handlelength=1.6)
+        # The candidate marker is white: a grey face behind the legend keeps it visible.
+        if candidates:
+            legend.get_frame().set(facecolor="0.55", alpha=1, visible=True, linewidth=0)
+    return handles
+
+
+def _label_spots(points, shape, gap):
+    """Where to write each candidate's number: ``(x, y)`` text positions, near its point but
+    clear of every point and of the numbers placed before it (greedy, rings of growing radius,
+    inside the image); a number moved off its ring 1 gets a leader line."""
+    height, width = shape
+    directions = [(1, -1), (-1, -1), (1, 1), (-1, 1), (0, -1.4), (1.4, 0), (0, 1.4), (-1.4, 0)]
+    placed, spots = [], []
+    for row, col in points:
+        best = None
+        for ring in (1, 2, 3, 4):
+            for dx, dy in directions:
+                x, y = col + dx * gap * ring, row + dy * gap * ring
+                if not (gap * 0.5 <= x <= width - gap * 0.5 and gap * 0.5 <= y <= height - gap * 0.5):
+                    continue
+                clear = all(abs(x - px) > 1.3 * gap or abs(y - py) > gap for px, py in placed)
+                clear = clear and all(math.hypot(x - c, y - r) > 0.9 * gap for r, c in points)
+                if clear:
+                    best = (x, y, ring)
+                    break
+            if best:
+                break
+        if best is None:  # a crowd: the last ring's first direction, inside the image
+            best = (min(max(col + gap * 4, gap), width - gap), max(row - gap * 4, gap), 4)
+        placed.append(best[:2])
+        spots.append(best)
+    return spots
+
+
 def _mark_points(ax, points, shape):
-    """Open circles numbered by rank at (row, col) points; the axes keep the image's extent."""
+    """Candidates: open squares numbered by rank at (row, col) points, the numbers placed apart
+    (:func:`_label_spots`, leader lines where moved out); the axes keep the image's extent."""
+    from matplotlib import patheffects
+
     if not len(points):
         return
-    radius = max(shape) / 40
-    for k, (row, col) in enumerate(points, start=1):
-        ax.add_patch(_circle((col, row), radius))
-        ax.annotate(str(k), (col + radius, row - radius), color=LESION_COLOUR, fontsize=6,
-                    fontweight="bold", ha="left", va="bottom")
+    outline = [patheffects.withStroke(linewidth=1.8, foreground="black")]
+    ax.plot(points[:, 1], points[:, 0], ls="none", marker=CANDIDATE_MARKER, ms=7, mfc="none",
+            mec=CANDIDATE_COLOUR, markeredgewidth=1.1, path_effects=outline)
+    # A number's distance from its point: just clear of the square at the figures' sizes.
+    gap = max(shape) / 28
+    for k, ((row, col), (x, y, ring)) in enumerate(zip(points, _label_spots(points, shape, gap)),
+                                                   1):
+        arrow = dict(arrowstyle="-", color=CANDIDATE_COLOUR, lw=0.9, shrinkA=3, shrinkB=4,
+                     path_effects=[patheffects.withStroke(linewidth=2, foreground="black")]) \
+            if ring > 1 else None
+        ax.annotate(str(k), (col, row), xytext=(x, y), color=CANDIDATE_COLOUR, fontsize=6.5,
+                    fontweight="bold", ha="center", va="center", arrowprops=arrow,
+                    path_effects=outline)
     ax.set_xlim(-0.5, shape[1] - 0.5)
     ax.set_ylim(shape[0] - 0.5, -0.5)
-
-
-def _circle(centre, radius):
-    """An unfilled circle patch in the lesion colour (``centre`` as (x, y))."""
-    from matplotlib.patches import Circle
-
-    return Circle(centre, radius, fill=False, edgecolor=LESION_COLOUR, linewidth=0.9)
 
 
 def _strip_columns(k, max_columns):
@@ -616,7 +770,11 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
     A final column shows, when ``show_final``: the last image ``I_n``, the final map ``S`` over
     ``I_0`` and the union of the inpainted masks over ``I_0``; its title gives ``n``, ``p_n`` and
     the stop reason. With more than ``max_columns`` maps, the first ``max_columns - 1`` and the
-    last are shown (the last title starts with "...").
+    last are shown (the last title starts with "..."). Every map (s_i and S) is drawn on one
+    scale, up to s_0's robust maximum (:func:`shared_vmax`): a late map weaker than s_0 looks
+    weaker. Where the result's params name how its maps are scored
+    (:class:`~dr_saliency.core.maps.Combination`), s_0 and S are drawn as scored. A legend
+    under the figure names the lesion outlines and the masks.
 
     Without ``result.images`` (``refine(..., keep_images=False)``), ``image`` stands for ``I_0``
     and is shown alone in the image row; the maps are then drawn as plain heat maps (the images
@@ -629,7 +787,7 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
             ``final_map`` (H, W), ``stop_reason``, ``iterations`` (n).
         image: (H, W, 3) uint8 RGB ``I_0``, used when ``result.images`` is None.
         fov: (H, W) bool field of view, or None.
-        lesions: (H, W) bool union of lesion masks, a dict of masks, or None.
+        lesions: (H, W) bool union of lesion masks, a dict ``{type: mask}``, or None.
         max_columns: int >= 2, most map columns shown.
         show_final: add the final column.
 
@@ -670,15 +828,17 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
                              f"Received: image.shape={first.shape}")
     else:
         first = None
-    lesions = _check_lesions(lesions, shape)
+    layers = _lesion_layers(lesions, shape)
     n_done = int(getattr(result, "iterations", predictions.size - 1))
+    final_map = np.asarray(getattr(result, "final_map", maps[0]))
+    maps, final_map = _scored(result, maps, masks, final_map, fov)
+    vmax = shared_vmax(maps[0], fov)
 
     def image_at(i):
         return images[i] if images is not None and i < len(images) else None
 
     def with_outlines(im):
-        return _to_uint8(_draw_outline(im.astype(np.float32) / 255, lesions, LESION_COLOUR,
-                                       _auto_width(shape)))
+        return _to_uint8(_outline_layers(im.astype(np.float32) / 255, layers, _auto_width(shape)))
 
     columns = _strip_columns(k, max_columns)
     n_columns = len(columns) + bool(show_final)
@@ -701,9 +861,9 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
         # Overlays only when the map's own image is known; else plain heat maps (then for every
         # column, since result.images is all or nothing), so the row reads the same throughout.
         if under is not None:
-            cell = overlay_panel(under, maps[i], fov=fov)
+            cell = overlay_panel(under, maps[i], fov=fov, vmax=vmax)
         else:
-            cell = _to_uint8(_heat(maps[i], fov, shape, f"result.maps[{i}]"))
+            cell = _to_uint8(_heat(maps[i], fov, shape, f"result.maps[{i}]", vmax=vmax))
         axes[row_s, c].imshow(cell)
         axes[row_mask, c].imshow(_to_uint8(_mask_over(under if under is not None else first,
                                                        masks[i])))
@@ -712,7 +872,6 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
         axes[0, c].set_title(f"{gap}i={i}{p}", fontsize=8)
     if show_final:
         c = n_columns - 1
-        final_map = np.asarray(getattr(result, "final_map", maps[0]))
         inpainted = masks[:n_done].any(axis=0) if n_done > 0 else np.zeros(shape, bool)
         labels = ["$S$", "masks$_{<n}$"]
         if has_images:
@@ -721,9 +880,10 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
             if last is not None:
                 axes[0, c].imshow(with_outlines(last))
         if images is not None:
-            axes[row_s, c].imshow(overlay_panel(first, final_map, fov=fov))
+            axes[row_s, c].imshow(overlay_panel(first, final_map, fov=fov, vmax=vmax))
         else:
-            axes[row_s, c].imshow(_to_uint8(_heat(final_map, fov, shape, "result.final_map")))
+            axes[row_s, c].imshow(_to_uint8(_heat(final_map, fov, shape, "result.final_map",
+                                                  vmax=vmax)))
         axes[row_mask, c].imshow(_to_uint8(_mask_over(first, inpainted)))
         for r, text in enumerate(labels):
             axes[r, c].set_ylabel(text, fontsize=8, labelpad=2)
@@ -737,7 +897,22 @@ def iteration_strip(result, image=None, *, fov=None, lesions=None, max_columns=8
     # On the whole grid (a colour bar on one row would narrow that row's panels), about one row
     # high: with three rows it sits beside the map row.
     _saliency_colorbar(fig, axes, shrink=0.9 / n_rows, aspect=12, pad=0.01)
+    _legend(fig, list(layers), masks=True)
     return fig
+
+
+def _scored(result, maps, masks, final_map, fov):
+    """The maps s_i and S as the result's params score them (``Combination``: s_i on the
+    scored scale, S combined from them); as given where the params do not say."""
+    from dr_saliency.core.maps import Combination
+
+    params = getattr(result, "params", None) or {}
+    if not {"decay", "combine"} <= set(params):
+        return maps, final_map
+    scoring = Combination.from_params(params)
+    check_fov(fov, maps.shape[1:], "fov")
+    scaled = normalize_maps(maps, fov, normalize=scoring.normalize)
+    return scaled, scoring.final_map(maps, masks, fov)
 
 
 #: The journal version of the paper's relative AS10 gain of S over s_0 (+11.2% +- 2.0%).

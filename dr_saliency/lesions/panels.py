@@ -14,7 +14,8 @@ from dr_saliency.core.files import read_json, write_figure, write_json
 from dr_saliency.lesions import candidates as cand_lib
 from dr_saliency.refinement.erase import Eraser
 from dr_saliency.figures import plots
-from dr_saliency.lesions.localize import check_dataset, lesion_union
+from dr_saliency.core.maps import Combination
+from dr_saliency.lesions.localize import LESION_TYPES, check_dataset, lesion_union
 from dr_saliency.refinement.store import ResultStore
 
 #: Written last into a figures folder: the chosen ids and the figure files (its presence means
@@ -129,10 +130,12 @@ def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("pn
             result = store.read(rec.id)
             image = rec.load_image()
             fov = np.asarray(rec.load_fov(image), bool)
-            lesions = lesion_union(rec.load_lesions())
+            # Each type outlined in its own colour; the maps as they are scored (one scale).
+            lesions = _typed(rec.load_lesions())
+            s0, final = Combination.from_params(result.params).scored(result.maps, result.masks,
+                                                                      fov)
             stage = "" if rec.grade is None else f", stage {rec.grade}"
-            rows.append({"image": image, "fov": fov, "lesions": lesions, "s0": result.maps[0],
-                         "S": result.final_map,
+            rows.append({"image": image, "fov": fov, "lesions": lesions, "s0": s0, "S": final,
                          "label": f"{rec.id}{stage}\np {result.predictions[0]:.2f} -> "
                                   f"{result.predictions[-1]:.2f}, {result.iterations} it."})
             strip = plots.iteration_strip(
@@ -143,6 +146,12 @@ def write_figures(results, dataset, out_dir, *, ids=None, n_rows=4, formats=("pn
     done = os.path.join(out_dir, DONE_FILE)
     write_json(done, {"ids": [r.id for r in chosen], "files": written})
     return written + [done]
+
+
+def _typed(lesions):
+    """The lesion masks of the evaluated types, by type (None: not annotated)."""
+    typed = {t: lesions[t] for t in LESION_TYPES if t in (lesions or {})}
+    return typed or None
 
 
 def _figure_name(name):
