@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from dr_saliency.core.errors import BadImageError
-from dr_saliency.core.grades import STAGE_NAMES, is_referable, to_grades
+from dr_saliency.core.grades import grade_facts
 from dr_saliency.core.files import (file_sha256, read_json, refuse_other_outputs,
                                     remove_stale_temps, write_figure, write_json, write_text)
 from dr_saliency.core.locks import lock_folder
@@ -312,12 +312,11 @@ class _Report:
                        "score": round(float(s), 4)} for x, y, s in zip(xs, ys, best[:, 2])]
         predictions = [float(p) for p in result.predictions]
         # The photograph's grade is that of its first prediction, p0 (core/grades: one rule).
-        grade = int(to_grades(predictions[0]))
         row = {"id": photo.id, "path": photo.name, "width": photo.shape[1],
                "height": photo.shape[0], "p0": round(predictions[0], 4),
                "pn": round(predictions[-1], 4), "iterations": int(result.iterations),
-               "stop_reason": result.stop_reason, "grade": grade, "stage": STAGE_NAMES[grade],
-               "referable": bool(is_referable(predictions[0])), "candidates": candidates,
+               "stop_reason": result.stop_reason, **grade_facts(predictions[0]),
+               "candidates": candidates,
                "bundled_grader": self.bundled, "sha256": photo.sha256,
                "figure": os.path.join(self.figures, _figure_name(self.figures, photo.id))}
         signature = _signature(row)
@@ -406,9 +405,7 @@ def _write_figure(row, picture, photo, maps, points, result, signature):
 
 def _graded(row):
     """A row of an earlier version's table, with the grade, stage and referable of its p0."""
-    grade = int(to_grades(row["p0"]))
-    return {"grade": grade, "stage": STAGE_NAMES[grade],
-            "referable": bool(is_referable(row["p0"])), **row}
+    return {**grade_facts(row["p0"]), **row}
 
 
 def _write_tables(out_dir, rows, top, skipped, ignored, model_path):

@@ -10,7 +10,7 @@ non-referable"); evaluation, ``explain`` and the reports use this same rule (doc
 
 import numpy as np
 
-__all__ = ["REFERABLE_STAGE", "STAGE_NAMES", "to_grades", "is_referable"]
+__all__ = ["REFERABLE_STAGE", "STAGE_NAMES", "to_grades", "is_referable", "grade_facts"]
 
 REFERABLE_STAGE = 2
 """The lowest referable grade: moderate non-proliferative DR."""
@@ -41,3 +41,16 @@ def is_referable(predictions):
         bool array of the same shape (a 0-d array for a scalar).
     """
     return to_grades(predictions) >= REFERABLE_STAGE
+
+
+def grade_facts(prediction):
+    """What a report says of one prediction: its grade, the grade's stage name, referable or not.
+
+    Args:
+        prediction: float, a continuous stage prediction.
+
+    Returns:
+        dict with ``grade`` (int 0-4), ``stage`` (str, ``STAGE_NAMES``) and ``referable`` (bool).
+    """
+    grade = int(to_grades(prediction))
+    return {"grade": grade, "stage": STAGE_NAMES[grade], "referable": grade >= REFERABLE_STAGE}

@@ -18,7 +18,7 @@ import io
 import os
 
 from dr_saliency.core.files import write_text
-from dr_saliency.core.grades import STAGE_NAMES, is_referable, to_grades
+from dr_saliency.core.grades import grade_facts
 
 __all__ = ["THUMBNAIL_SIDE", "write_overview"]
 
@@ -108,9 +108,8 @@ def _row_html(row, i, folder):
     if not isinstance(row, dict) or "id" not in row or "p0" not in row:
         raise ValueError(f"Expected rows[{i}] to be a dict with id and p0. Received: {row!r:.80}")
     p0 = float(row["p0"])
-    grade = int(row.get("grade", to_grades(p0)))
-    stage = row.get("stage", STAGE_NAMES[grade])
-    referable = bool(row.get("referable", is_referable(p0)))
+    facts = {**grade_facts(p0), **row}   # a row's own values win
+    grade, stage, referable = int(facts["grade"]), facts["stage"], bool(facts["referable"])
     figure = row.get("figure") or ""
     if figure and os.path.isfile(figure):
         link = os.path.relpath(os.path.abspath(figure), folder).replace(os.sep, "/")
