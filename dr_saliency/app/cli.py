@@ -889,7 +889,8 @@ def _advice(exc, options=None):
     if isinstance(exc, errors.BadImageError):
         return use("--skip-bad", "use --skip-bad to skip bad images")
     if isinstance(exc, errors.EmptySplitError):
-        return use("--split", "use --split all for every image")
+        # With split "all" already, no flag helps: the images lack what the command needs.
+        return None if exc.split == "all" else use("--split", "use --split all for every image")
     if isinstance(exc, errors.PartialResultsError):
         return use("--allow-partial", "use --allow-partial to evaluate the images in both")
     if isinstance(exc, errors.FolderInUseError):
