@@ -18,7 +18,7 @@ import pytest
 from test_cli import run_main  # the console-script entry point, called in-process
 
 from dr_saliency.app import cli as cli_module
-from dr_saliency.app import demo
+from dr_saliency.jobs import demo
 from dr_saliency.core.errors import BadImageError, ImageSizeError
 from dr_saliency.fundus import synth
 from dr_saliency.fundus.datasets import open_dataset

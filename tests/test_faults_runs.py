@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from dr_saliency.app import demo
+from dr_saliency.jobs import demo
 from dr_saliency.core.files import write_json
 from dr_saliency.fundus import synth
 from dr_saliency.fundus.datasets import open_dataset, select_records

@@ -2,7 +2,7 @@
 
 Wings, lowest first; a module may import its own wing and the wings below it, never above:
 
-    core < figures < fundus < grader < explain < refinement < lesions < app
+    core < figures < fundus < grader < explain < refinement < lesions < jobs < app
 
 No import circle between modules; no TensorFlow (directly or through another module) in core,
 figures, fundus, refinement and lesions (core._tf is the one TensorFlow boundary); lesion
@@ -18,7 +18,7 @@ import pytest
 PACKAGE = "dr_saliency"
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PACKAGE)
 
-WINGS = ("core", "figures", "fundus", "grader", "explain", "refinement", "lesions", "app")
+WINGS = ("core", "figures", "fundus", "grader", "explain", "refinement", "lesions", "jobs", "app")
 NO_TENSORFLOW = ("core", "figures", "fundus", "refinement", "lesions")
 TF_BOUNDARY = "dr_saliency.core._tf"
 TENSORFLOW = ("tensorflow", "keras", "tf_keras")

@@ -20,8 +20,8 @@ from dr_saliency.fundus.synth import STAGE_MIXES
 from dr_saliency.grader import config as train_config
 from dr_saliency.refinement import erase as erase_lib
 from dr_saliency.refinement import loop as loop_lib
-from dr_saliency.app.demo import PROFILES as DEMO_PROFILES
-from dr_saliency.app.photos import DEFAULT_TOP
+from dr_saliency.jobs.demo import PROFILES as DEMO_PROFILES
+from dr_saliency.jobs.explain import DEFAULT_TOP
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {message}", err=True)
@@ -178,7 +178,7 @@ def demo_cmd(out_dir, profile, seed):
     """The whole method end to end on synthetic data: synth -> train -> evaluate -> refine
     (referable test images) -> froc -> figures -> REPORT.md; minutes on a laptop with the quick
     profile (each step's time is in OUT/timings.json)."""
-    from dr_saliency.app import demo
+    from dr_saliency.jobs import demo
     report = demo.run_demo(out_dir, profile=profile, seed=seed, on_step=_on_step,
                            on_progress=_on_progress)
     click.echo(f"Report: {report}")
@@ -224,7 +224,7 @@ def replicate_cmd(seeds, out_dir, profile, n_boot):
     scale. Writes OUT/REPLICATE.md (per-seed table, mean, sd and range), replicate.json and
     gains.png/pdf.
     """
-    from dr_saliency.app import replicate
+    from dr_saliency.jobs import replicate
     seed_list = replicate.parse_seeds(seeds)
 
     def on_seed(seed, index, total):
@@ -639,7 +639,7 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
     --stop-at or --max-iterations; the final map S combines the maps. Rerunning the same
     command skips images already complete in --out.
     """
-    from dr_saliency.app import wiring
+    from dr_saliency.jobs import refine as refine_job
 
     explanation, config, erase = _refine_settings(values)
     quiet, skip_bad = values.pop("quiet"), values.pop("skip_bad")
@@ -653,12 +653,12 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
             if not quiet:
                 click.echo(f"{rec.id}: {message}")
 
-        summary = wiring.refine_run(model_path, records, out, explanation=explanation,
-                                    config=config, erase=erase, batch_size=values["batch_size"],
-                                    keep_images=keep_images, only_referable=only_referable,
-                                    skip_bad=skip_bad, on_image=on_image,
-                                    precision=values["precision"],
-                                    data_fingerprint=dataset_fingerprint(dataset))
+        summary = refine_job.refine_run(model_path, records, out, explanation=explanation,
+                                        config=config, erase=erase, batch_size=values["batch_size"],
+                                        keep_images=keep_images, only_referable=only_referable,
+                                        skip_bad=skip_bad, on_image=on_image,
+                                        precision=values["precision"],
+                                        data_fingerprint=dataset_fingerprint(dataset))
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
     click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
                f"{summary['already_done']} already done, {summary['not_referable']} not referable, "
@@ -725,7 +725,7 @@ def explain_cmd(inputs, out_dir, model_path, top, **values):
     loop, then s_0, S and the top candidate lesions mapped back onto the photograph. Writes a
     figure per photograph and one table for all of them.
     """
-    from dr_saliency.app import photos
+    from dr_saliency.jobs import explain as photos
     from dr_saliency.fundus.photos import printable
 
     explanation, config, erase = _refine_settings(values)
@@ -807,7 +807,7 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
     95% intervals, paired S - s_0 gains), curves.csv and the FROC figures (PNG and PDF); with
     --lesions, the fate of every lesion too.
     """
-    from dr_saliency.app import wiring
+    from dr_saliency.jobs import froc as froc_job
     from dr_saliency.lesions import localize, reports
     from dr_saliency.lesions.froc import DEFAULT_MAX_FP
 
@@ -824,7 +824,7 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
             click.echo(f"Note: no image of stage {stage} among the {len(records)} evaluated: "
                        f"stage {stage} gets no FROC of its own", err=True)
     with _Bar(len(records), "Candidates") as update:
-        report, paths = wiring.froc_run(
+        report, paths = froc_job.froc_run(
             results, records, out_dir, options=_candidate_config(candidate_values),
             stages=stages, tolerance=tolerance, n_boot=n_boot, decay=decay, combine=combine,
             normalize=normalize, allow_partial=allow_partial, force=force, notes=notes,

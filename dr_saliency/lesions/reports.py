@@ -175,7 +175,7 @@ def _write_csv(path, columns, rows):
 
 def fate_table(report):
     """A Markdown table of the lesion fates of a FROC report's groups (those that have them:
-    ``report[group]["fate"]``, :func:`dr_saliency.app.wiring.froc_run` with ``lesions_fp``)."""
+    ``report[group]["fate"]``, :func:`dr_saliency.jobs.froc.froc_run` with ``lesions_fp``)."""
     return _fate_group_table({n: e["fate"] for n, e in report.items() if "fate" in e})
 
 
@@ -245,7 +245,7 @@ def write_demo_report(out, *, profile, timings, choice_seed=None, examples_rule=
     """Write ``REPORT.md`` of a demo folder from the files its steps wrote.
 
     Args:
-        out: str, the demo folder (see :func:`dr_saliency.app.demo.run_demo`).
+        out: str, the demo folder (see :func:`dr_saliency.jobs.demo.run_demo`).
         profile: str, the demo profile.
         timings: dict step -> seconds (steps run in this or an earlier invocation), in step
             order; None for a step done without a recorded time. Every step is listed.

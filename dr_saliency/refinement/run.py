@@ -2,7 +2,7 @@
 
 Ties together dataset records (:mod:`dr_saliency.fundus.datasets`), the loop
 (:mod:`dr_saliency.refinement.loop`) and the HDF5 store (:mod:`dr_saliency.refinement.store`).
-No TensorFlow: the explainer and predictor are callables (:func:`dr_saliency.app.wiring.refine_run`
+No TensorFlow: the explainer and predictor are callables (:func:`dr_saliency.jobs.refine.refine_run`
 makes them from a model).
 """
 

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from dr_saliency.app import demo as demo_lib
+from dr_saliency.jobs import demo as demo_lib
 from dr_saliency.core import maps
 from dr_saliency.core.errors import FolderInUseError
 from dr_saliency.core.files import differences, read_json, write_figure, write_json, write_text

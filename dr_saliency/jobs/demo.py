@@ -191,29 +191,29 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
         return f"test kappa {m['kappa']:.3f}, referable AUC {m['auc']:.3f}"
 
     def refine_step():
-        from dr_saliency.app import wiring
+        from dr_saliency.jobs import refine as refine_job
         from dr_saliency.fundus.datasets import dataset_fingerprint, open_dataset, select_records
 
         dataset = open_dataset(paths["data"])
         records = select_records(dataset, split="test")
         update = progress("refine", len(records))
-        summary = wiring.refine_run(paths["model"], records, paths["results"],
-                                    batch_size=p["refine_batch"], only_referable=True,
-                                    on_image=lambda rec, res, msg: update(1),
-                                    data_fingerprint=dataset_fingerprint(dataset))
+        summary = refine_job.refine_run(paths["model"], records, paths["results"],
+                                        batch_size=p["refine_batch"], only_referable=True,
+                                        on_image=lambda rec, res, msg: update(1),
+                                        data_fingerprint=dataset_fingerprint(dataset))
         write_json(os.path.join(out, "refine.done.json"), summary, default=str)
         return (f"{summary['written'] + summary['already_done']} referable test images refined "
                 f"({summary['not_referable']} not referable); stop reasons {summary['stop_reasons']}")
 
     def froc_step():
-        from dr_saliency.app import wiring
+        from dr_saliency.jobs import froc as froc_job
         from dr_saliency.fundus.datasets import open_dataset
         from dr_saliency.lesions import reports
         from dr_saliency.lesions.localize import records_for
 
         records, notes = records_for(paths["results"], open_dataset(paths["data"]))
-        report, _ = wiring.froc_run(paths["results"], records, paths["froc"], notes=notes,
-                                    on_image=progress("candidates", len(records)))
+        report, _ = froc_job.froc_run(paths["results"], records, paths["froc"], notes=notes,
+                                      on_image=progress("candidates", len(records)))
         entry = report["all"]["paired"].average_sensitivity
         gain = reports.relative_gain(entry.a, entry.relative)
         return (f"AS10 s_0 {entry.a:.3f} -> S {entry.b:.3f} "

@@ -86,7 +86,7 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
         model_path: str, a grader's model file; None: the bundled grader. A folder made with
             another copy of the same file (same SHA-256) is continued.
         explanation, config, erase, batch_size, precision: as
-            :func:`dr_saliency.app.wiring.refine_run`.
+            :func:`dr_saliency.jobs.refine.refine_run`.
         top: int >= 1, candidate lesions listed per photograph.
         options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
         skip_bad: report and skip photographs that cannot be used instead of failing.
@@ -141,13 +141,13 @@ def _check_folder(out_dir):
 
 def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_bad, on_image,
              on_progress):
-    from dr_saliency.app import wiring
+    from dr_saliency.jobs import refine as refine_job
 
     store_path = os.path.join(out_dir, RESULTS_FILE)
     start = time.time()
-    grader = wiring.load_refiner(model_path, store_path, explanation=settings["explanation"],
-                                 batch_size=settings["batch_size"],
-                                 precision=settings["precision"])
+    grader = refine_job.load_refiner(model_path, store_path, explanation=settings["explanation"],
+                                     batch_size=settings["batch_size"],
+                                     precision=settings["precision"])
     photos = [Photo(image_id, path, grader["size"]) for image_id, path in found]
     redo = _changed(store_path, photos)
     update = on_progress("Refining", len(photos)) if on_progress else (lambda k=1: None)
