@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 from dr_saliency.jobs import refine as refine_job  # noqa: E402
 from dr_saliency.jobs import froc as froc_job  # noqa: E402
-from dr_saliency.fundus.datasets import dataset_fingerprint, open_dataset, select_records  # noqa: E402
+from dr_saliency.fundus.datasets import open_dataset, select_records  # noqa: E402
 from dr_saliency.lesions.localize import records_for  # noqa: E402
 from dr_saliency.refinement.loop import RefineConfig  # noqa: E402
 from dr_saliency.refinement.store import ResultStore  # noqa: E402
@@ -49,7 +49,7 @@ def main():
     for k, (name, config) in enumerate(RULES.items()):
         path = os.path.join(args.out, f"rule{k}.h5")
         refine_job.refine_run(args.model, records, path, config=config, only_referable=True,
-                              batch_size=args.batch_size, data_fingerprint=dataset_fingerprint(dataset))
+                              batch_size=args.batch_size, dataset=dataset)
         with ResultStore(path, "r") as store:
             results = {i: store.read(i) for i in store.complete_ids()}
         stages = collections.Counter(labels[i] for i in results)

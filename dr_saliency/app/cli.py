@@ -643,8 +643,6 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
 
     explanation, config, erase = _refine_settings(values)
     quiet, skip_bad = values.pop("quiet"), values.pop("skip_bad")
-    from dr_saliency.fundus.datasets import dataset_fingerprint
-
     dataset = _open(data, layout, skip_bad)
     records = select_records(dataset, split=split, ids=_ids(ids))
     with _Bar(len(records), "Refining") as update:
@@ -658,7 +656,7 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
                                         keep_images=keep_images, only_referable=only_referable,
                                         skip_bad=skip_bad, on_image=on_image,
                                         precision=values["precision"],
-                                        data_fingerprint=dataset_fingerprint(dataset))
+                                        dataset=dataset)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
     click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
                f"{summary['already_done']} already done, {summary['not_referable']} not referable, "

@@ -30,6 +30,25 @@ PROFILES = {
 }
 
 
+#: What a demo folder holds, where (relative to it, "/"-separated): every step's outputs and its
+#: done-marker (written last), the report and the page. The demo, its report and replicate (one
+#: demo folder per seed) all find them here.
+FILES = {
+    "data": "data", "labels": "data/labels.csv", "synth": "data/synth.json",
+    "run": "run", "model": "run/model.h5", "config": "run/config.json",
+    "eval": "evaluation", "evaluation": "evaluation/evaluation.json",
+    "results": "refine.h5", "refine_done": "refine.done.json",
+    "froc": "froc", "metrics": "froc/metrics.json",
+    "figures": "figures", "figures_done": "figures/done.json",
+    "timings": "timings.json", "report": "REPORT.md", "page": "index.html",
+}
+
+
+def demo_paths(out):
+    """:data:`FILES` as paths in the demo folder ``out``."""
+    return {key: os.path.join(out, *name.split("/")) for key, name in FILES.items()}
+
+
 #: The data seed on whose validation split the defaults of the refinement and the scoring were
 #: chosen (docs/choices.md): the quick demo's. REPORT.md says whether the demo's seed is it.
 CHOICE_SEED = 2026
@@ -80,12 +99,13 @@ def run_demo(out, *, profile="quick", seed=None, on_step=None, on_progress=None)
 
     os.makedirs(out, exist_ok=True)
     # One demo per folder: a second would redo the steps the first has not finished yet.
+    paths = demo_paths(out)
     with lock_folder(out, "a demo folder"):
         timings = run_steps(out, steps, on_step=on_step)
         # Figures of a folder made by an earlier version were picked where S gains most: the
         # report says so rather than claim the rule.
-        shown = (read_json(os.path.join(out, "figures", "done.json")) or {}).get("ids")
-        with ResultStore(os.path.join(out, "refine.h5")) as store:
+        shown = (read_json(paths["figures_done"]) or {}).get("ids")
+        with ResultStore(paths["results"]) as store:
             by_rule = example_ids(store.complete_ids(), PROFILES[profile]["figure_rows"])
         report = write_demo_report(out, profile=profile, timings=timings, choice_seed=CHOICE_SEED,
                                    examples_rule=EXAMPLES_RULE if shown == by_rule else None)
@@ -101,9 +121,10 @@ def write_page(out, top=5):
     from dr_saliency.lesions.localize import image_candidates
     from dr_saliency.refinement.store import ResultStore
 
-    by_id = {rec.id: rec for rec in open_dataset(os.path.join(out, "data"))}
+    paths = demo_paths(out)
+    by_id = {rec.id: rec for rec in open_dataset(paths["data"])}
     rows = []
-    with ResultStore(os.path.join(out, "refine.h5")) as store:
+    with ResultStore(paths["results"]) as store:
         for image_id in store.complete_ids():
             result, rec = store.read(image_id), by_id.get(image_id)
             candidates = []
@@ -112,7 +133,7 @@ def write_page(out, top=5):
                 found, _ = image_candidates(result, image, rec.load_fov(image))
                 candidates = [{"x": round(float(c), 1), "y": round(float(r), 1),
                                "score": round(float(v), 4)} for r, c, v in found["S"][:top]]
-            figure = os.path.join(out, "figures", f"iterations_{image_id}.png")
+            figure = os.path.join(paths["figures"], f"iterations_{image_id}.png")
             rows.append({"id": image_id, "p0": float(result.predictions[0]),
                          "pn": float(result.predictions[-1]), "iterations": result.iterations,
                          "stop_reason": result.stop_reason, "candidates": candidates,
@@ -120,10 +141,10 @@ def write_page(out, top=5):
                          "extra": "" if rec is None or rec.grade is None
                          else f"true stage {rec.grade}"})
     rows.sort(key=lambda r: (not r["figure"], r["id"]))  # the drawn examples first
-    done = read_json(os.path.join(out, "refine.done.json")) or {}
+    done = read_json(paths["refine_done"]) or {}
     skipped = [tuple(s) for s in done.get("skipped", []) if len(s) == 2]
     return overview.write_overview(
-        os.path.join(out, "index.html"), rows, title="dr-saliency demo", skipped=skipped,
+        paths["page"], rows, title="dr-saliency demo", skipped=skipped,
         notes=["Referable test images of the synthetic data, refined by the demo's grader "
                "(trained on synthetic images only). See REPORT.md and figures/figure1_panels.png.",
                "Grade: p0 rounded (0-4); referable: grade 2 or higher. Candidates: (x, y) in "
@@ -149,12 +170,7 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
     if seed is not None:  # without one, training keeps TrainConfig's seed (the demo's as before)
         p["seed"] = int(seed)
         p["train"] = dict(p["train"], seed=int(seed))
-    paths = {
-        "data": os.path.join(out, "data"), "run": os.path.join(out, "run"),
-        "model": os.path.join(out, "run", "model.h5"),
-        "eval": os.path.join(out, "evaluation"), "results": os.path.join(out, "refine.h5"),
-        "froc": os.path.join(out, "froc"), "figures": os.path.join(out, "figures"),
-    }
+    paths = demo_paths(out)
     progress = on_progress or (lambda label, length: (lambda k=1: None))
 
     def synth_step():
@@ -190,7 +206,7 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
 
     def refine_step():
         from dr_saliency.jobs import refine as refine_job
-        from dr_saliency.fundus.datasets import dataset_fingerprint, open_dataset, select_records
+        from dr_saliency.fundus.datasets import open_dataset, select_records
 
         dataset = open_dataset(paths["data"])
         records = select_records(dataset, split="test")
@@ -198,8 +214,8 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
         summary = refine_job.refine_run(paths["model"], records, paths["results"],
                                         batch_size=p["refine_batch"], only_referable=True,
                                         on_image=lambda rec, res, msg: update(1),
-                                        data_fingerprint=dataset_fingerprint(dataset))
-        write_json(os.path.join(out, "refine.done.json"), summary, default=str)
+                                        dataset=dataset)
+        write_json(paths["refine_done"], summary, default=str)
         return (f"{summary['written'] + summary['already_done']} referable test images refined "
                 f"({summary['not_referable']} not referable); stop reasons {summary['stop_reasons']}")
 
@@ -229,12 +245,12 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
         return f"{len(written)} files in {paths['figures']} ({EXAMPLES_RULE})"
 
     steps = [
-        Step("synth", os.path.join(paths["data"], "labels.csv"), synth_step),
+        Step("synth", paths["labels"], synth_step),
         Step("train", paths["model"], train_step),
-        Step("evaluate", os.path.join(paths["eval"], "evaluation.json"), evaluate_step),
-        Step("refine", os.path.join(out, "refine.done.json"), refine_step),
-        Step("froc", os.path.join(paths["froc"], "metrics.json"), froc_step),
-        Step("figures", os.path.join(paths["figures"], "done.json"), figures_step),
+        Step("evaluate", paths["evaluation"], evaluate_step),
+        Step("refine", paths["refine_done"], refine_step),
+        Step("froc", paths["metrics"], froc_step),
+        Step("figures", paths["figures_done"], figures_step),
     ]
     return steps
 
@@ -252,7 +268,7 @@ def run_steps(out, steps, *, on_step=None):
         steps timings.json holds.
     """
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "timings.json")
+    path = demo_paths(out)["timings"]
     recorded = read_json(path) or {}
     timings = dict(recorded) if isinstance(recorded, dict) else {}
     for step in steps:
@@ -310,15 +326,10 @@ def write_demo_report(out, *, profile, timings, choice_seed=None, examples_rule=
     """
     from dr_saliency.lesions import reports
 
-    def load(*parts):
-        return read_json(os.path.join(out, *parts))
-
-    evaluation = load("evaluation", "evaluation.json")
-    metrics = load("froc", "metrics.json")
-    refine = load("refine.done.json")
-    figures = load("figures", "done.json")
-    config = load("run", "config.json")
-    data = load("data", "synth.json")
+    paths = demo_paths(out)
+    evaluation, metrics, refine, figures, config, data = (
+        read_json(paths[key]) for key in ("evaluation", "metrics", "refine_done", "figures_done",
+                                          "config", "synth"))
     lines = [f"# dr-saliency demo ({profile} profile)", "",
              "Synthetic fundus images -> VGG-16 grader -> guided back-propagation saliency with "
              "iterative inpainting refinement -> lesion-level FROC of s_0 (one map) against S "
@@ -336,7 +347,7 @@ def write_demo_report(out, *, profile, timings, choice_seed=None, examples_rule=
                   f"{evaluation['kappa_ci'][1]:.3f}), referable AUC {m['auc']:.3f} (95% CI "
                   f"{evaluation['auc_ci'][0]:.3f}-{evaluation['auc_ci'][1]:.3f}); "
                   "[ROC](evaluation/roc.png), [confusion matrix](evaluation/confusion.png)."]
-    refined = _refined(os.path.join(out, "refine.h5")) if refine else None
+    refined = _refined(paths["results"]) if refine else None
     if refined:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(refined["stop_reasons"].items()))
         lines += [f"- Refinement: {refined['n']} referable test images (stop reasons: "
@@ -363,9 +374,8 @@ def write_demo_report(out, *, profile, timings, choice_seed=None, examples_rule=
                   "![Image, s_0 and S](figures/figure1_panels.png)", ""]
         lines += [f"![Iterations of {i}](figures/iterations_{i}.png)" for i in figures["ids"][:2]]
         lines += [""]
-    path = os.path.join(out, "REPORT.md")
-    write_text(path, "\n".join(lines))
-    return path
+    write_text(paths["report"], "\n".join(lines))
+    return paths["report"]
 
 
 def _refined(results):

@@ -43,7 +43,7 @@ from dr_saliency.fundus.fov import restore_geometry
 from dr_saliency.fundus.photos import Photo, find_photos, printable
 from dr_saliency.lesions.localize import CandidateOptions, image_candidates
 from dr_saliency.refinement.loop import run_params
-from dr_saliency.refinement.run import describe, refine_dataset
+from dr_saliency.refinement.run import describe
 from dr_saliency.refinement.store import ResultStore, read_params
 
 __all__ = ["DEFAULT_TOP", "FIGURE_SIDE", "explain_photos"]
@@ -157,17 +157,16 @@ def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_b
         if on_image:
             on_image(rec.id, message)
 
-    summary = refine_dataset(
-        photos, store_path, explain=grader["explain"], predict=grader["predict"],
-        erase=settings["erase"], config=settings["config"], size=grader["size"],
-        params=_same_model(store_path, grader["params"]), batch_size=settings["batch_size"],
-        skip_bad=skip_bad, on_image=refined, image_params=lambda rec: {"photo": rec.record},
-        redo=redo)
+    summary = refine_job.refine_run(
+        model_path, photos, store_path, config=settings["config"], erase=settings["erase"],
+        batch_size=settings["batch_size"], skip_bad=skip_bad, on_image=refined,
+        grader={**grader, "params": _same_model(store_path, grader["params"])},
+        image_params=lambda rec: {"photo": rec.record}, redo=redo)
     by_id = {p.id: p.name for p in photos}
     skipped = [(by_id[image_id], message) for image_id, message in summary["skipped"]]
     bad = {image_id for image_id, _ in summary["skipped"]}
     report = _Report(out_dir, grader["size"], top, options, skip_bad, skipped, on_image,
-                     _is_bundled(model_path))
+                     _is_bundled(model_path, grader["params"]["model_sha256"]))
     rows, earlier = report.rows(store_path, [p for p in photos if p.id not in bad],
                                 on_progress)
     paths = _write_tables(out_dir, rows, top, skipped, ignored, model_path)
@@ -177,13 +176,14 @@ def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_b
             "seconds": time.time() - start}
 
 
-def _is_bundled(model_path):
-    """Whether ``model_path`` holds the bundled grader (by content: any copy of it counts)."""
+def _is_bundled(model_path, sha256):
+    """Whether ``model_path`` (whose SHA-256 is ``sha256``) holds the bundled grader (by
+    content: any copy of it counts)."""
     from dr_saliency.grader.model import bundled_model_path
 
     bundled = bundled_model_path()
     try:
-        return os.path.samefile(model_path, bundled) or file_sha256(model_path) == file_sha256(bundled)
+        return os.path.samefile(model_path, bundled) or sha256 == file_sha256(bundled)
     except OSError:
         return False
 

@@ -4,7 +4,7 @@ import os
 
 from dr_saliency.lesions import fate, localize, reports
 
-__all__ = ["froc_run"]
+__all__ = ["froc_run", "froc_scores"]
 
 
 def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), tolerance=0.0,
@@ -38,10 +38,10 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
     options = localize.CandidateOptions() if options is None else options
     if lesions_fp is not None:
         fate.check_fp_rate(lesions_fp, "lesions_fp")  # before the long part
-    items = localize.collect(results, records, options, decay=decay, combine=combine,
-                             normalize=normalize, on_image=on_image,
-                             erasures=lesions_fp is not None)
-    report = localize.froc_report(items, stages=stages, tolerance=tolerance, n_boot=n_boot)
+    items, report = froc_scores(results, records, options=options, stages=stages,
+                                tolerance=tolerance, n_boot=n_boot, decay=decay, combine=combine,
+                                normalize=normalize, on_image=on_image,
+                                erasures=lesions_fp is not None)
     fates = None
     if lesions_fp is not None:
         fates = fate.lesion_fates(items, fp_rate=lesions_fp, stages=stages, tolerance=tolerance)
@@ -57,3 +57,29 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
     # Last: write_froc writes metrics.json last, the mark of a complete folder.
     paths += reports.write_froc(report, out_dir, params=recorded)
     return report, paths
+
+
+def froc_scores(results, records, *, options=None, stages=(2, 3, 4), tolerance=0.0, n_boot=1000,
+                seed=0, decay=None, combine=None, normalize=None, on_image=None,
+                erasures=False):
+    """Candidates of s_0 and S of ``records`` in the result file ``results``, and their FROC.
+
+    The one scoring of a result file: :func:`froc_run` writes it, ``replicate`` scores each seed
+    with it under several combination rules.
+
+    Args:
+        results: str, the result file.
+        records: the annotated records to evaluate (:func:`dr_saliency.lesions.localize.records_for`).
+        options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
+        stages, tolerance, n_boot, seed: as :func:`dr_saliency.lesions.localize.froc_report`.
+        decay, combine, normalize, on_image, erasures: as
+            :func:`dr_saliency.lesions.localize.collect`.
+
+    Returns:
+        (items, report): what :func:`~dr_saliency.lesions.localize.collect` and
+        :func:`~dr_saliency.lesions.localize.froc_report` return.
+    """
+    items = localize.collect(results, records, options, decay=decay, combine=combine,
+                             normalize=normalize, on_image=on_image, erasures=erasures)
+    return items, localize.froc_report(items, stages=stages, tolerance=tolerance, n_boot=n_boot,
+                                       seed=seed)

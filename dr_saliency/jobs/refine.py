@@ -66,8 +66,12 @@ def load_refiner(model_path, out, *, explanation=None, batch_size=DEFAULT_BATCH_
 
 def refine_run(model_path, records, out, *, explanation=None, config=None, erase=None,
                batch_size=DEFAULT_BATCH_SIZE, keep_images=False, only_referable=False,
-               skip_bad=False, on_image=None, precision="fp32", data_fingerprint=None):
+               skip_bad=False, on_image=None, precision="fp32", dataset=None, grader=None,
+               image_params=None, redo=()):
     """Refine ``records`` with the grader in ``model_path`` into the result file ``out``.
+
+    The one refine job: ``dr-saliency refine``, the demo and ``explain`` all run it, so a result
+    file one of them started resumes with another.
 
     Args:
         model_path: str, a full model file (a training run's ``model.h5``).
@@ -78,25 +82,32 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
         config, erase: the loop's :class:`~dr_saliency.refinement.loop.RefineConfig` and erase
             step, or None for the defaults.
         batch_size: images per pass and per refinement batch.
-        keep_images, only_referable, skip_bad, on_image: as
+        keep_images, only_referable, skip_bad, on_image, image_params, redo: as
             :func:`dr_saliency.refinement.run.refine_dataset`.
         precision: as :func:`load_refiner`.
-        data_fingerprint: optional str, the dataset's fingerprint
-            (:func:`dr_saliency.fundus.datasets.dataset_fingerprint`), recorded as ``params["data"]``
-            so that results of another dataset are not appended and ``froc``/``figures`` can
-            check the dataset they are given.
+        dataset: optional, the dataset ``records`` come from
+            (:func:`dr_saliency.fundus.datasets.open_dataset`): its fingerprint
+            (:func:`~dr_saliency.fundus.datasets.dataset_fingerprint`) is recorded as
+            ``params["data"]``, so that results of another dataset are not appended and
+            ``froc``/``figures`` can check the dataset they are given.
+        grader: optional, what :func:`load_refiner` returned for ``model_path`` and ``out``
+            (a caller that needs the model's input size before it makes its records); None:
+            loaded here.
 
     Returns:
         the summary dict of :func:`~dr_saliency.refinement.run.refine_dataset`.
     """
     run_params(config, erase)  # bad settings fail now, before the model is loaded
-    grader = load_refiner(model_path, out, explanation=explanation, batch_size=batch_size,
-                          precision=precision)
+    if grader is None:
+        grader = load_refiner(model_path, out, explanation=explanation, batch_size=batch_size,
+                              precision=precision)
     params = dict(grader["params"])
-    if data_fingerprint is not None:
-        params["data"] = data_fingerprint
+    if dataset is not None:
+        from dr_saliency.fundus.datasets import dataset_fingerprint
+
+        params["data"] = dataset_fingerprint(dataset)
     return refine_dataset(
         records, out, explain=grader["explain"], predict=grader["predict"], erase=erase,
         config=config, size=grader["size"], params=params, batch_size=batch_size,
         keep_images=keep_images, only_referable=only_referable, skip_bad=skip_bad,
-        on_image=on_image)
+        on_image=on_image, image_params=image_params, redo=redo)

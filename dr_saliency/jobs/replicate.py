@@ -137,8 +137,9 @@ def run_replicate(out, seeds, *, profile="quick", n_boot=1000, on_seed=None, on_
 
 def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
     """Score one seed's stored maps under every rule; cached in ``seed_dir/scores.json``."""
-    from dr_saliency.lesions import localize
     from dr_saliency.fundus.datasets import open_dataset
+    from dr_saliency.jobs.froc import froc_scores
+    from dr_saliency.lesions import localize
 
     path = os.path.join(seed_dir, "scores.json")
     if os.path.isfile(path):
@@ -152,13 +153,14 @@ def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
     if on_step:
         on_step("score", "start", None, "")
     start = time.time()
-    results = os.path.join(seed_dir, "refine.h5")
-    evaluation = read_json(os.path.join(seed_dir, "evaluation", "evaluation.json"))["metrics"]
+    paths = demo_lib.demo_paths(seed_dir)
+    results = paths["results"]
+    evaluation = read_json(paths["evaluation"])["metrics"]
     # Over the whole file: refine.done.json counts the images of the last refine run only.
     reasons = stop_reason_counts(results)
     # A grader that calls no test image referable leaves nothing to localize: the seed is
     # reported with its kappa and no FROC rows, not dropped.
-    records = localize.records_for(results, open_dataset(os.path.join(seed_dir, "data")))[0] \
+    records = localize.records_for(results, open_dataset(paths["data"]))[0] \
         if reasons else []
     scores = {"seed": seed, "kappa": evaluation["kappa"], "auc": evaluation["auc"],
               "n_refined": len(records), "stop_reasons": reasons,
@@ -167,9 +169,8 @@ def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
     for rule, kwargs in RULES.items():
         if not records:
             break
-        items = localize.collect(results, records, **kwargs,
-                                 on_image=progress(f"score ({rule})", len(records)))
-        report = localize.froc_report(items, stages=(2, 3, 4), n_boot=n_boot, seed=seed)
+        _, report = froc_scores(results, records, **kwargs, n_boot=n_boot, seed=seed,
+                                on_image=progress(f"score ({rule})", len(records)))
         scores["rules"][rule] = {row["group"]: _row(row) for row in localize.summary_rows(report)}
     _write_json(path, scores)
     if on_step:
