@@ -30,6 +30,7 @@ from dr_saliency.core.errors import FolderInUseError
 from dr_saliency.core.files import check_record, folder_entries, refuse_other_outputs, write_json
 from dr_saliency.core.locks import lock_folder
 from dr_saliency.core.procs import run_jobs
+from dr_saliency.core.progress import check_callback, phase
 from dr_saliency.fundus.datasets.folder import LABELS_FILE, LESION_TYPES, write_labels, write_sample
 from dr_saliency.fundus.imio import read_image, read_mask
 
@@ -993,9 +994,10 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
         split: three non-negative fractions (train, val, test) summing to 1, applied within each
             stage (stratified).
         workers: int >= 1 or None (one process per available CPU core). 1 runs in this process.
-        on_progress: optional callable(k), called in this process with the number of images
-            finished since the previous call (images already present: one first call), e.g.
-            a click progress bar's ``update``.
+        on_progress: optional ``on_progress(label, total) -> advance(k=1)``
+            (:mod:`dr_saliency.core.progress`): one phase "Synthesizing" of ``n``; ``advance`` is
+            called in this process with the number of images finished since the previous call
+            (images already present: one first call).
         overwrite: bool; True regenerates everything, deleting this generator's earlier files
             (``synth_*.png``, ``labels.csv``, ``synth.json``) and leaving other files alone.
         generator: int, the generator version (``GENERATORS``; recorded as ``version`` in
@@ -1027,8 +1029,7 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
         workers = _check_int(workers, "workers", "a number of worker processes >= 1 or None", low=1)
     if isinstance(generator, bool) or generator not in GENERATORS:
         raise ValueError(f"Expected a generator version in {sorted(GENERATORS)}. Received: generator={generator!r}")
-    if on_progress is not None and not callable(on_progress):
-        raise TypeError(f"Expected on_progress to be callable or None. Received: on_progress={on_progress!r}")
+    check_callback(on_progress, "on_progress")
     out = os.fspath(out)
     params = {"generator": "dr_saliency.synth", "version": int(generator), "n": n, "size": size,
               "seed": seed, "stages": stages, "split": fractions}
@@ -1041,11 +1042,11 @@ def write_dataset(out, n, *, size=512, seed=0, stages="balanced", split=(0.7, 0.
         _prepare_folder(out, params, overwrite)
         plan = _plan(n, seed, stages, fractions)
         todo = [job for job in plan if not os.path.exists(os.path.join(out, "images", job[0] + ".png"))]
-        if on_progress is not None and len(todo) < n:
-            on_progress(n - len(todo))
+        step = phase(on_progress, "Synthesizing", n)
+        if len(todo) < n:
+            step(n - len(todo))
         jobs = [((out, image_id, index, stage, size, seed, int(generator)),) for image_id, index, stage, _ in todo]
         workers = min(workers or len(os.sched_getaffinity(0)), max(len(jobs), 1))
-        step = on_progress if on_progress is not None else (lambda k: None)
         if workers == 1:
             for job in jobs:
                 _write_one(*job)

@@ -14,6 +14,7 @@ import time
 
 from dr_saliency.core.files import read_json, write_json, write_text
 from dr_saliency.core.locks import lock_folder
+from dr_saliency.core.progress import check_callback, relabeled
 from dr_saliency.grader.config import QUICK_PROFILE, REFERENCE_PROFILE, TrainConfig
 
 #: Profiles of the demo. "quick": a narrow VGG-16 at 256 px trained from scratch on a synthetic
@@ -85,7 +86,8 @@ def run_demo(out, *, profile="quick", seed=None, on_step=None, on_progress=None)
         seed: int, the data seed and the training seed together; None: the profile's (as
             :func:`demo_steps`).
         on_step: optional callable(name, status, seconds, message) for progress lines.
-        on_progress: optional callable(label, length) -> update callable, for progress bars.
+        on_progress: optional ``on_progress(label, total) -> advance(k=1)``
+            (:mod:`dr_saliency.core.progress`), each phase labelled with its step's name.
 
     Returns:
         str, the path of ``REPORT.md``.
@@ -171,12 +173,15 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
         p["seed"] = int(seed)
         p["train"] = dict(p["train"], seed=int(seed))
     paths = demo_paths(out)
-    progress = on_progress or (lambda label, length: (lambda k=1: None))
+    check_callback(on_progress, "on_progress")
+
+    def progress(step):
+        return relabeled(on_progress, step)
 
     def synth_step():
         from dr_saliency.fundus import synth
         synth.write_dataset(paths["data"], p["n_images"], size=p["size"], seed=p["seed"],
-                            on_progress=progress("synth", p["n_images"]))
+                            on_progress=progress("synth"))
         return f"{p['n_images']} images of {p['size']} px in {paths['data']}"
 
     def train_step():
@@ -210,10 +215,9 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
 
         dataset = open_dataset(paths["data"])
         records = select_records(dataset, split="test")
-        update = progress("refine", len(records))
         summary = refine_job.refine_run(paths["model"], records, paths["results"],
                                         batch_size=p["refine_batch"], only_referable=True,
-                                        on_image=lambda rec, res, msg: update(1),
+                                        on_progress=progress("refine"),
                                         dataset=dataset)
         write_json(paths["refine_done"], summary, default=str)
         return (f"{summary['written'] + summary['already_done']} referable test images refined "
@@ -227,7 +231,7 @@ def demo_steps(out, *, profile="quick", seed=None, on_step=None, on_progress=Non
 
         records, notes = records_for(paths["results"], open_dataset(paths["data"]))
         report, _ = froc_job.froc_run(paths["results"], records, paths["froc"], notes=notes,
-                                      on_image=progress("candidates", len(records)))
+                                      on_progress=progress("candidates"))
         entry = report["all"]["paired"].average_sensitivity
         gain = reports.relative_gain(entry.a, entry.relative)
         return (f"AS10 s_0 {entry.a:.3f} -> S {entry.b:.3f} "

@@ -35,6 +35,7 @@ from dr_saliency.core.grades import grade_facts
 from dr_saliency.core.files import (file_sha256, read_json, refuse_other_outputs,
                                     remove_stale_temps, write_figure, write_json, write_text)
 from dr_saliency.core.locks import lock_folder
+from dr_saliency.core.progress import check_callback, phase
 from dr_saliency.explain.options import DEFAULT_BATCH_SIZE
 from dr_saliency.figures import overview
 from dr_saliency.fundus import prepare, synth
@@ -90,8 +91,9 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
         top: int >= 1, candidate lesions listed per photograph.
         options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
         skip_bad: report and skip photographs that cannot be used instead of failing.
-        on_image: optional callable(image_id, message) per photograph and phase.
-        on_progress: optional callable(label, length) -> update(k=1), for progress bars.
+        on_image, on_progress: optional callbacks of the package's progress protocol
+            (:mod:`dr_saliency.core.progress`): ``on_image(image_id, message)`` per photograph
+            and phase; two phases, "Refining" and "Reporting".
 
     Returns:
         dict: ``rows`` (one per photograph of the store, as in explain.json), ``skipped`` (list
@@ -117,6 +119,8 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
                          f"{[printable(i) for i in inputs]!r}"
                          + (f" ({len(ignored)} file(s) not images by their suffix)" * bool(ignored)))
     run_params(config, erase)  # bad settings fail before the model is loaded
+    check_callback(on_image, "on_image")
+    check_callback(on_progress, "on_progress")
     model_path = bundled_model_path() if model_path is None else os.fspath(model_path)
     _check_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -150,16 +154,10 @@ def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_b
                                      precision=settings["precision"])
     photos = [Photo(image_id, path, grader["size"]) for image_id, path in found]
     redo = _changed(store_path, photos)
-    update = on_progress("Refining", len(photos)) if on_progress else (lambda k=1: None)
-
-    def refined(rec, result, message):
-        update(1)
-        if on_image:
-            on_image(rec.id, message)
-
     summary = refine_job.refine_run(
         model_path, photos, store_path, config=settings["config"], erase=settings["erase"],
-        batch_size=settings["batch_size"], skip_bad=skip_bad, on_image=refined,
+        batch_size=settings["batch_size"], skip_bad=skip_bad, on_image=on_image,
+        on_progress=on_progress,
         grader={**grader, "params": _same_model(store_path, grader["params"])},
         image_params=lambda rec: {"photo": rec.record}, redo=redo)
     by_id = {p.id: p.name for p in photos}
@@ -244,8 +242,7 @@ class _Report:
             named = {p.id for p in photos}
             todo = [p for p in photos if p.id in store]
             earlier = [image_id for image_id in store.complete_ids() if image_id not in named]
-            update = on_progress("Reporting", len(todo) + len(earlier)) if on_progress else (
-                lambda k=1: None)
+            update = phase(on_progress, "Reporting", len(todo) + len(earlier))
             for photo in todo:
                 try:
                     rows.append(self.photo_row(store.read(photo.id), photo))

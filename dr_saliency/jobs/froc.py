@@ -9,7 +9,7 @@ __all__ = ["froc_run", "froc_scores"]
 
 def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), tolerance=0.0,
              n_boot=1000, decay=None, combine=None, normalize=None, allow_partial=False,
-             force=False, notes=(), params=None, on_image=None, lesions_fp=None):
+             force=False, notes=(), params=None, on_progress=None, lesions_fp=None):
     """Lesion-level FROC of s_0 and S of a result file against its images' annotations.
 
     Args:
@@ -25,7 +25,8 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
             its ``notes`` (what was left out), so that an evaluation of partial results or of
             another dataset can be told apart later.
         params: extra entries recorded in metrics.json under "params".
-        on_image: optional callable(k) as images are done.
+        on_progress: optional ``on_progress(label, total) -> advance(k=1)``
+            (:mod:`dr_saliency.core.progress`): one phase, "Candidates".
         lesions_fp: None, or the false positives per image at which to say which lesions s_0
             and S find (:func:`dr_saliency.lesions.fate.lesion_fates`): then also written are
             lesions.csv, lesion_fate.csv and lesion_fate.md, and each group's counts go into
@@ -40,7 +41,7 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
         fate.check_fp_rate(lesions_fp, "lesions_fp")  # before the long part
     items, report = froc_scores(results, records, options=options, stages=stages,
                                 tolerance=tolerance, n_boot=n_boot, decay=decay, combine=combine,
-                                normalize=normalize, on_image=on_image,
+                                normalize=normalize, on_progress=on_progress,
                                 erasures=lesions_fp is not None)
     fates = None
     if lesions_fp is not None:
@@ -60,7 +61,7 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
 
 
 def froc_scores(results, records, *, options=None, stages=(2, 3, 4), tolerance=0.0, n_boot=1000,
-                seed=0, decay=None, combine=None, normalize=None, on_image=None,
+                seed=0, decay=None, combine=None, normalize=None, on_progress=None,
                 erasures=False):
     """Candidates of s_0 and S of ``records`` in the result file ``results``, and their FROC.
 
@@ -72,7 +73,7 @@ def froc_scores(results, records, *, options=None, stages=(2, 3, 4), tolerance=0
         records: the annotated records to evaluate (:func:`dr_saliency.lesions.localize.records_for`).
         options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
         stages, tolerance, n_boot, seed: as :func:`dr_saliency.lesions.localize.froc_report`.
-        decay, combine, normalize, on_image, erasures: as
+        decay, combine, normalize, on_progress, erasures: as
             :func:`dr_saliency.lesions.localize.collect`.
 
     Returns:
@@ -80,6 +81,6 @@ def froc_scores(results, records, *, options=None, stages=(2, 3, 4), tolerance=0
         :func:`~dr_saliency.lesions.localize.froc_report` return.
     """
     items = localize.collect(results, records, options, decay=decay, combine=combine,
-                             normalize=normalize, on_image=on_image, erasures=erasures)
+                             normalize=normalize, on_progress=on_progress, erasures=erasures)
     return items, localize.froc_report(items, stages=stages, tolerance=tolerance, n_boot=n_boot,
                                        seed=seed)

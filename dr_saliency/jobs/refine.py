@@ -66,8 +66,8 @@ def load_refiner(model_path, out, *, explanation=None, batch_size=DEFAULT_BATCH_
 
 def refine_run(model_path, records, out, *, explanation=None, config=None, erase=None,
                batch_size=DEFAULT_BATCH_SIZE, keep_images=False, only_referable=False,
-               skip_bad=False, on_image=None, precision="fp32", dataset=None, grader=None,
-               image_params=None, redo=()):
+               skip_bad=False, on_image=None, on_progress=None, precision="fp32", dataset=None,
+               grader=None, image_params=None, redo=()):
     """Refine ``records`` with the grader in ``model_path`` into the result file ``out``.
 
     The one refine job: ``dr-saliency refine``, the demo and ``explain`` all run it, so a result
@@ -82,7 +82,7 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
         config, erase: the loop's :class:`~dr_saliency.refinement.loop.RefineConfig` and erase
             step, or None for the defaults.
         batch_size: images per pass and per refinement batch.
-        keep_images, only_referable, skip_bad, on_image, image_params, redo: as
+        keep_images, only_referable, skip_bad, on_image, on_progress, image_params, redo: as
             :func:`dr_saliency.refinement.run.refine_dataset`.
         precision: as :func:`load_refiner`.
         dataset: optional, the dataset ``records`` come from
@@ -110,4 +110,4 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
         records, out, explain=grader["explain"], predict=grader["predict"], erase=erase,
         config=config, size=grader["size"], params=params, batch_size=batch_size,
         keep_images=keep_images, only_referable=only_referable, skip_bad=skip_bad,
-        on_image=on_image, image_params=image_params, redo=redo)
+        on_image=on_image, on_progress=on_progress, image_params=image_params, redo=redo)

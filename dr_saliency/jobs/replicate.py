@@ -26,6 +26,7 @@ from dr_saliency.core import maps
 from dr_saliency.core.errors import FolderInUseError
 from dr_saliency.core.files import differences, read_json, write_figure, write_json, write_text
 from dr_saliency.core.locks import lock_folder
+from dr_saliency.core.progress import relabeled
 from dr_saliency.lesions.reports import defined_gains
 from dr_saliency.refinement.loop import run_params
 from dr_saliency.refinement.store import stop_reason_counts
@@ -165,12 +166,11 @@ def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
     scores = {"seed": seed, "kappa": evaluation["kappa"], "auc": evaluation["auc"],
               "n_refined": len(records), "stop_reasons": reasons,
               "rules": {rule: {} for rule in RULES}}
-    progress = on_progress or (lambda label, length: (lambda k=1: None))
     for rule, kwargs in RULES.items():
         if not records:
             break
         _, report = froc_scores(results, records, **kwargs, n_boot=n_boot, seed=seed,
-                                on_image=progress(f"score ({rule})", len(records)))
+                                on_progress=relabeled(on_progress, f"score ({rule})"))
         scores["rules"][rule] = {row["group"]: _row(row) for row in localize.summary_rows(report)}
     _write_json(path, scores)
     if on_step:

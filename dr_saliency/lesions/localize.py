@@ -19,6 +19,7 @@ from dr_saliency.lesions import froc as froc_lib
 from dr_saliency.fundus.datasets.base import LESION_TYPES
 from dr_saliency.core.errors import PartialResultsError, ProvenanceError
 from dr_saliency.core.maps import Combination
+from dr_saliency.core.progress import phase
 from dr_saliency.refinement.store import ResultStore
 
 MAP_NAMES = ("s0", "S")
@@ -173,7 +174,7 @@ def _shown(ids, limit=8):
 
 
 def collect(store_path, records, options=None, *, decay=None, combine=None, normalize=None,
-            on_image=None, erasures=False):
+            on_progress=None, erasures=False):
     """Candidates of s_0 and S and the lesion masks of each record.
 
     Args:
@@ -183,7 +184,8 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
         decay, combine, normalize: how S is combined and both maps are scaled
             (:class:`~dr_saliency.core.maps.Combination`); None takes the run's own setting. Cheap: no network, so combination rules can be
             compared on the same stored maps.
-        on_image: optional callable(k) per image done.
+        on_progress: optional ``on_progress(label, total) -> advance(k=1)``
+            (:mod:`dr_saliency.core.progress`): one phase, "Candidates", advanced per image.
         erasures: also keep, per image, where each refinement iteration inpainted
             (``ImageCandidates.erased_at``, :func:`erasure_order`), for
             :mod:`dr_saliency.lesions.fate`.
@@ -192,6 +194,7 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
         list of ImageCandidates.
     """
     options = options or CandidateOptions()
+    advance = phase(on_progress, "Candidates", len(records))
     out = []
     with ResultStore(store_path) as store:
         for rec in records:
@@ -206,8 +209,7 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
                 rec.id, rec.grade, rec.load_lesions(), found, result.stop_reason,
                 result.iterations,
                 erasure_order(result.masks, result.iterations) if erasures else None))
-            if on_image:
-                on_image(1)
+            advance(1)
     return out
 
 
