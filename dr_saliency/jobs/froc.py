@@ -50,7 +50,7 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
             report[name]["fate"] = group
     recorded = {"results": os.path.abspath(results), "tolerance": tolerance, "n_boot": n_boot,
                 "combine": combine, "decay": decay, "normalize": normalize,
-                "candidates": vars(options), "allow_partial": bool(allow_partial),
+                "candidates": options.to_params(), "allow_partial": bool(allow_partial),
                 "force": bool(force), "notes": list(notes), **(params or {})}
     if fates is not None:
         recorded["lesions_fp"] = fates.fp_rate

@@ -82,7 +82,7 @@ def experiment_settings(profile, n_boot):
                          f"Received: profile={profile!r}")
     return {"format": FORMAT, "profile": profile, "pipeline": demo_lib.PROFILES[profile],
             "rules": RULES, "normalize": maps.DEFAULT_NORMALIZE,
-            "refine": run_params(), "candidates": vars(CandidateOptions()),
+            "refine": run_params(), "candidates": CandidateOptions().to_params(),
             "tolerance": 0.0, "n_boot": int(n_boot)}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from dr_saliency.lesions import candidates as cand_lib
 from dr_saliency.lesions import froc as froc_lib
 from dr_saliency.fundus.datasets.base import LESION_TYPES
+from dr_saliency.core.checks import is_int, is_real
 from dr_saliency.core.errors import PartialResultsError, ProvenanceError
 from dr_saliency.core.maps import Combination
 from dr_saliency.core.progress import phase
@@ -28,16 +29,20 @@ CURVE_RATES = np.geomspace(1 / 16, 10, 49)
 """FP/image rates at which the bootstrap gives pointwise curve bands (the FROC figures' grid)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CandidateOptions:
     """How a saliency map becomes lesion candidates (see ``candidates.detect_candidates``).
+
+    Frozen and checked when made, like :class:`~dr_saliency.refinement.erase.Eraser`: a bad
+    value fails here, naming it, not in the middle of an evaluation.
 
     Attributes:
         sigma, min_distance, max_candidates, border, method, level: as ``detect_candidates``
             (border in px).
         exclude_disc: bool, no candidates on the optic disc (the dataset's disc mask where it
             has one, else ``candidates.estimate_optic_disc``).
-        disc_radius_fraction: float, radius of the estimated disc, fraction of the FOV radius.
+        disc_radius_fraction: float > 0, radius of the estimated disc, fraction of the FOV
+            radius.
     """
 
     # 2 px, chosen on the synthetic validation split (docs/choices.md): guided-backprop maps are
@@ -53,6 +58,39 @@ class CandidateOptions:
     disc_radius_fraction: float = cand_lib.DEFAULT_DISC_RADIUS_FRACTION
     method: str = cand_lib.DEFAULT_METHOD
     level: float = cand_lib.DEFAULT_LEVEL
+
+    def __post_init__(self):
+        cand_lib.check_options(self.sigma, self.min_distance, 0.0, self.max_candidates,
+                               self.border, self.method, self.level)
+        if not isinstance(self.exclude_disc, (bool, np.bool_)):
+            raise TypeError("Expected exclude_disc to be True or False. "
+                            f"Received: exclude_disc={self.exclude_disc!r}")
+        if not is_real(self.disc_radius_fraction) or not 0 < self.disc_radius_fraction < np.inf:
+            raise ValueError("Expected a finite disc_radius_fraction > 0. "
+                             f"Received: disc_radius_fraction={self.disc_radius_fraction!r}")
+        # Plain Python numbers: the params are JSON, and two equal settings compare equal.
+        for name, kind in (("sigma", float), ("min_distance", int), ("exclude_disc", bool),
+                           ("disc_radius_fraction", float), ("level", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.max_candidates is not None:
+            object.__setattr__(self, "max_candidates", int(self.max_candidates))
+        object.__setattr__(self, "border",
+                           int(self.border) if is_int(self.border) else float(self.border))
+
+    def to_params(self):
+        """The options as metrics.json and replicate.json record them (``"candidates"``): one
+        entry per attribute, under its own name (the keys files written before this method
+        existed hold)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    @classmethod
+    def from_params(cls, params):
+        """The options a record was made with (:meth:`to_params`' keys; other keys ignored).
+
+        Records written before ``method`` and ``level`` existed found peaks (the defaults).
+        """
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
 
 
 @dataclasses.dataclass
