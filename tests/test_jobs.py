@@ -103,3 +103,35 @@ def test_refine_tells_progress_and_images_by_the_one_protocol(data, tmp_path):
     assert phases[1] == ["Refining", len(records), len(records)]
     with pytest.raises(TypeError, match="Received: on_progress=3"):
         refine_dataset(records, out, explain=_fake_explain, config=config, on_progress=3)
+
+
+# ----------------------------------------------------------------------------- done-markers
+
+
+def test_a_froc_stopped_while_rewriting_its_folder_leaves_no_done_marker(data, tmp_path, capsys,
+                                                                        monkeypatch):
+    # metrics.json marks a complete FROC folder (the demo skips its froc step once it exists).
+    # Before: a rerun into the folder that stopped while writing kept the earlier metrics.json
+    # beside the new files, a folder that claimed to be complete.
+    out = str(tmp_path / "r.h5")
+    refine_dataset(list(open_dataset(data)), out, explain=_fake_explain,
+                   config=RefineConfig(max_iterations=1))
+    froc_dir = str(tmp_path / "froc")
+    args = ["froc", out, data, "--out", froc_dir, "--bootstrap", "10"]
+    code, _, err = run_main(args, capsys)
+    assert code == 0, err
+    assert os.path.isfile(os.path.join(froc_dir, "metrics.json"))
+
+    from dr_saliency.figures import plots
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "froc_figure", disk_full)
+    code, _, err = run_main(args + ["--lesions"], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == "Error: [Errno 28] No space left on device"
+    assert not os.path.exists(os.path.join(froc_dir, "metrics.json"))
+    # The lesion files written before the stop are whole files (written atomically).
+    assert open(os.path.join(froc_dir, "lesion_fate.md")).read().startswith("# Lesion fate")
+    assert not [name for name in os.listdir(froc_dir) if ".tmp" in name]

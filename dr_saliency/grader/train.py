@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from dr_saliency.core.files import file_sha256, write_json
+from dr_saliency.core.files import file_sha256, write_figure, write_json
 from dr_saliency.core.errors import (BadImageError, ClusterTimeoutError, ImageSizeError,
                                      NoValidationError, OutOfMemoryError, ProvenanceError,
                                      RunExistsError)
@@ -831,5 +831,5 @@ def write_curves(run_dir):
     from dr_saliency.figures import plots
     fig = plots.training_curves(log)
     path = os.path.join(run_dir, "curves.png")
-    fig.savefig(path, dpi=120)
+    write_figure(fig, path, dpi=120)
     return path

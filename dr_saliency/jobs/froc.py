@@ -54,8 +54,12 @@ def froc_run(results, records, out_dir, *, options=None, stages=(2, 3, 4), toler
                 "force": bool(force), "notes": list(notes), **(params or {})}
     if fates is not None:
         recorded["lesions_fp"] = fates.fp_rate
+    # metrics.json marks a complete folder (the demo's froc step is done once it exists): an
+    # earlier evaluation's goes first, so that a run stopped from here on leaves no folder that
+    # claims to be complete with the files of two evaluations in it.
+    reports.remove_done_marker(out_dir)
     paths = reports.write_lesion_fate(fates, out_dir) if fates is not None else []
-    # Last: write_froc writes metrics.json last, the mark of a complete folder.
+    # Last: write_froc writes metrics.json last.
     paths += reports.write_froc(report, out_dir, params=recorded)
     return report, paths
 

@@ -131,8 +131,9 @@ def run_replicate(out, seeds, *, profile="quick", n_boot=1000, on_seed=None, on_
             per_seed[seed] = score_seed(seed_dir, seed, n_boot=n_boot, on_step=on_step,
                                         on_progress=on_progress)
         summary = summarize(per_seed, settings)
-        _write_json(os.path.join(out, "replicate.json"), summary)
         write_report(summary, out)
+        # Last: the record with every seed's figures says the experiment is complete.
+        _write_json(os.path.join(out, "replicate.json"), summary)
     return summary
 
 

@@ -49,6 +49,18 @@ def _panels(report, prefix):
             for name, entry in report.items() if name.startswith(prefix)}
 
 
+#: The file that marks a complete FROC folder, written last.
+METRICS_FILE = "metrics.json"
+
+
+def remove_done_marker(out_dir):
+    """Remove the metrics.json of an earlier evaluation in ``out_dir`` (none: nothing to do)."""
+    try:
+        os.remove(os.path.join(out_dir, METRICS_FILE))
+    except FileNotFoundError:
+        pass
+
+
 def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
     """Write a FROC evaluation: curves.csv, figures per stage and per type, then metrics.json.
 
@@ -65,6 +77,7 @@ def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
         list of str paths written (metrics.json last).
     """
     os.makedirs(out_dir, exist_ok=True)
+    remove_done_marker(out_dir)
     paths = []
     rows = io.StringIO(newline="")
     writer = csv.writer(rows)
@@ -90,7 +103,7 @@ def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
             paths.append(path)
     metrics = {"params": params or {}, "groups": report_to_dict(report),
                "summary": summary_rows(report)}
-    path = os.path.join(out_dir, "metrics.json")
+    path = os.path.join(out_dir, METRICS_FILE)
     write_json(path, metrics, default=_json_default)
     paths.append(path)
     return paths
@@ -131,8 +144,7 @@ def write_lesion_fate(fates, out_dir):
              "Iteration i: the erase mask of s_i (inpainted into I_{i+1}) is the first to cover "
              "part of the lesion; never: no inpainted mask touches it.", "",
              _fate_tally_table(fates.by_iteration(), "inpainted_at"), ""]
-    with open(paths[2], "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    write_text(paths[2], "\n".join(lines))
     return paths
 
 
@@ -164,11 +176,12 @@ def _write_csv(path, columns, rows):
             return ""
         return f"{value:.6g}" if isinstance(value, float) else value
 
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([cell(row.get(c)) for c in columns])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([cell(row.get(c)) for c in columns])
+    write_text(path, text.getvalue())
 
 
 def fate_table(report):
