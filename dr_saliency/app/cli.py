@@ -651,12 +651,11 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
     dataset = _open(data, layout, skip_bad)
     records = select_records(dataset, split=split, ids=_ids(ids))
     with _Bars() as bars:
-        summary = refine_job.refine_run(model_path, records, out, explanation=explanation,
-                                        config=config, erase=erase, batch_size=values["batch_size"],
-                                        keep_images=keep_images, only_referable=only_referable,
-                                        skip_bad=skip_bad, on_image=_image_lines(quiet),
-                                        on_progress=bars, precision=values["precision"],
-                                        dataset=dataset)
+        summary = refine_job.refine_run(
+            model_path, records, out, explanation=explanation, config=config, erase=erase,
+            batch_size=values["batch_size"], keep_images=keep_images,
+            only_referable=only_referable, skip_bad=skip_bad, on_image=_image_lines(quiet),
+            on_progress=bars, precision=values["precision"], dataset=dataset)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
     click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
                f"{summary['already_done']} already done, {summary['not_referable']} not referable, "

@@ -99,9 +99,9 @@ def run_demo(out, *, profile="quick", seed=None, on_step=None, on_progress=None)
     steps = demo_steps(out, profile=profile, seed=seed, on_step=on_step, on_progress=on_progress)
     from dr_saliency.refinement.store import ResultStore
 
+    paths = demo_paths(out)
     os.makedirs(out, exist_ok=True)
     # One demo per folder: a second would redo the steps the first has not finished yet.
-    paths = demo_paths(out)
     with lock_folder(out, "a demo folder"):
         timings = run_steps(out, steps, on_step=on_step)
         # Figures of a folder made by an earlier version were picked where S gains most: the

@@ -74,7 +74,8 @@ def froc_scores(results, records, *, options=None, stages=(2, 3, 4), tolerance=0
 
     Args:
         results: str, the result file.
-        records: the annotated records to evaluate (:func:`dr_saliency.lesions.localize.records_for`).
+        records: the annotated records to evaluate
+            (:func:`dr_saliency.lesions.localize.records_for`).
         options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
         stages, tolerance, n_boot, seed: as :func:`dr_saliency.lesions.localize.froc_report`.
         decay, combine, normalize, on_progress, erasures: as
