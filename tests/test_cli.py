@@ -374,7 +374,7 @@ def test_old_option_names_still_parse_but_are_not_shown(tmp_path):
 
 
 def test_explain_takes_the_candidate_options_of_froc(tmp_path, monkeypatch):
-    from dr_saliency.app import photos
+    from dr_saliency.jobs import explain as photos
 
     def names(command):
         return {o for p in cli.commands[command].params for o in p.opts if o.startswith("--cand")}
@@ -396,7 +396,7 @@ def test_explain_takes_the_candidate_options_of_froc(tmp_path, monkeypatch):
 
 
 def test_demo_takes_a_seed(tmp_path, monkeypatch, capsys):
-    from dr_saliency.app import demo
+    from dr_saliency.jobs import demo
 
     seen = {}
 
