@@ -29,7 +29,9 @@ import dataclasses
 import hashlib
 import re
 
-__all__ = ["PARTITION", "Shard", "parse_shard", "select_shard", "shard_index"]
+from dr_saliency.core.files import differences
+
+__all__ = ["PARTITION", "Shard", "check_shards", "parse_shard", "select_shard", "shard_index"]
 
 #: Name of the partition rule, recorded with every shard's output: a merge refuses outputs made
 #: with another rule (none exists yet; the name keeps the door open).
@@ -130,3 +132,59 @@ def select_shard(items, shard, *, key=None):
         def key(item):
             return item if isinstance(item, str) else item.id
     return [item for item in items if shard_index(key(item), shard.count) == shard.index]
+
+
+def check_shards(outputs, *, what="outputs", ignore=()):
+    """Check that outputs are the N shards of one job, each once, made the same way.
+
+    Args:
+        outputs: list of ``(name, params)``: an output's name (its path, for messages) and its
+            recorded parameters, whose ``"shard"`` entry is a :meth:`Shard.to_params` record.
+        what: what the outputs are ("result files", ...), for messages.
+        ignore: parameter keys that may differ between shards (besides ``"shard"``).
+
+    Returns:
+        (count, params): the number of shards N and the parameters they share (without
+        ``"shard"`` and the ``ignore`` keys), from the first output given.
+
+    Raises:
+        ValueError: in one line, naming the outputs: an output made without a shard, shards of
+            different counts (mixed), a shard given twice (overlapping), shards missing, or
+            parameters that differ (another model, data or setting).
+    """
+    if not outputs:
+        raise ValueError(f"Expected the {what} of at least one shard. Received: none")
+    shards = {}
+    for name, params in outputs:
+        record = params.get("shard")
+        if record is None:
+            raise ValueError(f"Expected {what} of sharded runs (made with shard='K/N'). "
+                             f"Received: {name!r} records no shard")
+        shard = Shard.from_params(record)
+        first = next(iter(shards.values()), None)
+        if first is not None and first[0].count != shard.count:
+            raise ValueError(f"Expected the shards of one split into N (mixed shards). Received: "
+                             f"{first[1]!r} is shard {first[0]}, {name!r} is shard {shard}")
+        if shard.index in shards:
+            raise ValueError(f"Expected each shard once (overlapping shards). Received: shard "
+                             f"{shard} in {shards[shard.index][1]!r} and in {name!r}")
+        shards[shard.index] = (shard, name, params)
+    count = next(iter(shards.values()))[0].count
+    missing = [f"{k}/{count}" for k in range(1, count + 1) if k not in shards]
+    if missing:
+        given = ", ".join(f"{s} ({n!r})" for s, n, _ in sorted(shards.values(),
+                                                               key=lambda v: v[0].index))
+        raise ValueError(f"Expected all {count} shards. Received: shard{'s' * (len(missing) > 1)} "
+                         f"{', '.join(missing)} missing (given: {given})")
+    skip = {"shard", *ignore}
+
+    def kept(params):
+        return {k: v for k, v in params.items() if k not in skip}
+
+    first_name, first_params = outputs[0]
+    for name, params in outputs[1:]:
+        diff = differences(kept(first_params), kept(params), holder=repr(first_name))
+        if diff:
+            raise ValueError(f"Expected shards made the same way (one model, data and settings). "
+                             f"Received: {name!r} differs: {'; '.join(diff)}")
+    return count, kept(first_params)

@@ -674,7 +674,8 @@ class ResultStore:
 
         Returns:
             list of dicts as :attr:`runs`; where the file keeps the run's plan, with
-            ``missing``: how many of its planned images are not done.
+            ``missing``: how many of its planned images are not done, and ``missing_ids``:
+            which (sorted).
         """
         plans = self._from_file(_read_plans)
         complete = set(self._complete)
@@ -690,7 +691,7 @@ class ResultStore:
                     if j not in plans and r["planned"] >= run["planned"]:
                         missing = set()  # finished by a run recorded with a count only
                 if missing:
-                    out.append(dict(run, missing=len(missing)))
+                    out.append(dict(run, missing=len(missing), missing_ids=sorted(missing)))
             elif not any(r["planned"] >= run["planned"] for _, r in later):
                 out.append(dict(run))
         return out
