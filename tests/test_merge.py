@@ -149,3 +149,46 @@ def test_merge_refuses_an_image_in_a_shard_that_does_not_own_it(data, runs, tmp_
         merge_stores(existing, [s1, s2, s3])
     with pytest.raises(ValueError, match="Expected an output other than the inputs"):
         merge_stores(s1, [s1, s2, s3], overwrite=True)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation predictions
+
+
+@pytest.fixture(scope="module")
+def grader(tmp_path_factory):
+    from tests.test_faults import _grader
+
+    return _grader(str(tmp_path_factory.mktemp("grader") / "m.h5"), 0)
+
+
+@pytest.mark.slow
+def test_merged_evaluation_shards_are_the_unsharded_evaluation(data, grader, tmp_path):
+    from dr_saliency.grader import evaluate as ev
+    from dr_saliency.grader.model import load_model
+
+    net, ds = load_model(grader), open_dataset(data)
+    whole = str(tmp_path / "whole")
+    ev.evaluate(net, ds, whole, split="all", n_boot=50, batch_size=3, params={"model": "x"})
+    shards = []
+    for k in (1, 2, 3):
+        shards.append(str(tmp_path / f"s{k}"))
+        ev.evaluate(net, ds, shards[-1], split="all", n_boot=50, batch_size=3, shard=f"{k}/3",
+                    params={"model": "x"})
+        assert not os.path.exists(os.path.join(shards[-1], "evaluation.json"))
+    merged = str(tmp_path / "merged")
+    ev.merge_evaluations(merged, shards[::-1])
+    for name in ("evaluation.json", "predictions.csv"):
+        assert open(os.path.join(whole, name)).read() == open(os.path.join(merged, name)).read()
+
+    with pytest.raises(ValueError, match=r"Expected all 3 shards\. Received: shard 2/3 missing"):
+        ev.merge_evaluations(str(tmp_path / "m2"), [shards[0], shards[2]])
+    with pytest.raises(ValueError, match=r"Received: .*whole' , an unsharded evaluation|"
+                                         r"Received: .*whole', an unsharded evaluation"):
+        ev.merge_evaluations(str(tmp_path / "m2"), [whole, *shards])
+    other = str(tmp_path / "other")
+    ev.evaluate(net, ds, other, split="all", n_boot=50, shard="2/3", params={"model": "y"})
+    with pytest.raises(ValueError, match=r"other' differs: model=\"y\""):
+        ev.merge_evaluations(str(tmp_path / "m3"), [shards[0], other, shards[2]])
+    with pytest.raises(ValueError, match="holds one"):
+        ev.merge_evaluations(merged, shards)
