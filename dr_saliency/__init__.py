@@ -47,8 +47,8 @@ _EXPORTS = {
     "ResultStore": "dr_saliency.refinement.store",
     "detect_candidates": "dr_saliency.lesions.candidates",
     "froc": "dr_saliency.lesions.froc",
-    "refine_run": "dr_saliency.app.wiring",
-    "explain_photos": "dr_saliency.app.photos",
+    "refine_run": "dr_saliency.jobs.refine",
+    "explain_photos": "dr_saliency.jobs.explain",
     "bundled_model_path": "dr_saliency.grader.model",
 }
 

@@ -158,11 +158,30 @@ def test_library_errors_get_the_flag_that_works_around_them(tmp_path, capsys):
                            "Received: split='val' (use --split all for every image)")
 
 
+def test_evaluate_on_ungraded_images_gives_no_split_advice(tmp_path, capsys):
+    from dr_saliency.fundus.datasets.folder import write_labels, write_sample
+    import numpy as np
+    from dr_saliency.grader import model as model_lib
+
+    data = tmp_path / "data"
+    write_sample(data, "a", np.full((128, 128, 3), 100, np.uint8))
+    write_labels(data, [{"image": "a", "split": "test"}])
+    model = tmp_path / "model.h5"
+    model_lib.export_model(model_lib.build_model((128, 128, 3), weights=None, width=1 / 16),
+                           str(model))
+    code, _, err = run_main(["evaluate", str(model), str(data), "--split", "all", "--out",
+                             str(tmp_path / "eval")], capsys)
+    assert code == 1
+    assert err.strip() == ("Error: Expected graded images in split 'all' (splits present: none). "
+                           "Received: split='all'")
+
+
 @pytest.mark.parametrize("error, advice", [
     (errors.BadImageError("im1", "unreadable"), "use --skip-bad to skip bad images"),
     (errors.ImageSizeError("im1", "64x64", 512),
      "preprocess the data to that size first: dr-saliency preprocess --size 512"),
     (errors.EmptySplitError("none", "val", ["train"]), "use --split all for every image"),
+    (errors.EmptySplitError("none", "all", []), None),
     (errors.PartialResultsError("ids differ", ["x"]),
      "use --allow-partial to evaluate the images in both"),
     (errors.RunExistsError("a run", "run"), "continue it with --resume, or choose another --out"),
@@ -355,7 +374,7 @@ def test_old_option_names_still_parse_but_are_not_shown(tmp_path):
 
 
 def test_explain_takes_the_candidate_options_of_froc(tmp_path, monkeypatch):
-    from dr_saliency.app import photos
+    from dr_saliency.jobs import explain as photos
 
     def names(command):
         return {o for p in cli.commands[command].params for o in p.opts if o.startswith("--cand")}
@@ -377,7 +396,7 @@ def test_explain_takes_the_candidate_options_of_froc(tmp_path, monkeypatch):
 
 
 def test_demo_takes_a_seed(tmp_path, monkeypatch, capsys):
-    from dr_saliency.app import demo
+    from dr_saliency.jobs import demo
 
     seen = {}
 

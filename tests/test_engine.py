@@ -1,4 +1,4 @@
-"""The engine (dr_saliency.app.engine): shards of a refine run (the fake refinement of
+"""The engine (dr_saliency.jobs.engine): shards of a refine run (the fake refinement of
 test_merge, no TensorFlow) on a 2-worker local Dask cluster give the unsharded run's results bit
 for bit, a worker killed mid-shard has its images redone, never lost or doubled, and a finished
 shard is not run again."""
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from dr_saliency.app import engine
+from dr_saliency.jobs import engine
 from dr_saliency.core.shards import select_shard
 from dr_saliency.fundus.datasets import open_dataset, select_records
 from dr_saliency.refinement.merge import merge_stores
@@ -35,8 +35,8 @@ class RefineShard:
         open(first_try, "a").close()
         seen = []
 
-        def on_image(rec, result, message):
-            seen.append(rec.id)
+        def on_image(image_id, message):
+            seen.append(image_id)
             if dying and len(seen) == 2:
                 os._exit(9)  # as a worker killed by the OOM killer
 

@@ -210,12 +210,12 @@ def test_wheel_ships_the_bundled_grader_and_its_card(tmp_path):
 
 
 def test_load_refiner_records_a_precision_other_than_fp32(tmp_path, grader):
-    from dr_saliency.app import wiring
+    from dr_saliency.jobs import refine as refine_job
 
     out = str(tmp_path / "r.h5")
-    plain = wiring.load_refiner(grader, out)
+    plain = refine_job.load_refiner(grader, out)
     assert "precision" not in plain["params"] and plain["size"] == 128
-    half = wiring.load_refiner(grader, out, precision="bf16")
+    half = refine_job.load_refiner(grader, out, precision="bf16")
     assert half["params"]["precision"] == "bf16"
     assert {k: v for k, v in half["params"].items() if k != "precision"} == plain["params"]
     image, _ = fundus((128, 128), radius=60)

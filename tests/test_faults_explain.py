@@ -272,7 +272,7 @@ def test_the_same_grader_by_another_path_resumes(tmp_path, grader, capsys):
 def test_the_figure_is_redrawn_when_its_row_changes(tmp_path, grader, capsys):
     from PIL import Image
 
-    from dr_saliency.app import photos as photos_app
+    from dr_saliency.jobs import explain as photos_app
 
     eye = _eye(tmp_path / "eye.jpg")
     out = str(tmp_path / "out")

@@ -18,13 +18,13 @@ import pytest
 from test_cli import run_main  # the console-script entry point, called in-process
 
 from dr_saliency.app import cli as cli_module
-from dr_saliency.app import demo
+from dr_saliency.jobs import demo
 from dr_saliency.core.errors import BadImageError, ImageSizeError
 from dr_saliency.fundus import synth
 from dr_saliency.fundus.datasets import open_dataset
 from dr_saliency.fundus.datasets.folder import write_labels, write_sample
 from dr_saliency.fundus.imio import write_image
-from dr_saliency.lesions import panels, reports
+from dr_saliency.lesions import panels
 from dr_saliency.refinement import run as refine_lib
 from dr_saliency.refinement.loop import RefineConfig
 
@@ -460,7 +460,7 @@ def test_demo_timings_survive_an_interruption(tmp_path):
     assert all(isinstance(timings[k], float) for k in ("synth", "train", "froc"))
     assert set(json.load(open(os.path.join(out, "timings.json")))) == {"synth", "train", "froc"}
 
-    report = open(reports.write_demo_report(out, profile="smoke", timings=timings)).read()
+    report = open(demo.write_demo_report(out, profile="smoke", timings=timings)).read()
     line = next(x for x in report.splitlines() if x.startswith("- Time per step"))
     assert line == ("- Time per step (s): synth 0, train 0, evaluate not timed, froc 0; "
                     "total 0 s (without evaluate).")

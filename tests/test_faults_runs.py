@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from dr_saliency.app import demo
+from dr_saliency.jobs import demo
 from dr_saliency.core.files import write_json
 from dr_saliency.fundus import synth
 from dr_saliency.fundus.datasets import open_dataset, select_records
@@ -73,8 +73,8 @@ def refine(data_dir, out, *, stop_after=None):
     records = select_records(open_dataset(data_dir), split="test")
     seen = []
 
-    def on_image(rec, result, message):
-        seen.append(rec.id)
+    def on_image(image_id, message):
+        seen.append(image_id)
         if stop_after is not None and len(seen) >= stop_after:
             raise Interrupted()
 
@@ -149,8 +149,8 @@ def test_froc_takes_a_file_whose_every_planned_image_is_complete(data, tmp_path,
     out = str(tmp_path / "r.h5")
     records = select_records(open_dataset(data), split="test")
 
-    def stop_at_the_end(rec, result, message):
-        if rec.id == records[-1].id:
+    def stop_at_the_end(image_id, message):
+        if image_id == records[-1].id:
             raise Interrupted()
 
     with pytest.raises(Interrupted):

@@ -2,12 +2,15 @@
 
 Wings, lowest first; a module may import its own wing and the wings below it, never above:
 
-    core < figures < fundus < grader < explain < refinement < lesions < app
+    core < figures < fundus < grader < explain < refinement < lesions < jobs < app
 
 No import circle between modules; no TensorFlow (directly or through another module) in core,
 figures, fundus, refinement and lesions (core._tf is the one TensorFlow boundary); lesion
-evaluation reads results without the loop; the library never imports the command line.
-Every import counts, also the ones inside functions.
+evaluation reads results without the loop or the erase step (of refinement/ it reads only the
+store and the result); the library (every wing but app) never imports the command line, and the
+package's lazy re-exports (``_EXPORTS`` of dr_saliency/__init__.py, imported by name through
+importlib) never name it either. Every import counts, also the ones inside
+functions.
 """
 
 import ast
@@ -18,7 +21,7 @@ import pytest
 PACKAGE = "dr_saliency"
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PACKAGE)
 
-WINGS = ("core", "figures", "fundus", "grader", "explain", "refinement", "lesions", "app")
+WINGS = ("core", "figures", "fundus", "grader", "explain", "refinement", "lesions", "jobs", "app")
 NO_TENSORFLOW = ("core", "figures", "fundus", "refinement", "lesions")
 TF_BOUNDARY = "dr_saliency.core._tf"
 TENSORFLOW = ("tensorflow", "keras", "tf_keras")
@@ -26,8 +29,21 @@ TENSORFLOW = ("tensorflow", "keras", "tf_keras")
 #: the workers of a multi-worker training meet (cluster) before TensorFlow joins them up.
 TF_FREE = ("dr_saliency.grader.config", "dr_saliency.grader.cluster")
 #: Imports a wing must not make although the ranks allow them: (importer wing, imported module).
-FORBIDDEN = (("lesions", "dr_saliency.refinement.loop"), ("lesions", "dr_saliency.refinement.run"),
-             ("lesions", "dr_saliency.app"))
+FORBIDDEN = (("lesions", "dr_saliency.app"), ("lesions", "dr_saliency.jobs"))
+#: What a wing may import of a wing below it, where not all of it (importer wing -> (wing, the
+#: modules allowed)): lesion evaluation reads result files, never the loop or the erase step.
+ONLY = {"lesions": ("refinement", ("dr_saliency.refinement.store",
+                                   "dr_saliency.refinement.result"))}
+
+
+def exports(path=os.path.join(ROOT, "__init__.py")):
+    """The modules the package's top re-exports lazily: the values of its ``_EXPORTS`` dict."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS"
+                                                for t in node.targets):
+            return set(ast.literal_eval(node.value).values())
+    raise AssertionError(f"{path}: no _EXPORTS dict")
 
 
 def module_files():
@@ -156,6 +172,31 @@ def test_no_tensorflow_in_the_grader_modules_kept_free_of_it():
         assert chain is None, " -> ".join(chain)
 
 
+def test_the_package_top_re_exports_modules_that_exist_and_never_the_command_line():
+    # Imported by name on first use (importlib), so no import statement shows them; the top
+    # re-exports the main names of every wing of the library, never the command line's.
+    graph = import_graph()
+    assert exports() <= set(graph), sorted(exports() - set(graph))
+    assert sorted(t for t in exports() if wing(t) == "app") == []
+
+
+def only_allowed(graph):
+    """Imports of a wing restricted by :data:`ONLY` outside what it may import."""
+    bad = []
+    for module, targets in graph.items():
+        rule = ONLY.get(wing(module))
+        if rule is None:
+            continue
+        below, allowed = rule
+        bad += [f"{module} -> {t}" for t in sorted(targets)
+                if t in graph and wing(t) == below and t not in allowed]
+    return bad
+
+
+def test_lesion_evaluation_reads_only_the_store_and_the_result_of_refinement():
+    assert only_allowed(import_graph()) == []
+
+
 def test_forbidden_imports_and_the_cli():
     graph = import_graph()
     for module, targets in graph.items():
@@ -183,6 +224,17 @@ def test_the_checks_find_a_circle_an_upward_import_and_a_tensorflow_chain():
     assert upward_imports(graph) == ["dr_saliency.fundus.b -> dr_saliency.grader.m"]
     assert reaches(graph, "dr_saliency.fundus.a", TENSORFLOW) == [
         "dr_saliency.fundus.a", "dr_saliency.fundus.b", "dr_saliency.grader.m", "tensorflow"]
+    assert only_allowed({"dr_saliency.lesions.p": {"dr_saliency.refinement.erase",
+                                                   "dr_saliency.refinement.store"},
+                         "dr_saliency.refinement.erase": set(),
+                         "dr_saliency.refinement.store": set()}) == [
+        "dr_saliency.lesions.p -> dr_saliency.refinement.erase"]
+
+
+def test_the_re_exports_are_read(tmp_path):
+    path = tmp_path / "__init__.py"
+    path.write_text('_EXPORTS = {"main": "dr_saliency.app.cli", "froc": "dr_saliency.lesions.froc"}')
+    assert exports(str(path)) == {"dr_saliency.app.cli", "dr_saliency.lesions.froc"}
 
 
 @pytest.mark.parametrize("source, expected", [

@@ -111,7 +111,7 @@ def test_write_froc_files_and_table(refined, tmp_path):
     assert metrics["groups"]["all"]["n_images"] == 10
     table = reports.summary_table(report)
     assert table.splitlines()[0].startswith("| group | images | lesions | score s_0")
-    assert table == reports._table_from_rows(json.loads(json.dumps(
+    assert table == reports.table_from_rows(json.loads(json.dumps(
         localize.summary_rows(report), default=reports._json_default)))
 
 

@@ -64,7 +64,7 @@ def test_refine_dataset_writes_resumes_and_filters_referable(tmp_path):
     lines = []
     summary = pipeline.refine_dataset(list(ds), out, explain=fake_explain, predict=fake_predict,
                                       size=64, batch_size=4, only_referable=True,
-                                      on_image=lambda rec, res, msg: lines.append((rec.id, msg)),
+                                      on_image=lambda image_id, msg: lines.append((image_id, msg)),
                                       config=RefineConfig(max_iterations=5), erase=ERASE)
     p0 = fake_predict([r.load_image() for r in ds])
     referable = [r.id for r, p in zip(ds, p0) if is_referable(p)]

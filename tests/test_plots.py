@@ -133,6 +133,21 @@ def test_froc_figure_bands_only_with_bootstrap_curves(froc_pair):
     bare = {label: (result, None) for label, (result, _) in froc_pair.items()}
     ax = plots.froc_figure({"p": bare}).axes[0]
     assert not [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def test_froc_figure_key_explains_score_and_band(froc_pair):
+    def key(fig):
+        (legend,) = fig.legends
+        return [t.get_text() for t in legend.get_texts()]
+
+    texts = key(plots.froc_figure({"p": froc_pair}, max_fp=10))
+    assert texts[0] == "marked: the 7 rates of the score, 1/8 to 8 FP/image"
+    assert texts[1] == ("score: mean sensitivity at those 7 rates; AS10: average sensitivity "
+                        "from 1/8 to 10 FP/image")
+    assert texts[2] == "shaded: pointwise 95% bootstrap band (images resampled)"
+    bare = {label: (result, None) for label, (result, _) in froc_pair.items()}
+    texts = key(plots.froc_figure({"p": bare}, max_fp=4))
+    assert len(texts) == 2 and "AS4: average sensitivity from 1/8 to 4 FP/image" in texts[1]
     # A bare FROCResult is taken as (result, None).
     bare = {label: result for label, (result, _) in froc_pair.items()}
     assert len(plots.froc_figure({"p": bare}).axes[0].get_legend_handles_labels()[0]) == 2

@@ -377,7 +377,7 @@ def test_preprocess_dataset_writes_the_folder_layout(tmp_path):
     records = _source_dataset(str(tmp_path / "src"))
     out = str(tmp_path / "out")
     calls = []
-    summary = preprocess_dataset(records, out, size=128, workers=1, on_progress=calls.append)
+    summary = preprocess_dataset(records, out, size=128, workers=1, on_progress=lambda label, total: calls.append)
     assert summary["written"] == 4 and summary["already_done"] == 0 and summary["skipped"] == []
     assert sum(calls) == 4
     assert sorted(os.listdir(os.path.join(out, "images"))) == [f"img{i}.png" for i in range(4)]
@@ -415,7 +415,7 @@ def test_preprocess_dataset_resumes(tmp_path):
     image0 = os.path.join(out, "images", "img0.png")
     before = os.stat(image0).st_mtime_ns
     calls = []
-    summary = preprocess_dataset(records, out, size=128, workers=1, on_progress=calls.append)
+    summary = preprocess_dataset(records, out, size=128, workers=1, on_progress=lambda label, total: calls.append)
     assert summary["already_done"] == 2 and summary["written"] == 1
     assert calls == [2, 1]
     assert os.stat(image0).st_mtime_ns == before
@@ -449,7 +449,7 @@ def test_preprocess_dataset_skips_bad_records(tmp_path):
     out = str(tmp_path / "out")
     calls = []
     summary = preprocess_dataset(records, out, size=128, workers=1, skip_bad=True,
-                                 on_progress=calls.append)
+                                 on_progress=lambda label, total: calls.append)
     assert sum(calls) == 4 and summary["written"] == 2
     assert [item[0] for item in summary["skipped"]] == ["img1", "img2"]
     assert records[1].image_path in summary["skipped"][0][1]
@@ -510,7 +510,7 @@ def test_preprocess_dataset_in_a_process_pool(tmp_path):
     out = str(tmp_path / "pool")
     calls = []
     summary = preprocess_dataset(records, out, size=128, workers=2, skip_bad=True,
-                                 on_progress=calls.append)
+                                 on_progress=lambda label, total: calls.append)
     assert sum(calls) == 4 and summary["written"] == 3
     assert [item[0] for item in summary["skipped"]] == ["img3"]
     # Same bytes as in-process.

@@ -1,4 +1,4 @@
-"""Tests of dr_saliency.app.replicate: seed parsing, refusing to mix experiments, cross-seed summary,
+"""Tests of dr_saliency.jobs.replicate: seed parsing, refusing to mix experiments, cross-seed summary,
 and one end-to-end run of the command on the smoke profile."""
 
 import json
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from dr_saliency.app import replicate
+from dr_saliency.jobs import replicate
 from test_cli import run_main  # the console-script entry point, called in-process
 
 
@@ -95,7 +95,7 @@ def test_replicate_command_end_to_end_on_the_smoke_profile(tmp_path, capsys):
 
 
 def test_a_relative_gain_over_an_s0_that_finds_nothing_is_not_reported():
-    from dr_saliency.app import replicate
+    from dr_saliency.jobs import replicate
 
     row = {"s0_as10": 0.0004, "S_as10": 0.0, "gain_as10": -1.0, "gain_as10_ci": [-1.0, -0.5],
            "s0_score": 0.3, "S_score": 0.33, "gain_score": 0.1, "gain_score_ci": [0.05, 0.15]}

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from dr_saliency.refinement import store as results
+from dr_saliency.refinement import journal
 from dr_saliency.refinement.loop import RefineResult
 from dr_saliency.refinement.store import FORMAT, ResultStore, read_final_maps, read_params
 
@@ -252,13 +252,13 @@ def test_an_exception_during_a_write_rolls_back(path, monkeypatch):
     before = open(path, "rb").read()
     calls = []
 
-    def failing_save(self, start, end, original=results._JournaledFile._save):
+    def failing_save(self, start, end, original=journal.JournaledFile._save):
         calls.append(1)
         if len(calls) == 5:
             raise OSError("disk full (simulated)")
         return original(self, start, end)
 
-    monkeypatch.setattr(results._JournaledFile, "_save", failing_save)
+    monkeypatch.setattr(journal.JournaledFile, "_save", failing_save)
     with ResultStore(path, "a") as store:
         # The failing write happens while h5py closes the file, where h5py only prints errors
         # (hence the filterwarnings): the store must notice, roll back and raise.
@@ -292,7 +292,7 @@ def _write_new_image(path, kill_at_write=None, kill_in_journal_call=None):
     """Append "new" to the store; SIGKILL just before the N-th file write, or half-way through
     the N-th journal write (1 = its header)."""
     if kill_at_write is not None:
-        original, count = results._JournaledFile.write, [0]
+        original, count = journal.JournaledFile.write, [0]
 
         def write(self, buffer):
             count[0] += 1
@@ -300,9 +300,9 @@ def _write_new_image(path, kill_at_write=None, kill_in_journal_call=None):
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(self, buffer)
 
-        results._JournaledFile.write = write
+        journal.JournaledFile.write = write
     if kill_in_journal_call is not None:
-        original_all, journal_count = results._write_all, [0]
+        original_all, journal_count = journal._write_all, [0]
 
         def write_all(fd, data):
             journal_count[0] += 1
@@ -311,14 +311,14 @@ def _write_new_image(path, kill_at_write=None, kill_in_journal_call=None):
                 os.kill(os.getpid(), signal.SIGKILL)
             original_all(fd, data)
 
-        results._write_all = write_all
+        journal._write_all = write_all
     with ResultStore(path, "a", params=PARAMS) as store:
         store.write("new", make_result(7, size=64, with_images=True))
 
 
 def _count_writes(path):
     counts = {"file": 0, "journal": 0}
-    original, original_all = results._JournaledFile.write, results._write_all
+    original, original_all = journal.JournaledFile.write, journal._write_all
 
     def write(self, buffer):
         counts["file"] += 1
@@ -329,10 +329,10 @@ def _count_writes(path):
         original_all(fd, data)
 
     try:
-        results._JournaledFile.write, results._write_all = write, write_all
+        journal.JournaledFile.write, journal._write_all = write, write_all
         _write_new_image(path)
     finally:
-        results._JournaledFile.write, results._write_all = original, original_all
+        journal.JournaledFile.write, journal._write_all = original, original_all
     return counts
 
 
@@ -395,7 +395,7 @@ def test_a_killed_rollback_is_redone(tmp_path):
     assert _killed_child(lambda: _write_new_image(work, kill_at_write=n_writes))  # after overwrites
 
     def killed_rollback():
-        original, count = results._write_all_at, [0]
+        original, count = journal._write_all_at, [0]
 
         def write_all_at(fd, data, offset):
             count[0] += 1
@@ -403,7 +403,7 @@ def test_a_killed_rollback_is_redone(tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
             original(fd, data, offset)
 
-        results._write_all_at = write_all_at
+        journal._write_all_at = write_all_at
         ResultStore(work).close()
 
     assert _killed_child(killed_rollback)

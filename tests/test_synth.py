@@ -276,7 +276,7 @@ def tiny_sets(tmp_path_factory):
     one = str(root / "one")
     two = str(root / "two")
     synth.write_dataset(one, 10, size=128, seed=3, workers=1)
-    synth.write_dataset(two, 10, size=128, seed=3, workers=2, on_progress=calls.append)
+    synth.write_dataset(two, 10, size=128, seed=3, workers=2, on_progress=lambda label, total: calls.append)
     return one, two, calls
 
 
@@ -336,7 +336,7 @@ def test_resume_skips_existing_images_and_rewrites_missing(tmp_path):
     os.remove(image)
     os.remove(os.path.join(root, "labels.csv"))
     calls = []
-    synth.write_dataset(root, 5, size=128, workers=1, on_progress=calls.append)
+    synth.write_dataset(root, 5, size=128, workers=1, on_progress=lambda label, total: calls.append)
     assert calls == [4, 1]
     assert os.stat(kept).st_mtime_ns == stamp
     with open(image, "rb") as f:

@@ -292,7 +292,7 @@ def test_profiles_are_valid_configs_and_reference_is_the_papers_input_size():
         TrainConfig(**values).validate()
     reference = TrainConfig(**train_config.REFERENCE_PROFILE)
     assert reference.input_size == 512 and reference.weights is None
-    from dr_saliency.app.demo import PROFILES as DEMO_PROFILES
+    from dr_saliency.jobs.demo import PROFILES as DEMO_PROFILES
 
     assert DEMO_PROFILES["reference"]["size"] == reference.input_size
     assert DEMO_PROFILES["reference"]["train"] is train_config.REFERENCE_PROFILE

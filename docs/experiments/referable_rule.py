@@ -21,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir))
 
-from dr_saliency.app import wiring  # noqa: E402
-from dr_saliency.fundus.datasets import dataset_fingerprint, open_dataset, select_records  # noqa: E402
+from dr_saliency.jobs import refine as refine_job  # noqa: E402
+from dr_saliency.jobs import froc as froc_job  # noqa: E402
+from dr_saliency.fundus.datasets import open_dataset, select_records  # noqa: E402
 from dr_saliency.lesions.localize import records_for  # noqa: E402
 from dr_saliency.refinement.loop import RefineConfig  # noqa: E402
 from dr_saliency.refinement.store import ResultStore  # noqa: E402
@@ -47,15 +48,15 @@ def main():
           "AS10 all: s_0 -> S | stage 3 | stage 4 |\n|---|---|---|---|---|---|---|")
     for k, (name, config) in enumerate(RULES.items()):
         path = os.path.join(args.out, f"rule{k}.h5")
-        wiring.refine_run(args.model, records, path, config=config, only_referable=True,
-                          batch_size=args.batch_size, data_fingerprint=dataset_fingerprint(dataset))
+        refine_job.refine_run(args.model, records, path, config=config, only_referable=True,
+                              batch_size=args.batch_size, dataset=dataset)
         with ResultStore(path, "r") as store:
             results = {i: store.read(i) for i in store.complete_ids()}
         stages = collections.Counter(labels[i] for i in results)
         iterations = np.mean([r.iterations for r in results.values()])
         capped = sum(r.stop_reason == "max_iterations" for r in results.values())
         chosen, _ = records_for(path, dataset)
-        report, _ = wiring.froc_run(path, chosen, os.path.join(args.out, f"froc{k}"), n_boot=200)
+        report, _ = froc_job.froc_run(path, chosen, os.path.join(args.out, f"froc{k}"), n_boot=200)
 
         def cell(group):
             if group not in report:

@@ -27,8 +27,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir))
 
-from dr_saliency.app import wiring  # noqa: E402
 from dr_saliency.explain.options import Explanation  # noqa: E402
+from dr_saliency.jobs import refine as refine_job  # noqa: E402
 from dr_saliency.fundus.datasets import select_records  # noqa: E402
 from dr_saliency.lesions import localize  # noqa: E402
 from dr_saliency.refinement.erase import Eraser  # noqa: E402
@@ -101,9 +101,9 @@ def main():
         explain_kw = dict(BASE_EXPLAIN, **explain_change)
         refine_kw = dict(BASE_REFINE, **refine_change)
         store = os.path.join(args.work, name.replace(" ", "_").replace("%", "pc") + ".h5")
-        wiring.refine_run(args.model, records, store, explanation=Explanation(**explain_kw),
-                          config=RefineConfig.from_params(refine_kw),
-                          erase=Eraser.from_params(refine_kw), batch_size=8, only_referable=True)
+        refine_job.refine_run(args.model, records, store, explanation=Explanation(**explain_kw),
+                              config=RefineConfig.from_params(refine_kw),
+                              erase=Eraser.from_params(refine_kw), batch_size=8, only_referable=True)
         scored, _ = localize.records_for(store, ds)
         row = {"run": name, "store": store, "images": len(scored),
                "stop reasons": stop_reasons(store)}

@@ -1,3 +1,3 @@
-"""The command line and the jobs built from the wings: the wiring of model -> explainer ->
-refine run, the demo and the multi-seed replication.
+"""The command line: parse options, call the jobs and the library, print progress and turn typed
+errors into one line with the flag that helps.
 """

@@ -20,8 +20,8 @@ from dr_saliency.fundus.synth import STAGE_MIXES
 from dr_saliency.grader import config as train_config
 from dr_saliency.refinement import erase as erase_lib
 from dr_saliency.refinement import loop as loop_lib
-from dr_saliency.app.demo import PROFILES as DEMO_PROFILES
-from dr_saliency.app.photos import DEFAULT_TOP
+from dr_saliency.jobs.demo import PROFILES as DEMO_PROFILES
+from dr_saliency.jobs.explain import DEFAULT_TOP
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {message}", err=True)
@@ -178,7 +178,7 @@ def demo_cmd(out_dir, profile, seed):
     """The whole method end to end on synthetic data: synth -> train -> evaluate -> refine
     (referable test images) -> froc -> figures -> REPORT.md; minutes on a laptop with the quick
     profile (each step's time is in OUT/timings.json)."""
-    from dr_saliency.app import demo
+    from dr_saliency.jobs import demo
     report = demo.run_demo(out_dir, profile=profile, seed=seed, on_step=_on_step,
                            on_progress=_on_progress)
     click.echo(f"Report: {report}")
@@ -224,7 +224,7 @@ def replicate_cmd(seeds, out_dir, profile, n_boot):
     scale. Writes OUT/REPLICATE.md (per-seed table, mean, sd and range), replicate.json and
     gains.png/pdf.
     """
-    from dr_saliency.app import replicate
+    from dr_saliency.jobs import replicate
     seed_list = replicate.parse_seeds(seeds)
 
     def on_seed(seed, index, total):
@@ -266,43 +266,50 @@ def _open(data, layout, skip_bad=False):
     return ds
 
 
-class _Bar:
-    """A click progress bar fed by a library's ``on_progress(k)`` callback.
+class _Bars:
+    """The commands' ``on_progress`` (docs/contracts.md#progress): a click progress bar per phase
+    of work, closed at the phase's last step, and any still open when the command ends (an
+    error, Ctrl-C).
 
-    Drawn on a terminal only: in a log file or a pipe it would be a stray label line.
+    Drawn on a terminal only: in a log file or a pipe a bar would be a stray label line.
     """
 
-    def __init__(self, length, label):
-        self.bar = None
-        if sys.stderr.isatty():
-            self.bar = click.progressbar(length=length, label=label, file=sys.stderr,
-                                         show_pos=True, show_eta=True)
+    def __init__(self):
+        self.open = []
+
+    def __call__(self, label, length):
+        if not sys.stderr.isatty() or length <= 0:
+            return lambda k=1: None
+        bar = click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True,
+                                show_eta=True)
+        bar.__enter__()
+        self.open.append(bar)
+        state = {"done": 0}
+
+        def step(k=1):
+            bar.update(k)
+            state["done"] += k
+            if state["done"] >= length and bar in self.open:
+                self.open.remove(bar)
+                bar.__exit__(None, None, None)
+
+        return step
 
     def __enter__(self):
-        if self.bar is None:
-            return lambda k=1: None
-        self.bar.__enter__()
-        return self.bar.update
+        return self
 
     def __exit__(self, *exc):
-        return None if self.bar is None else self.bar.__exit__(*exc)
+        while self.open:
+            self.open.pop().__exit__(*exc)
 
 
-def _bar_progress(label, length):
-    """``on_progress`` for the library: a terminal progress bar, opened until its last step."""
-    bar = _Bar(length, label)
-    update = bar.__enter__()
-    state = {"done": 0}
+def _image_lines(quiet):
+    """The commands' ``on_image(image_id, message)``: one line per image, none with --quiet."""
+    def on_image(image_id, message):
+        if not quiet:
+            click.echo(f"{image_id}: {message}")
 
-    def step(k=1):
-        update(k)
-        state["done"] += k
-        if state["done"] >= length:
-            bar.__exit__(None, None, None)
-
-    if length == 0:
-        bar.__exit__(None, None, None)
-    return step
+    return on_image
 
 
 def _fractions(ctx, param, value):
@@ -354,9 +361,9 @@ def synth_cmd(out, out_option, n, size, seed, stages, split, workers, overwrite,
     """Write a synthetic fundus dataset with lesion masks to OUT (resumable)."""
     out = _one_out(out, out_option)
     from dr_saliency.fundus import synth
-    with _Bar(n, "Synthesizing") as update:
+    with _Bars() as bars:
         labels = synth.write_dataset(out, n, size=size, seed=seed, stages=stages, split=split,
-                                     workers=workers, on_progress=update, overwrite=overwrite,
+                                     workers=workers, on_progress=bars, overwrite=overwrite,
                                      generator=generator)
     click.echo(f"{n} synthetic images of {size}x{size} ({stages} stages, seed {seed}): {labels}")
 
@@ -377,9 +384,9 @@ def preprocess_cmd(src, out, out_option, size, layout, workers, skip_bad, overwr
     out = _one_out(out, out_option)
     from dr_saliency.fundus import prepare as preprocess
     dataset = _open(src, layout, skip_bad)
-    with _Bar(len(dataset), "Preprocessing") as update:
+    with _Bars() as bars:
         summary = preprocess.preprocess_dataset(dataset, out, size=size, workers=workers,
-                                                skip_bad=skip_bad, on_progress=update,
+                                                skip_bad=skip_bad, on_progress=bars,
                                                 overwrite=overwrite)
     for line in summary["warnings"][len(dataset.warnings):]:
         click.echo(f"Warning: {line}", err=True)
@@ -462,11 +469,10 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, timeo
         values["weights"] = _weights_arg(values["weights"])
     config = train_config.TrainConfig(**values)
     dataset = _open(data, layout, skip_bad)
-    n_images = sum(1 for r in dataset if r.grade is not None)
-    with _Bar(n_images, "Checking images") as update:
+    with _Bars() as bars:
         summary = train_lib.train(dataset, run_dir or resume_dir, config,
                                   resume=bool(resume_dir), skip_bad=skip_bad, force=force,
-                                  data_path=os.path.abspath(data), on_check=update,
+                                  data_path=os.path.abspath(data), on_progress=bars,
                                   timeout=timeout)
     for path, message in summary["skipped"]:
         click.echo(f"Skipped {path}: {message}", err=True)
@@ -501,10 +507,9 @@ def evaluate_cmd(model_path, data, out_dir, split, layout, batch_size, n_boot, p
     from dr_saliency.grader import model as model_lib
     net = model_lib.with_precision(model_lib.load_model(model_path), precision)
     dataset = _open(data, layout, skip_bad)
-    n_images = len(select_records(dataset, split=split, graded=True))
-    with _Bar(n_images, "Checking images") as update:
+    with _Bars() as bars:
         report = evaluate_lib.evaluate(net, dataset, out_dir, split=split, batch_size=batch_size,
-                                       n_boot=n_boot, skip_bad=skip_bad, on_check=update)
+                                       n_boot=n_boot, skip_bad=skip_bad, on_progress=bars)
     for entry in report["skipped"]:
         click.echo(f"Skipped {entry['image']}: {entry['reason']}", err=True)
     m = report["metrics"]
@@ -639,26 +644,18 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
     --stop-at or --max-iterations; the final map S combines the maps. Rerunning the same
     command skips images already complete in --out.
     """
-    from dr_saliency.app import wiring
+    from dr_saliency.jobs import refine as refine_job
 
     explanation, config, erase = _refine_settings(values)
     quiet, skip_bad = values.pop("quiet"), values.pop("skip_bad")
-    from dr_saliency.fundus.datasets import dataset_fingerprint
-
     dataset = _open(data, layout, skip_bad)
     records = select_records(dataset, split=split, ids=_ids(ids))
-    with _Bar(len(records), "Refining") as update:
-        def on_image(rec, result, message):
-            update(1)
-            if not quiet:
-                click.echo(f"{rec.id}: {message}")
-
-        summary = wiring.refine_run(model_path, records, out, explanation=explanation,
-                                    config=config, erase=erase, batch_size=values["batch_size"],
-                                    keep_images=keep_images, only_referable=only_referable,
-                                    skip_bad=skip_bad, on_image=on_image,
-                                    precision=values["precision"],
-                                    data_fingerprint=dataset_fingerprint(dataset))
+    with _Bars() as bars:
+        summary = refine_job.refine_run(
+            model_path, records, out, explanation=explanation, config=config, erase=erase,
+            batch_size=values["batch_size"], keep_images=keep_images,
+            only_referable=only_referable, skip_bad=skip_bad, on_image=_image_lines(quiet),
+            on_progress=bars, precision=values["precision"], dataset=dataset)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
     click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
                f"{summary['already_done']} already done, {summary['not_referable']} not referable, "
@@ -725,21 +722,17 @@ def explain_cmd(inputs, out_dir, model_path, top, **values):
     loop, then s_0, S and the top candidate lesions mapped back onto the photograph. Writes a
     figure per photograph and one table for all of them.
     """
-    from dr_saliency.app import photos
+    from dr_saliency.jobs import explain as photos
     from dr_saliency.fundus.photos import printable
 
     explanation, config, erase = _refine_settings(values)
     quiet = values.pop("quiet")
-
-    def on_image(image_id, message):
-        if not quiet:
-            click.echo(f"{image_id}: {message}")
-
-    summary = photos.explain_photos(
-        list(inputs), out_dir, model_path=model_path, explanation=explanation, config=config,
-        erase=erase, batch_size=values["batch_size"], top=top, skip_bad=values["skip_bad"],
-        options=_candidate_config(values),
-        on_image=on_image, on_progress=_bar_progress, precision=values["precision"])
+    with _Bars() as bars:
+        summary = photos.explain_photos(
+            list(inputs), out_dir, model_path=model_path, explanation=explanation,
+            config=config, erase=erase, batch_size=values["batch_size"], top=top,
+            skip_bad=values["skip_bad"], options=_candidate_config(values),
+            on_image=_image_lines(quiet), on_progress=bars, precision=values["precision"])
     if summary["ignored"]:
         names = [printable(os.path.basename(p)) for p in summary["ignored"][:5]]
         click.echo(f"Ignored {len(summary['ignored'])} file(s) that are not images by their "
@@ -807,7 +800,7 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
     95% intervals, paired S - s_0 gains), curves.csv and the FROC figures (PNG and PDF); with
     --lesions, the fate of every lesion too.
     """
-    from dr_saliency.app import wiring
+    from dr_saliency.jobs import froc as froc_job
     from dr_saliency.lesions import localize, reports
     from dr_saliency.lesions.froc import DEFAULT_MAX_FP
 
@@ -823,12 +816,12 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
         if stage not in present:
             click.echo(f"Note: no image of stage {stage} among the {len(records)} evaluated: "
                        f"stage {stage} gets no FROC of its own", err=True)
-    with _Bar(len(records), "Candidates") as update:
-        report, paths = wiring.froc_run(
+    with _Bars() as bars:
+        report, paths = froc_job.froc_run(
             results, records, out_dir, options=_candidate_config(candidate_values),
             stages=stages, tolerance=tolerance, n_boot=n_boot, decay=decay, combine=combine,
             normalize=normalize, allow_partial=allow_partial, force=force, notes=notes,
-            params={"data": os.path.abspath(data)}, on_image=update,
+            params={"data": os.path.abspath(data)}, on_progress=bars,
             lesions_fp=lesions_fp if lesions else None)
     click.echo(reports.summary_table(report))
     if lesions:
@@ -889,7 +882,8 @@ def _advice(exc, options=None):
     if isinstance(exc, errors.BadImageError):
         return use("--skip-bad", "use --skip-bad to skip bad images")
     if isinstance(exc, errors.EmptySplitError):
-        return use("--split", "use --split all for every image")
+        # With split "all" already, no flag helps: the images lack what the command needs.
+        return None if exc.split == "all" else use("--split", "use --split all for every image")
     if isinstance(exc, errors.PartialResultsError):
         return use("--allow-partial", "use --allow-partial to evaluate the images in both")
     if isinstance(exc, errors.FolderInUseError):

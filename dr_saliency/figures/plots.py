@@ -248,7 +248,8 @@ def froc_figure(panels, *, max_fp=10, title=None):
     7-point score (:meth:`FROCResult.score`) and average sensitivity up to ``max_fp``
     (:meth:`FROCResult.average_sensitivity`). Curves are told apart by Okabe-Ito colour, line style
     and marker. A curve without lesions (NaN) is left out and said so in the legend; a panel
-    whose curves all have none says "no lesions".
+    whose curves all have none says "no lesions". A key under the panels says what the markers,
+    "score", "AS" and the shaded band are.
 
     Args:
         panels: ordered dict ``{panel title: {curve label: (FROCResult, BootstrapResult or None)}}``
@@ -347,9 +348,31 @@ def froc_figure(panels, *, max_fp=10, title=None):
     ax0.set_xticks(ticks, [_rate_label(t) for t in ticks])
     ax0.xaxis.set_minor_locator(NullLocator())
     ax0.set_yticks(np.linspace(0, 1, 6))
+    levels = {boot.level for _, entries in checked for _, _, boot in entries
+              if boot is not None and boot.curve_rates is not None}
+    _froc_key(fig, max_fp, levels)
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _froc_key(fig, max_fp, levels):
+    """The FROC figure's key under its panels: what the markers, ``score``, ``AS`` and the
+    shaded band (bootstrap ``levels``, a set of confidence levels in (0, 1)) are."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], ls="none", marker="o", ms=3.8, color="0.35",
+                      label="marked: the 7 rates of the score, 1/8 to 8 FP/image"),
+               Patch(facecolor="none", edgecolor="none",
+                     label=f"score: mean sensitivity at those 7 rates; AS{max_fp:g}: average "
+                           f"sensitivity from 1/8 to {max_fp:g} FP/image")]
+    if levels:
+        level = " / ".join(f"{100 * v:g}%" for v in sorted(levels))
+        handles.append(Patch(facecolor="0.35", alpha=0.18, lw=0,
+                             label=f"shaded: pointwise {level} bootstrap band (images resampled)"))
+    fig.legend(handles=handles, loc="outside lower center", frameon=False, ncols=1, fontsize=7,
+               handlelength=1.6)
 
 
 # ----------------------------------------------------------------------------- saliency overlays

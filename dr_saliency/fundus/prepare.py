@@ -30,6 +30,7 @@ from dr_saliency.core.errors import FolderInUseError
 from dr_saliency.core.files import check_record, refuse_other_outputs, write_json
 from dr_saliency.core.locks import lock_folder
 from dr_saliency.core.procs import run_jobs
+from dr_saliency.core.progress import check_callback, phase
 from dr_saliency.fundus.datasets.fingerprint import dataset_fingerprint
 from dr_saliency.fundus.datasets.folder import LESION_TYPES, write_labels, write_sample
 from dr_saliency.fundus.fov import DEFAULT_SIZE, MIN_SIZE, preprocess_image
@@ -196,9 +197,10 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
         skip_bad: bool. False: the first bad record (unreadable or truncated image, mask of
             the wrong size) stops the run with a ``ValueError`` naming its file; what was written
             stays valid. True: bad records are skipped and reported in ``summary["skipped"]``.
-        on_progress: optional callable ``on_progress(k)``, called in this process with the number
-            of records just accounted for (done earlier, written or skipped); the calls add up to
-            ``len(dataset)``.
+        on_progress: optional ``on_progress(label, total) -> advance(k=1)``
+            (:mod:`dr_saliency.core.progress`), one phase "Preprocessing" of ``len(dataset)``;
+            ``advance`` is called in this process with the number of records just accounted for
+            (done earlier, written or skipped).
         overwrite: bool, redo every record (and allow another dataset or size); images of
             another dataset left in ``out`` are not listed in ``labels.csv``.
 
@@ -231,8 +233,7 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError(f"Expected a sequence of records (len and indexing). "
                         f"Received: dataset of type {type(dataset).__name__}")
-    if on_progress is not None and not callable(on_progress):
-        raise TypeError(f"Expected a callable or None. Received: on_progress={on_progress!r}")
+    check_callback(on_progress, "on_progress")
     out = os.fspath(out)
     records = [dataset[i] for i in range(len(dataset))]
     ids = [rec.id for rec in records]
@@ -259,7 +260,7 @@ def preprocess_dataset(dataset, out, *, size=DEFAULT_SIZE, workers=None, skip_ba
 def _preprocess(dataset, records, out, size, workers, skip_bad, on_progress, overwrite):
     """The body of :func:`preprocess_dataset`, in a folder claimed and locked."""
     ids = [rec.id for rec in records]
-    progress = on_progress or (lambda k: None)
+    progress = phase(on_progress, "Preprocessing", len(records))
     todo = [i for i, rec in enumerate(records)
             if overwrite or not os.path.exists(_image_path(out, rec.id))]
     summary = {"out": out, "size": size, "total": len(records), "written": 0,

@@ -25,7 +25,7 @@ SHARD_FILE = "shard.json"
 
 
 def evaluate(model, dataset, out_dir, *, split="test", batch_size=16, n_boot=1000, seed=0,
-             skip_bad=False, on_check=None, shard=None, params=None):
+             skip_bad=False, on_progress=None, shard=None, params=None):
     """Grade a split of ``dataset`` with ``model`` and write the evaluation to ``out_dir``.
 
     Every image is decoded once first, so that an unreadable file, or one whose size is not the
@@ -53,7 +53,8 @@ def evaluate(model, dataset, out_dir, *, split="test", batch_size=16, n_boot=100
         seed: int.
         skip_bad: bool, skip unreadable or wrongly sized images (listed in the report's
             ``skipped``) instead of failing.
-        on_check: optional callable(k) while image files are checked.
+        on_progress: as :func:`dr_saliency.grader.train.check_files` (while image files are
+            checked).
         shard: optional :class:`~dr_saliency.core.shards.Shard` or ``"K/N"``.
         params: optional dict recorded as ``params`` (what made the evaluation: the model's
             SHA-256, the data's fingerprint); the shards of one evaluation must agree on it.
@@ -84,7 +85,7 @@ def evaluate(model, dataset, out_dir, *, split="test", batch_size=16, n_boot=100
     records = select_shard(everything, shard)
     size = model.input_shape[1]
     by_path = {r.image_path: r for r in records}
-    good, bad = check_files(records, skip_bad=skip_bad, on_progress=on_check,
+    good, bad = check_files(records, skip_bad=skip_bad, on_progress=on_progress,
                             size=None if size is None else int(size))
     skipped = [{"image": by_path[path].id, "path": path, "reason": message}
                for path, message in bad]

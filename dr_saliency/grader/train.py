@@ -37,11 +37,12 @@ import time
 
 import numpy as np
 
-from dr_saliency.core.files import file_sha256, write_json
+from dr_saliency.core.files import file_sha256, write_figure, write_json
 from dr_saliency.core.errors import (BadImageError, ClusterTimeoutError, ImageSizeError,
                                      NoValidationError, OutOfMemoryError, ProvenanceError,
                                      RunExistsError)
 from dr_saliency.core.locks import lock_folder
+from dr_saliency.core.progress import phase
 from dr_saliency.grader import metrics as metrics_lib
 from dr_saliency.grader import model as model_lib
 from dr_saliency.core._tf import keras, tf
@@ -105,7 +106,8 @@ def check_files(records, *, skip_bad=False, on_progress=None, size=None):
     Args:
         records: sequence of records with ``id`` and ``image_path``.
         skip_bad: bool, drop unreadable (or wrongly sized) images instead of failing.
-        on_progress: optional callable(k) called as images are checked.
+        on_progress: optional ``on_progress(label, total) -> advance(k=1)``
+            (:mod:`dr_saliency.core.progress`): one phase, "Checking images".
         size: optional int, the side every image must have (the model's input, for grading:
             an image of another size would be resized silently and graded on other pixels
             than it was trained on). None: any size (training resizes).
@@ -131,12 +133,12 @@ def check_files(records, *, skip_bad=False, on_progress=None, size=None):
                     f"{rec.image_path} of {shape[1]}x{shape[0]}"), True
         return None
 
+    advance = phase(on_progress, "Checking images", len(records))
     good, bad = [], []
     # OpenCV releases the GIL while decoding, so threads decode in parallel.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for rec, problem in zip(records, pool.map(check, records)):
-            if on_progress:
-                on_progress(1)
+            advance(1)
             if problem is None:
                 good.append(rec)
             elif skip_bad:
@@ -513,7 +515,7 @@ def is_run_dir(path):
 
 
 def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, force=False,
-          data_path=None, on_epoch=None, on_check=None, verbose=None, timeout=CLUSTER_TIMEOUT):
+          data_path=None, on_epoch=None, on_progress=None, verbose=None, timeout=CLUSTER_TIMEOUT):
     """Train (or resume training of) the grader on a dataset; write the run folder.
 
     Args:
@@ -530,7 +532,7 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, force=
         data_path: optional str recorded in config.json (the CLI passes the DATA argument) with
             the dataset's fingerprint (:func:`dr_saliency.fundus.datasets.dataset_fingerprint`).
         on_epoch: optional callable(epoch, metrics dict) after each epoch.
-        on_check: optional callable(k) while image files are checked.
+        on_progress: as :func:`check_files` (while image files are checked).
         verbose: Keras fit verbosity (None: progress bar on a terminal, one line per epoch
             otherwise).
         timeout: float > 0, seconds a worker of a multi-worker training (strategy
@@ -570,12 +572,12 @@ def train(dataset, run_dir, config=None, *, resume=False, skip_bad=False, force=
         # Another worker of a cluster writes nothing (the chief writes the run), so it takes
         # no lock: two processes for one task are refused when the workers meet.
         return _train(dataset, run_dir, config, resume=resume, skip_bad=skip_bad, force=force,
-                      data_path=data_path, on_epoch=on_epoch, on_check=on_check,
+                      data_path=data_path, on_epoch=on_epoch, on_progress=on_progress,
                       verbose=verbose, worker=worker, timeout=timeout)
     os.makedirs(run_dir, exist_ok=True)
     with lock_folder(run_dir, "a training run"):
         return _train(dataset, run_dir, config, resume=resume, skip_bad=skip_bad, force=force,
-                      data_path=data_path, on_epoch=on_epoch, on_check=on_check,
+                      data_path=data_path, on_epoch=on_epoch, on_progress=on_progress,
                       verbose=verbose, worker=worker, timeout=timeout)
 
 
@@ -585,7 +587,7 @@ def _saved_run(run_dir):
         return json.load(f)
 
 
-def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_epoch, on_check,
+def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_epoch, on_progress,
            verbose, worker, timeout):
     """:func:`train` with the run folder locked (by the chief: ``worker`` None or its chief)."""
     from dr_saliency.fundus.datasets import dataset_fingerprint
@@ -615,7 +617,7 @@ def _train(dataset, run_dir, config, *, resume, skip_bad, force, data_path, on_e
             ["data"])
 
     graded = [r for r in dataset if r.grade is not None]
-    graded, bad = check_files(graded, skip_bad=skip_bad, on_progress=on_check)
+    graded, bad = check_files(graded, skip_bad=skip_bad, on_progress=on_progress)
     split_path = os.path.join(run_dir, "split.json")
     keep_split = resume and os.path.isfile(split_path)
     if keep_split:
@@ -829,5 +831,5 @@ def write_curves(run_dir):
     from dr_saliency.figures import plots
     fig = plots.training_curves(log)
     path = os.path.join(run_dir, "curves.png")
-    fig.savefig(path, dpi=120)
+    write_figure(fig, path, dpi=120)
     return path

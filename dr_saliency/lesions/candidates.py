@@ -37,6 +37,7 @@ from dr_saliency.core.checks import check_fov, check_image, check_saliency_map, 
 
 __all__ = [
     "CANDIDATE_METHODS",
+    "check_options",
     "DEFAULT_BORDER",
     "DEFAULT_LEVEL",
     "DEFAULT_METHOD",
@@ -116,7 +117,9 @@ class OpticDisc(collections.namedtuple("OpticDisc", ["center", "radius", "mask"]
     __slots__ = ()
 
 
-def _check_options(sigma, min_distance, threshold, max_candidates, border, method, level):
+def check_options(sigma, min_distance, threshold, max_candidates, border, method, level):
+    """Refuse candidate settings :func:`detect_candidates` cannot use (each error names the
+    argument and the value received)."""
     if method not in CANDIDATE_METHODS:
         raise ValueError(f"Expected method in {CANDIDATE_METHODS}. Received: method={method!r}")
     if not is_real(level) or not 0 < level < 1:
@@ -258,7 +261,7 @@ def detect_candidates(saliency_map, fov_mask=None, *, sigma=DEFAULT_SIGMA,
     smap = check_saliency_map(saliency_map)
     fov = check_fov(fov_mask, smap.shape)
     excluded = None if exclude is None else check_fov(exclude, smap.shape, name="exclude")
-    _check_options(sigma, min_distance, threshold, max_candidates, border, method, level)
+    check_options(sigma, min_distance, threshold, max_candidates, border, method, level)
 
     smap = np.where(fov, smap.astype(np.float64), 0.0)
     smoothed = ndimage.gaussian_filter(smap, float(sigma), mode="nearest") if sigma > 0 else smap

@@ -17,8 +17,10 @@ import numpy as np
 from dr_saliency.lesions import candidates as cand_lib
 from dr_saliency.lesions import froc as froc_lib
 from dr_saliency.fundus.datasets.base import LESION_TYPES
+from dr_saliency.core.checks import is_int, is_real
 from dr_saliency.core.errors import PartialResultsError, ProvenanceError
 from dr_saliency.core.maps import Combination
+from dr_saliency.core.progress import phase
 from dr_saliency.refinement.store import ResultStore
 
 MAP_NAMES = ("s0", "S")
@@ -27,16 +29,20 @@ CURVE_RATES = np.geomspace(1 / 16, 10, 49)
 """FP/image rates at which the bootstrap gives pointwise curve bands (the FROC figures' grid)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CandidateOptions:
     """How a saliency map becomes lesion candidates (see ``candidates.detect_candidates``).
+
+    Frozen and checked when made, like :class:`~dr_saliency.refinement.erase.Eraser`: a bad
+    value fails here, naming it, not in the middle of an evaluation.
 
     Attributes:
         sigma, min_distance, max_candidates, border, method, level: as ``detect_candidates``
             (border in px).
         exclude_disc: bool, no candidates on the optic disc (the dataset's disc mask where it
             has one, else ``candidates.estimate_optic_disc``).
-        disc_radius_fraction: float, radius of the estimated disc, fraction of the FOV radius.
+        disc_radius_fraction: float > 0, radius of the estimated disc, fraction of the FOV
+            radius.
     """
 
     # 2 px, chosen on the synthetic validation split (docs/choices.md): guided-backprop maps are
@@ -52,6 +58,39 @@ class CandidateOptions:
     disc_radius_fraction: float = cand_lib.DEFAULT_DISC_RADIUS_FRACTION
     method: str = cand_lib.DEFAULT_METHOD
     level: float = cand_lib.DEFAULT_LEVEL
+
+    def __post_init__(self):
+        cand_lib.check_options(self.sigma, self.min_distance, 0.0, self.max_candidates,
+                               self.border, self.method, self.level)
+        if not isinstance(self.exclude_disc, (bool, np.bool_)):
+            raise TypeError("Expected exclude_disc to be True or False. "
+                            f"Received: exclude_disc={self.exclude_disc!r}")
+        if not is_real(self.disc_radius_fraction) or not 0 < self.disc_radius_fraction < np.inf:
+            raise ValueError("Expected a finite disc_radius_fraction > 0. "
+                             f"Received: disc_radius_fraction={self.disc_radius_fraction!r}")
+        # Plain Python numbers: the params are JSON, and two equal settings compare equal.
+        for name, kind in (("sigma", float), ("min_distance", int), ("exclude_disc", bool),
+                           ("disc_radius_fraction", float), ("level", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.max_candidates is not None:
+            object.__setattr__(self, "max_candidates", int(self.max_candidates))
+        object.__setattr__(self, "border",
+                           int(self.border) if is_int(self.border) else float(self.border))
+
+    def to_params(self):
+        """The options as metrics.json and replicate.json record them (``"candidates"``): one
+        entry per attribute, under its own name (the keys files written before this method
+        existed hold)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    @classmethod
+    def from_params(cls, params):
+        """The options a record was made with (:meth:`to_params`' keys; other keys ignored).
+
+        Records written before ``method`` and ``level`` existed found peaks (the defaults).
+        """
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
 
 
 @dataclasses.dataclass
@@ -173,7 +212,7 @@ def _shown(ids, limit=8):
 
 
 def collect(store_path, records, options=None, *, decay=None, combine=None, normalize=None,
-            on_image=None, erasures=False):
+            on_progress=None, erasures=False):
     """Candidates of s_0 and S and the lesion masks of each record.
 
     Args:
@@ -183,7 +222,8 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
         decay, combine, normalize: how S is combined and both maps are scaled
             (:class:`~dr_saliency.core.maps.Combination`); None takes the run's own setting. Cheap: no network, so combination rules can be
             compared on the same stored maps.
-        on_image: optional callable(k) per image done.
+        on_progress: optional ``on_progress(label, total) -> advance(k=1)``
+            (:mod:`dr_saliency.core.progress`): one phase, "Candidates", advanced per image.
         erasures: also keep, per image, where each refinement iteration inpainted
             (``ImageCandidates.erased_at``, :func:`erasure_order`), for
             :mod:`dr_saliency.lesions.fate`.
@@ -192,6 +232,7 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
         list of ImageCandidates.
     """
     options = options or CandidateOptions()
+    advance = phase(on_progress, "Candidates", len(records))
     out = []
     with ResultStore(store_path) as store:
         for rec in records:
@@ -206,8 +247,7 @@ def collect(store_path, records, options=None, *, decay=None, combine=None, norm
                 rec.id, rec.grade, rec.load_lesions(), found, result.stop_reason,
                 result.iterations,
                 erasure_order(result.masks, result.iterations) if erasures else None))
-            if on_image:
-                on_image(1)
+            advance(1)
     return out
 
 

@@ -11,8 +11,8 @@ import os
 import numpy as np
 
 from dr_saliency.core.files import read_json, write_figure, write_json
+from dr_saliency.core.inpaint import inpaint, stored_fill
 from dr_saliency.lesions import candidates as cand_lib
-from dr_saliency.refinement.erase import Eraser
 from dr_saliency.figures import plots
 from dr_saliency.core.maps import Combination
 from dr_saliency.lesions.localize import LESION_TYPES, check_dataset, lesion_union
@@ -29,16 +29,18 @@ def replay_images(image, result, fov=None):
 
     Args:
         image: (H, W, 3) uint8 RGB, I_0.
-        result: RefineResult (masks, iterations, and the params of its Eraser).
+        result: RefineResult (masks, iterations, and the params of its fill,
+            :func:`dr_saliency.core.inpaint.stored_fill`).
         fov: (H, W) bool field of view of the image (used when the run filled inside it).
 
     Returns:
         (n + 1, H, W, 3) uint8.
     """
-    eraser = Eraser.from_params(result.params)
+    method, radius, inside_fov = stored_fill(result.params)
     images = [image]
     for i in range(result.iterations):
-        images.append(eraser.fill(images[-1], result.masks[i], fov))
+        images.append(inpaint(images[-1], result.masks[i], method=method, radius=radius,
+                              fov_mask=fov if inside_fov else None))
     return np.stack(images)
 
 

@@ -6,7 +6,6 @@ those return data and this module decides how it is written. No TensorFlow.
 
 import csv
 import io
-import json
 import math
 import os
 
@@ -16,7 +15,6 @@ from dr_saliency.core.files import write_figure, write_json, write_text
 from dr_saliency.figures import plots
 from dr_saliency.lesions.fate import FATES, LESION_COLUMNS
 from dr_saliency.lesions.localize import MAP_NAMES, report_to_dict, summary_rows
-from dr_saliency.refinement.store import read_params, stop_reason_counts
 
 MAP_LABELS = {"s0": "s_0 (one map)", "S": "S (iterative)"}
 
@@ -51,6 +49,18 @@ def _panels(report, prefix):
             for name, entry in report.items() if name.startswith(prefix)}
 
 
+#: The file that marks a complete FROC folder, written last.
+METRICS_FILE = "metrics.json"
+
+
+def remove_done_marker(out_dir):
+    """Remove the metrics.json of an earlier evaluation in ``out_dir`` (none: nothing to do)."""
+    try:
+        os.remove(os.path.join(out_dir, METRICS_FILE))
+    except FileNotFoundError:
+        pass
+
+
 def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
     """Write a FROC evaluation: curves.csv, figures per stage and per type, then metrics.json.
 
@@ -67,6 +77,7 @@ def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
         list of str paths written (metrics.json last).
     """
     os.makedirs(out_dir, exist_ok=True)
+    remove_done_marker(out_dir)
     paths = []
     rows = io.StringIO(newline="")
     writer = csv.writer(rows)
@@ -92,7 +103,7 @@ def write_froc(report, out_dir, *, params=None, formats=("png", "pdf")):
             paths.append(path)
     metrics = {"params": params or {}, "groups": report_to_dict(report),
                "summary": summary_rows(report)}
-    path = os.path.join(out_dir, "metrics.json")
+    path = os.path.join(out_dir, METRICS_FILE)
     write_json(path, metrics, default=_json_default)
     paths.append(path)
     return paths
@@ -133,8 +144,7 @@ def write_lesion_fate(fates, out_dir):
              "Iteration i: the erase mask of s_i (inpainted into I_{i+1}) is the first to cover "
              "part of the lesion; never: no inpainted mask touches it.", "",
              _fate_tally_table(fates.by_iteration(), "inpainted_at"), ""]
-    with open(paths[2], "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    write_text(paths[2], "\n".join(lines))
     return paths
 
 
@@ -166,16 +176,17 @@ def _write_csv(path, columns, rows):
             return ""
         return f"{value:.6g}" if isinstance(value, float) else value
 
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([cell(row.get(c)) for c in columns])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([cell(row.get(c)) for c in columns])
+    write_text(path, text.getvalue())
 
 
 def fate_table(report):
     """A Markdown table of the lesion fates of a FROC report's groups (those that have them:
-    ``report[group]["fate"]``, :func:`dr_saliency.app.wiring.froc_run` with ``lesions_fp``)."""
+    ``report[group]["fate"]``, :func:`dr_saliency.jobs.froc.froc_run` with ``lesions_fp``)."""
     return _fate_group_table({n: e["fate"] for n, e in report.items() if "fate" in e})
 
 
@@ -226,142 +237,10 @@ def _fmt(value, ci=None, percent=False):
 
 def summary_table(report):
     """A Markdown table: per group, score and AS10 of s_0 and S with 95% CIs, relative gains."""
-    return _table_from_rows(summary_rows(report))
+    return table_from_rows(summary_rows(report))
 
 
-def _timing_line(timings):
-    """REPORT.md's line of step times (``- Time per step (s): synth 3, train 95, ...; total
-    130 s.``), every step listed; a step done without a recorded time (None) shows as "not
-    timed" and is left out of the total."""
-    untimed = [k for k, v in timings.items() if v is None]
-    total = sum(v for v in timings.values() if v is not None)
-    shown = ", ".join(f"{k} {v:.0f}" if v is not None else f"{k} not timed"
-                      for k, v in timings.items())
-    return (f"- Time per step (s): {shown}; total {total:.0f} s"
-            + (f" (without {', '.join(untimed)})" if untimed else "") + ".")
-
-
-def write_demo_report(out, *, profile, timings, choice_seed=None, examples_rule=None):
-    """Write ``REPORT.md`` of a demo folder from the files its steps wrote.
-
-    Args:
-        out: str, the demo folder (see :func:`dr_saliency.app.demo.run_demo`).
-        profile: str, the demo profile.
-        timings: dict step -> seconds (steps run in this or an earlier invocation), in step
-            order; None for a step done without a recorded time. Every step is listed.
-        choice_seed: int, the data seed on whose validation split the defaults were chosen
-            (docs/choices.md); the report says whether the demo's data seed is that one.
-        examples_rule: str, how the example images were picked, or None when the figures in
-            ``out/figures`` were not picked by the demo's rule (said in the report).
-
-    Returns:
-        str, the path of REPORT.md.
-    """
-    def load(*parts):
-        path = os.path.join(out, *parts)
-        if not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-
-    evaluation = load("evaluation", "evaluation.json")
-    metrics = load("froc", "metrics.json")
-    refine = load("refine.done.json")
-    figures = load("figures", "done.json")
-    config = load("run", "config.json")
-    data = load("data", "synth.json")
-    lines = [f"# dr-saliency demo ({profile} profile)", "",
-             "Synthetic fundus images -> VGG-16 grader -> guided back-propagation saliency with "
-             "iterative inpainting refinement -> lesion-level FROC of s_0 (one map) against S "
-             "(the refined map), on the test split.", ""]
-    if config:
-        c = config["config"]
-        lines += [f"- Training: {config['n_train']} images, validation {config['n_val']}; "
-                  f"input {c['input_size']} px, width {c['width']}, {c['epochs']} epochs, "
-                  f"{c['optimizer']} lr {c['learning_rate']} ({c['schedule']}, warm-up "
-                  f"{c['warmup_epochs']} epoch)."]
-    if evaluation:
-        m = evaluation["metrics"]
-        lines += [f"- Grading, test split ({evaluation['n_images']} images): quadratic kappa "
-                  f"{m['kappa']:.3f} (95% CI {evaluation['kappa_ci'][0]:.3f}-"
-                  f"{evaluation['kappa_ci'][1]:.3f}), referable AUC {m['auc']:.3f} (95% CI "
-                  f"{evaluation['auc_ci'][0]:.3f}-{evaluation['auc_ci'][1]:.3f}); "
-                  "[ROC](evaluation/roc.png), [confusion matrix](evaluation/confusion.png)."]
-    refined = _refined(os.path.join(out, "refine.h5")) if refine else None
-    if refined:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(refined["stop_reasons"].items()))
-        lines += [f"- Refinement: {refined['n']} referable test images (stop reasons: "
-                  f"{reasons or 'none'}); {refine['not_referable']} test images graded "
-                  "non-referable were not refined."]
-    lines += [_timing_line(timings), ""]
-    lines += _one_seed_section(profile, data, config, choice_seed, refined)
-    if metrics:
-        lines += ["## Lesion-level FROC, s_0 against S", "",
-                  "Score: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 false positives per image; "
-                  "AS10: average sensitivity from 0 to 10 FP/image; gain: (S - s_0) / s_0; "
-                  "[brackets]: 95% bootstrap intervals over images (paired for the gain).", "",
-                  _table_from_rows(metrics["summary"]), "",
-                  "![FROC per stage](froc/froc_stages.png)", "",
-                  "![FROC per lesion type](froc/froc_types.png)", ""]
-    if figures:
-        picked = (f"Picked {examples_rule}, not by their result, so they show the method as it "
-                  "does on an ordinary image rather than where S gains most."
-                  if examples_rule else
-                  "Not picked by the demo's rule (by id): an earlier version picked the images "
-                  "where S finds most more lesions than s_0, which favours S; remove figures/ "
-                  "and rerun the demo to pick them by id.")
-        lines += ["## Examples", "", f"{picked} Images: {', '.join(figures['ids'])}.", "",
-                  "![Image, s_0 and S](figures/figure1_panels.png)", ""]
-        lines += [f"![Iterations of {i}](figures/iterations_{i}.png)" for i in figures["ids"][:2]]
-        lines += [""]
-    path = os.path.join(out, "REPORT.md")
-    write_text(path, "\n".join(lines))
-    return path
-
-
-def _refined(results):
-    """What a demo's result file holds: ``n`` images, ``stop_reasons`` (reason -> count, over the
-    whole file, whatever runs wrote it) and ``max_iterations`` (the loop's cap); None without a
-    file."""
-    if not os.path.isfile(results):
-        return None
-    reasons = stop_reason_counts(results)
-    return {"n": sum(reasons.values()), "stop_reasons": reasons,
-            "max_iterations": read_params(results).get("max_iterations")}
-
-
-def _one_seed_section(profile, data, config, choice_seed, refined):
-    """REPORT.md's lines on what one seed can show: the seed's status, where the spread across
-    seeds is measured, and how many images ran to the iteration cap."""
-    lines = ["## What one seed can show", ""]
-    if data is not None:
-        seed = data.get("seed")
-        training = f" (training seed {config['config']['seed']})" if config else ""
-        if choice_seed is not None and seed == choice_seed:
-            status = ("the seed on whose validation split the defaults of the refinement and "
-                      "the scoring were chosen (docs/choices.md). The test split was used for no "
-                      "choice, but the settings were tuned to this draw of data and grader")
-        else:
-            status = (f"not the seed the defaults were chosen on ({choice_seed}, docs/choices.md)"
-                      if choice_seed is not None else "one draw of data and grader")
-        lines += [f"- Data seed {seed}{training}: {status}."]
-    lines += ["- One seed is one draw: from seed to seed the grader, and with it the gain of S over "
-              "s_0, changes more than between combination rules (docs/results.md gives the "
-              "spread measured over seeds used for no choice). To measure it, run "
-              f"`dr-saliency replicate --profile {profile} --seeds 1,2,3`: these steps once per "
-              "seed, then the mean, standard deviation and range of every figure (REPLICATE.md)."]
-    if refined and refined["n"]:
-        capped = refined["stop_reasons"].get("max_iterations", 0)
-        cap = refined["max_iterations"]
-        lines += [f"- {capped} of the {refined['n']} refined images ({capped / refined['n']:.0%}) "
-                  f"ran to the iteration cap{f' of {cap}' if cap is not None else ''} (stop "
-                  "reason max_iterations): the grader still graded them referable with their "
-                  "most salient regions inpainted, so S also combines maps of images that look "
-                  "diseased to it after their lesions are gone."]
-    return lines + [""]
-
-
-def _table_from_rows(rows):
+def table_from_rows(rows):
     """The Markdown table of :func:`summary_table`, from its rows (also as read from JSON), with
     the relative gains over an s_0 below :data:`MIN_GAIN_BASE` left out (and a line saying so)."""
     lines = ["| group | images | lesions | score s_0 | score S | gain | AS10 s_0 | AS10 S | gain |",

@@ -17,6 +17,7 @@ import os
 
 from dr_saliency.core.files import temp_path
 from dr_saliency.core.locks import lock_file
+from dr_saliency.core.progress import phase
 from dr_saliency.core.shards import Shard, check_shards
 from dr_saliency.refinement.store import ResultStore
 
@@ -32,14 +33,15 @@ def shard_store_params(path):
     return (None if record is None else Shard.from_params(record)), params
 
 
-def merge_stores(out, inputs, *, overwrite=False, on_image=None):
+def merge_stores(out, inputs, *, overwrite=False, on_progress=None):
     """Merge the result files of the N shards of one refine run into ``out``.
 
     Args:
         out: str, the merged result file (``.h5``); must not exist unless ``overwrite``.
         inputs: list of str, the shards' result files, in any order.
         overwrite: replace an existing ``out`` (the engine's own merge, under its lock).
-        on_image: optional callable(k) as images are copied.
+        on_progress: optional ``on_progress(label, total) -> advance(k=1)`` (the package's
+            progress protocol, :mod:`dr_saliency.core.progress`) as images are copied.
 
     Returns:
         dict: ``images`` (count), ``shards`` (N), ``inputs`` (in shard order).
@@ -86,7 +88,7 @@ def merge_stores(out, inputs, *, overwrite=False, on_image=None):
             params["model"] = os.path.relpath(
                 os.path.normpath(model), os.path.dirname(os.path.abspath(out))).replace(os.sep, "/")
         with lock_file(out, "a merged result file"):
-            _write(out, params, stores, sorted(owner), on_image)
+            _write(out, params, stores, sorted(owner), phase(on_progress, "Merging", len(owner)))
     finally:
         for store in stores:
             store.close()
@@ -104,7 +106,7 @@ def _check_finished(store, shard):
             + "; rerun its refine command to finish it")
 
 
-def _write(out, params, stores, ids, on_image):
+def _write(out, params, stores, ids, advance):
     tmp = temp_path(out)
     try:
         with ResultStore(tmp, "a", params=params) as merged:
@@ -112,8 +114,7 @@ def _write(out, params, stores, ids, on_image):
             by_id = {i: s for s in stores for i in s.complete_ids()}
             for image_id in ids:
                 merged.write(image_id, by_id[image_id].read(image_id))
-                if on_image:
-                    on_image(1)
+                advance(1)
             merged.finish_run(run, {"written": len(ids), "merged": [os.path.abspath(s.path) for s in stores]})
         os.replace(tmp, out)
     finally:

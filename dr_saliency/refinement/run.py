@@ -2,7 +2,7 @@
 
 Ties together dataset records (:mod:`dr_saliency.fundus.datasets`), the loop
 (:mod:`dr_saliency.refinement.loop`) and the HDF5 store (:mod:`dr_saliency.refinement.store`).
-No TensorFlow: the explainer and predictor are callables (:func:`dr_saliency.app.wiring.refine_run`
+No TensorFlow: the explainer and predictor are callables (:func:`dr_saliency.jobs.refine.refine_run`
 makes them from a model).
 """
 
@@ -14,12 +14,14 @@ import numpy as np
 from dr_saliency.core.checks import ImageError, is_int
 from dr_saliency.core.errors import BadImageError, ImageSizeError
 from dr_saliency.core.grades import to_grades
+from dr_saliency.core.progress import check_callback, phase
 from dr_saliency.refinement.loop import RefineConfig, refine_batch, run_params
 from dr_saliency.refinement.store import ResultStore
 
 def refine_dataset(records, out, *, explain, predict=None, erase=None, config=None, size=None,
                    params=None, batch_size=4, keep_images=False, only_referable=False,
-                   skip_bad=False, on_image=None, image_params=None, redo=()):
+                   skip_bad=False, on_image=None, on_progress=None, image_params=None,
+                   redo=()):
     """Refine the saliency maps of records into the result store ``out``; resumable.
 
     Images already complete in ``out`` are skipped, so rerunning the same command continues an
@@ -39,8 +41,11 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
             ``stop_at``, by default referable: the paper refines referable images only); the
             others are counted, not stored.
         skip_bad: report and skip unreadable or wrongly sized images instead of failing.
-        on_image: optional callable(record, result or None, message) after each image: result
-            is None for a skipped image and ``message`` says why.
+        on_image: optional ``on_image(image_id, message)`` after each image refined, skipped
+            or not stored (``message`` says which and why).
+        on_progress: optional ``on_progress(label, total) -> advance(k=1)``
+            (:mod:`dr_saliency.core.progress`): one phase "Refining" of ``len(records)``, the
+            images already complete counted at once.
         image_params: optional callable(record) -> dict of facts about the image (after its
             ``load_image()``), stored with its result's params (e.g. a photograph's geometry).
         redo: ids to refine again although complete in ``out`` (their input has changed); their
@@ -61,6 +66,14 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
     summary = {"written": 0, "already_done": 0, "not_referable": 0, "skipped": [],
                "stop_reasons": {}, "seconds": 0.0}
     start = time.time()
+    advance = phase(on_progress, "Refining", len(records))
+    check_callback(on_image, "on_image")
+
+    def tell(image_id, message):
+        advance(1)
+        if on_image is not None:
+            on_image(image_id, message)
+
     with ResultStore(out, "a", params=stored) as store:
         redo = set(redo)
         done = set(store.complete_ids()) - redo
@@ -69,23 +82,24 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
         # The file records each run; one that never finishes tells the FROC its images are
         # not all there.
         run = store.begin_run([r.id for r in records], summary["already_done"])
+        if summary["already_done"]:
+            advance(summary["already_done"])
         for first in range(0, len(todo), batch_size):
             batch = []
             for rec in todo[first:first + batch_size]:
                 try:
                     batch.append((rec, *_load(rec, size)))
                 except ValueError as exc:
-                    _bad(rec, exc, skip_bad, summary, on_image)
+                    _bad(rec, exc, skip_bad, summary, tell)
             batch, results = _refine_good(batch, dict(explain=explain, predict=predict,
                                                       erase=erase, config=config,
                                                       keep_images=keep_images),
-                                          skip_bad, summary, on_image)
+                                          skip_bad, summary, tell)
             for (rec, _, _), result in zip(batch, results):
                 if only_referable and rule.stops(result.predictions[0]):
                     summary["not_referable"] += 1
-                    if on_image:
-                        on_image(rec, None, f"not referable (p0={result.predictions[0]:.2f}, graded "
-                                            f"{int(to_grades(result.predictions[0]))}): not stored")
+                    tell(rec.id, f"not referable (p0={result.predictions[0]:.2f}, graded "
+                                 f"{int(to_grades(result.predictions[0]))}): not stored")
                     continue
                 if image_params:
                     result = dataclasses.replace(result, params={**result.params,
@@ -94,8 +108,7 @@ def refine_dataset(records, out, *, explain, predict=None, erase=None, config=No
                 summary["written"] += 1
                 reasons = summary["stop_reasons"]
                 reasons[result.stop_reason] = reasons.get(result.stop_reason, 0) + 1
-                if on_image:
-                    on_image(rec, result, describe(result))
+                tell(rec.id, describe(result))
         summary["seconds"] = time.time() - start
         store.finish_run(run, {"written": summary["written"],
                                "not_referable": summary["not_referable"],
@@ -118,7 +131,7 @@ def _load(rec, size):
     return image, np.asarray(rec.load_fov(image), bool)
 
 
-def _refine_good(batch, settings, skip_bad, summary, on_image):
+def _refine_good(batch, settings, skip_bad, summary, tell):
     """refine_batch on (record, image, fov) triples, dropping (and reporting) bad images."""
     batch = list(batch)
     while batch:
@@ -126,17 +139,16 @@ def _refine_good(batch, settings, skip_bad, summary, on_image):
             results = refine_batch([b[1] for b in batch], [b[2] for b in batch], **settings)
             return batch, results
         except ImageError as exc:
-            _bad(batch[exc.index][0], exc, skip_bad, summary, on_image)
+            _bad(batch[exc.index][0], exc, skip_bad, summary, tell)
             del batch[exc.index]
     return [], []
 
 
-def _bad(rec, exc, skip_bad, summary, on_image):
+def _bad(rec, exc, skip_bad, summary, tell):
     message = exc.reason if isinstance(exc, BadImageError) else str(exc)
     if not skip_bad:
         if isinstance(exc, BadImageError):
             raise exc
         raise BadImageError(rec.id, message) from exc
     summary["skipped"].append((rec.id, message))
-    if on_image:
-        on_image(rec, None, f"skipped: {message}")
+    tell(rec.id, f"skipped: {message}")

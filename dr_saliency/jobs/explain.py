@@ -35,6 +35,7 @@ from dr_saliency.core.grades import grade_facts
 from dr_saliency.core.files import (file_sha256, read_json, refuse_other_outputs,
                                     remove_stale_temps, write_figure, write_json, write_text)
 from dr_saliency.core.locks import lock_folder
+from dr_saliency.core.progress import check_callback, phase
 from dr_saliency.explain.options import DEFAULT_BATCH_SIZE
 from dr_saliency.figures import overview
 from dr_saliency.fundus import prepare, synth
@@ -43,7 +44,7 @@ from dr_saliency.fundus.fov import restore_geometry
 from dr_saliency.fundus.photos import Photo, find_photos, printable
 from dr_saliency.lesions.localize import CandidateOptions, image_candidates
 from dr_saliency.refinement.loop import run_params
-from dr_saliency.refinement.run import describe, refine_dataset
+from dr_saliency.refinement.run import describe
 from dr_saliency.refinement.store import ResultStore, read_params
 
 __all__ = ["DEFAULT_TOP", "FIGURE_SIDE", "explain_photos"]
@@ -86,12 +87,13 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
         model_path: str, a grader's model file; None: the bundled grader. A folder made with
             another copy of the same file (same SHA-256) is continued.
         explanation, config, erase, batch_size, precision: as
-            :func:`dr_saliency.app.wiring.refine_run`.
+            :func:`dr_saliency.jobs.refine.refine_run`.
         top: int >= 1, candidate lesions listed per photograph.
         options: :class:`~dr_saliency.lesions.localize.CandidateOptions`, or None.
         skip_bad: report and skip photographs that cannot be used instead of failing.
-        on_image: optional callable(image_id, message) per photograph and phase.
-        on_progress: optional callable(label, length) -> update(k=1), for progress bars.
+        on_image, on_progress: optional callbacks of the package's progress protocol
+            (:mod:`dr_saliency.core.progress`): ``on_image(image_id, message)`` per photograph
+            and phase; two phases, "Refining" and "Reporting".
 
     Returns:
         dict: ``rows`` (one per photograph of the store, as in explain.json), ``skipped`` (list
@@ -117,6 +119,8 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
                          f"{[printable(i) for i in inputs]!r}"
                          + (f" ({len(ignored)} file(s) not images by their suffix)" * bool(ignored)))
     run_params(config, erase)  # bad settings fail before the model is loaded
+    check_callback(on_image, "on_image")
+    check_callback(on_progress, "on_progress")
     model_path = bundled_model_path() if model_path is None else os.fspath(model_path)
     _check_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -141,33 +145,26 @@ def _check_folder(out_dir):
 
 def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_bad, on_image,
              on_progress):
-    from dr_saliency.app import wiring
+    from dr_saliency.jobs import refine as refine_job
 
     store_path = os.path.join(out_dir, RESULTS_FILE)
     start = time.time()
-    grader = wiring.load_refiner(model_path, store_path, explanation=settings["explanation"],
-                                 batch_size=settings["batch_size"],
-                                 precision=settings["precision"])
+    grader = refine_job.load_refiner(model_path, store_path, explanation=settings["explanation"],
+                                     batch_size=settings["batch_size"],
+                                     precision=settings["precision"])
     photos = [Photo(image_id, path, grader["size"]) for image_id, path in found]
     redo = _changed(store_path, photos)
-    update = on_progress("Refining", len(photos)) if on_progress else (lambda k=1: None)
-
-    def refined(rec, result, message):
-        update(1)
-        if on_image:
-            on_image(rec.id, message)
-
-    summary = refine_dataset(
-        photos, store_path, explain=grader["explain"], predict=grader["predict"],
-        erase=settings["erase"], config=settings["config"], size=grader["size"],
-        params=_same_model(store_path, grader["params"]), batch_size=settings["batch_size"],
-        skip_bad=skip_bad, on_image=refined, image_params=lambda rec: {"photo": rec.record},
-        redo=redo)
+    summary = refine_job.refine_run(
+        model_path, photos, store_path, config=settings["config"], erase=settings["erase"],
+        batch_size=settings["batch_size"], skip_bad=skip_bad, on_image=on_image,
+        on_progress=on_progress,
+        grader={**grader, "params": _same_model(store_path, grader["params"])},
+        image_params=lambda rec: {"photo": rec.record}, redo=redo)
     by_id = {p.id: p.name for p in photos}
     skipped = [(by_id[image_id], message) for image_id, message in summary["skipped"]]
     bad = {image_id for image_id, _ in summary["skipped"]}
     report = _Report(out_dir, grader["size"], top, options, skip_bad, skipped, on_image,
-                     _is_bundled(model_path))
+                     _is_bundled(model_path, grader["params"]["model_sha256"]))
     rows, earlier = report.rows(store_path, [p for p in photos if p.id not in bad],
                                 on_progress)
     paths = _write_tables(out_dir, rows, top, skipped, ignored, model_path)
@@ -177,13 +174,14 @@ def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_b
             "seconds": time.time() - start}
 
 
-def _is_bundled(model_path):
-    """Whether ``model_path`` holds the bundled grader (by content: any copy of it counts)."""
+def _is_bundled(model_path, sha256):
+    """Whether ``model_path`` (whose SHA-256 is ``sha256``) holds the bundled grader (by
+    content: any copy of it counts)."""
     from dr_saliency.grader.model import bundled_model_path
 
     bundled = bundled_model_path()
     try:
-        return os.path.samefile(model_path, bundled) or file_sha256(model_path) == file_sha256(bundled)
+        return os.path.samefile(model_path, bundled) or sha256 == file_sha256(bundled)
     except OSError:
         return False
 
@@ -244,8 +242,7 @@ class _Report:
             named = {p.id for p in photos}
             todo = [p for p in photos if p.id in store]
             earlier = [image_id for image_id in store.complete_ids() if image_id not in named]
-            update = on_progress("Reporting", len(todo) + len(earlier)) if on_progress else (
-                lambda k=1: None)
+            update = phase(on_progress, "Reporting", len(todo) + len(earlier))
             for photo in todo:
                 try:
                     rows.append(self.photo_row(store.read(photo.id), photo))

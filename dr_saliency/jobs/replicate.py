@@ -21,11 +21,12 @@ import time
 
 import numpy as np
 
-from dr_saliency.app import demo as demo_lib
+from dr_saliency.jobs import demo as demo_lib
 from dr_saliency.core import maps
 from dr_saliency.core.errors import FolderInUseError
 from dr_saliency.core.files import differences, read_json, write_figure, write_json, write_text
 from dr_saliency.core.locks import lock_folder
+from dr_saliency.core.progress import relabeled
 from dr_saliency.lesions.reports import defined_gains
 from dr_saliency.refinement.loop import run_params
 from dr_saliency.refinement.store import stop_reason_counts
@@ -81,7 +82,7 @@ def experiment_settings(profile, n_boot):
                          f"Received: profile={profile!r}")
     return {"format": FORMAT, "profile": profile, "pipeline": demo_lib.PROFILES[profile],
             "rules": RULES, "normalize": maps.DEFAULT_NORMALIZE,
-            "refine": run_params(), "candidates": vars(CandidateOptions()),
+            "refine": run_params(), "candidates": CandidateOptions().to_params(),
             "tolerance": 0.0, "n_boot": int(n_boot)}
 
 
@@ -130,15 +131,17 @@ def run_replicate(out, seeds, *, profile="quick", n_boot=1000, on_seed=None, on_
             per_seed[seed] = score_seed(seed_dir, seed, n_boot=n_boot, on_step=on_step,
                                         on_progress=on_progress)
         summary = summarize(per_seed, settings)
-        _write_json(os.path.join(out, "replicate.json"), summary)
         write_report(summary, out)
+        # Last: the record with every seed's figures says the experiment is complete.
+        _write_json(os.path.join(out, "replicate.json"), summary)
     return summary
 
 
 def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
     """Score one seed's stored maps under every rule; cached in ``seed_dir/scores.json``."""
-    from dr_saliency.lesions import localize
     from dr_saliency.fundus.datasets import open_dataset
+    from dr_saliency.jobs.froc import froc_scores
+    from dr_saliency.lesions import localize
 
     path = os.path.join(seed_dir, "scores.json")
     if os.path.isfile(path):
@@ -152,24 +155,23 @@ def score_seed(seed_dir, seed, *, n_boot=1000, on_step=None, on_progress=None):
     if on_step:
         on_step("score", "start", None, "")
     start = time.time()
-    results = os.path.join(seed_dir, "refine.h5")
-    evaluation = read_json(os.path.join(seed_dir, "evaluation", "evaluation.json"))["metrics"]
+    paths = demo_lib.demo_paths(seed_dir)
+    results = paths["results"]
+    evaluation = read_json(paths["evaluation"])["metrics"]
     # Over the whole file: refine.done.json counts the images of the last refine run only.
     reasons = stop_reason_counts(results)
     # A grader that calls no test image referable leaves nothing to localize: the seed is
     # reported with its kappa and no FROC rows, not dropped.
-    records = localize.records_for(results, open_dataset(os.path.join(seed_dir, "data")))[0] \
+    records = localize.records_for(results, open_dataset(paths["data"]))[0] \
         if reasons else []
     scores = {"seed": seed, "kappa": evaluation["kappa"], "auc": evaluation["auc"],
               "n_refined": len(records), "stop_reasons": reasons,
               "rules": {rule: {} for rule in RULES}}
-    progress = on_progress or (lambda label, length: (lambda k=1: None))
     for rule, kwargs in RULES.items():
         if not records:
             break
-        items = localize.collect(results, records, **kwargs,
-                                 on_image=progress(f"score ({rule})", len(records)))
-        report = localize.froc_report(items, stages=(2, 3, 4), n_boot=n_boot, seed=seed)
+        _, report = froc_scores(results, records, **kwargs, n_boot=n_boot, seed=seed,
+                                on_progress=relabeled(on_progress, f"score ({rule})"))
         scores["rules"][rule] = {row["group"]: _row(row) for row in localize.summary_rows(report)}
     _write_json(path, scores)
     if on_step:
