@@ -169,7 +169,7 @@ def read_shard(folder):
     return record
 
 
-def merge_evaluations(out_dir, inputs):
+def merge_evaluations(out_dir, inputs, *, overwrite=False):
     """Join the folders of the N shards of one evaluation into the evaluation of the whole split.
 
     The predictions are put back in the split's order (their recorded positions) and the
@@ -179,6 +179,7 @@ def merge_evaluations(out_dir, inputs):
     Args:
         out_dir: str, the merged evaluation folder (must not hold an evaluation yet).
         inputs: list of str, the shards' folders.
+        overwrite: replace an evaluation in ``out_dir`` (the engine's own merge).
 
     Returns:
         dict, the content of ``evaluation.json``.
@@ -187,7 +188,7 @@ def merge_evaluations(out_dir, inputs):
         ValueError: (one line) a folder that is not a finished shard, mixed, overlapping or
             missing shards, other settings, or images missing or twice.
     """
-    if os.path.exists(os.path.join(out_dir, "evaluation.json")):
+    if os.path.exists(os.path.join(out_dir, "evaluation.json")) and not overwrite:
         raise ValueError(f"Expected a folder without an evaluation to merge into. "
                          f"Received: {out_dir!r} holds one")
     records = [(folder, read_shard(folder)) for folder in inputs]
@@ -212,6 +213,8 @@ def merge_evaluations(out_dir, inputs):
         raise ValueError(f"Expected at least one usable image in split {first['split']!r}. "
                          f"Received: {len(skipped)} image(s), all skipped as bad")
     rows.sort(key=lambda row: row["position"])
+    if overwrite and os.path.exists(os.path.join(out_dir, "evaluation.json")):
+        os.remove(os.path.join(out_dir, "evaluation.json"))  # the marker goes first, comes last
     skipped.sort(key=lambda row: row["position"])
     return write_evaluation(
         out_dir, [row["image"] for row in rows], np.array([row["level"] for row in rows]),

@@ -30,15 +30,17 @@ when a job uses the engine.
 """
 
 import contextlib
+import json
 import logging
 import os
 
 from dr_saliency.core.errors import MissingExtraError
 from dr_saliency.core.files import read_json, write_json
 from dr_saliency.core.locks import lock_folder
+from dr_saliency.core.progress import check_callback, phase
 from dr_saliency.core.shards import Shard
 
-__all__ = ["EXTRA", "have_engine", "import_engine", "run_shards", "shard_marker"]
+__all__ = ["EXTRA", "cluster_size", "have_engine", "import_engine", "run_shards", "shard_marker"]
 
 #: The pip extra that installs the engine.
 EXTRA = "cluster"
@@ -68,13 +70,23 @@ def have_engine():
     return True
 
 
+def cluster_size(address):
+    """How many workers the cluster at ``address`` has now (at least 1 to be useful)."""
+    distributed = import_engine()
+    with distributed.Client(address, timeout=CONNECT_TIMEOUT) as client:
+        workers = len(client.scheduler_info().get("workers", {}))
+    if workers < 1:
+        raise ValueError(f"Expected a cluster with workers. Received: address={address!r} has none")
+    return workers
+
+
 def shard_marker(folder, shard):
     """The done-marker of ``shard``'s task in ``folder``."""
     return os.path.join(folder, f"{shard.index}-of-{shard.count}.done.json")
 
 
 def run_shards(task, count, folder, *, key, workers=None, address=None, on_shard=None,
-               what="a sharded job's folder"):
+               on_progress=None, what="a sharded job's folder"):
     """Run ``task(shard)`` for the ``count`` shards of a job on a Dask cluster.
 
     Args:
@@ -85,10 +97,13 @@ def run_shards(task, count, folder, *, key, workers=None, address=None, on_shard
         folder: str, where the shards' markers go (created); locked while the job runs.
         key: JSON-ready value naming the job's settings: a marker with another key does not
             count as done (the task then runs, and its output refuses other settings itself).
-        workers: int >= 1, local worker processes (one thread each), or None with ``address``.
-        address: str, the scheduler of an existing cluster (``tcp://host:8786``), or None.
+        workers: int >= 1, local worker processes (one thread each); None with ``address``.
+        address: str, the scheduler of an existing cluster (``tcp://host:8786``), or None for
+            a local cluster.
         on_shard: optional callable(shard, summary, skipped: bool) as each shard finishes
-            (in the calling process, in completion order).
+            (in the calling process, in completion order; ``skipped``: done by an earlier run).
+        on_progress: optional, the package's progress protocol (:mod:`dr_saliency.core.progress`):
+            one phase, "Shards", advanced as each shard finishes.
         what: what ``folder`` is, for the lock's message.
 
     Returns:
@@ -104,19 +119,23 @@ def run_shards(task, count, folder, *, key, workers=None, address=None, on_shard
     if (workers is None) == (address is None):
         raise ValueError(f"Expected either workers or a cluster address. "
                          f"Received: workers={workers!r}, address={address!r}")
+    check_callback(on_shard, "on_shard")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
         raise ValueError(f"Expected workers >= 1. Received: workers={workers!r}")
     distributed = import_engine()
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))  # as a marker reads back
     os.makedirs(folder, exist_ok=True)
     shards = [Shard(k, count) for k in range(1, count + 1)]
     summaries = {}
+    advance = phase(on_progress, "Shards", count)
     with lock_folder(folder, what):
         todo = []
         for shard in shards:
             marker = read_json(shard_marker(folder, shard))
             if marker is not None and marker.get("key") == key:
                 summaries[shard.index] = marker["summary"]
+                advance(1)
                 if on_shard:
                     on_shard(shard, marker["summary"], True)
             else:
@@ -132,6 +151,7 @@ def run_shards(task, count, folder, *, key, workers=None, address=None, on_shard
                         summary = future.result()  # raises the task's own exception
                         write_json(shard_marker(folder, shard), {"key": key, "summary": summary})
                         summaries[shard.index] = summary
+                        advance(1)
                         if on_shard:
                             on_shard(shard, summary, False)
                 except BaseException:
