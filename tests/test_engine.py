@@ -54,10 +54,12 @@ def test_two_workers_give_the_unsharded_results_and_survive_a_killed_worker(data
     folder = str(tmp_path / "shards")
     os.makedirs(folder)
     seen = []
-    summaries = engine.run_shards(RefineShard(data, folder, die_in=2), 2, folder, key="k1",
+    done = engine.run_shards(RefineShard(data, folder, die_in=2), 2, folder, key="k1",
                                   workers=2, on_shard=lambda s, summary, skipped:
                                   seen.append((str(s), skipped)))
     assert sorted(seen) == [("1/2", False), ("2/2", False)]
+    assert [earlier for _, earlier in done] == [False, False]
+    summaries = [summary for summary, _ in done]
     # Shard 2's worker died after writing two images; the rerun resumed its file.
     assert summaries[1]["already_done"] >= 1
     assert sum(s["written"] for s in summaries) == 16 - summaries[1]["already_done"]
@@ -76,7 +78,7 @@ def test_two_workers_give_the_unsharded_results_and_survive_a_killed_worker(data
                       on_shard=lambda s, summary, skipped: again.append(skipped))
     assert again == [True, True]
     rerun = engine.run_shards(RefineShard(data, folder), 2, folder, key="k2", workers=2)
-    assert [s["written"] for s in rerun] == [0, 0]
+    assert [s["written"] for s, earlier in rerun] == [0, 0] and not any(e for _, e in rerun)
 
 
 class Fails:

@@ -158,7 +158,7 @@ def check_shards(outputs, *, what="outputs", ignore=()):
     for name, params in outputs:
         record = params.get("shard")
         if record is None:
-            raise ValueError(f"Expected {what} of sharded runs (made with shard='K/N'). "
+            raise ValueError(f"Expected {what} of sharded runs (each made for one shard K/N). "
                              f"Received: {name!r} records no shard")
         shard = Shard.from_params(record)
         first = next(iter(shards.values()), None)

@@ -107,7 +107,8 @@ def run_shards(task, count, folder, *, key, workers=None, address=None, on_shard
         what: what ``folder`` is, for the lock's message.
 
     Returns:
-        list of the shards' summaries, in shard order.
+        list of ``(summary, earlier)`` in shard order: each shard's summary, and whether an
+        earlier run did it (its summary is that run's).
 
     Raises:
         MissingExtraError: Dask distributed is not installed.
@@ -134,7 +135,7 @@ def run_shards(task, count, folder, *, key, workers=None, address=None, on_shard
         for shard in shards:
             marker = read_json(shard_marker(folder, shard))
             if marker is not None and marker.get("key") == key:
-                summaries[shard.index] = marker["summary"]
+                summaries[shard.index] = (marker["summary"], True)
                 advance(1)
                 if on_shard:
                     on_shard(shard, marker["summary"], True)
@@ -150,7 +151,7 @@ def run_shards(task, count, folder, *, key, workers=None, address=None, on_shard
                         shard = futures[future]
                         summary = future.result()  # raises the task's own exception
                         write_json(shard_marker(folder, shard), {"key": key, "summary": summary})
-                        summaries[shard.index] = summary
+                        summaries[shard.index] = (summary, False)
                         advance(1)
                         if on_shard:
                             on_shard(shard, summary, False)

@@ -64,11 +64,19 @@ def _shard_count(workers, address):
 
 
 def _run(task, out, count, key, workers, address, on_shard, on_progress, suffix):
+    """The shards' outputs and their summaries; a shard an earlier run did counts its images
+    as ``already_done`` (when its summary has counts)."""
     folder = shards_folder(out)
-    engine.run_shards(task, count, folder, key=key, workers=None if address else workers,
-                      address=address, on_shard=on_shard, on_progress=on_progress,
-                      what=f"the shards of {out!r}")
-    return [shard_output(folder, Shard(k, count), suffix) for k in range(1, count + 1)]
+    done = engine.run_shards(task, count, folder, key=key, workers=None if address else workers,
+                             address=address, on_shard=on_shard, on_progress=on_progress,
+                             what=f"the shards of {out!r}")
+    summaries = []
+    for summary, earlier in done:
+        if earlier and "written" in summary:
+            summary = {**summary, "written": 0, "replaced": 0, "stop_reasons": {},
+                       "already_done": summary["already_done"] + summary["written"]}
+        summaries.append(summary)
+    return [shard_output(folder, Shard(k, count), suffix) for k in range(1, count + 1)], summaries
 
 
 # ------------------------------------------------------------------------------------- refine
@@ -160,8 +168,8 @@ def refine_sharded(model_path, data, out, *, workers=None, address=None, layout=
            "explanation": None if explanation is None else explanation.to_params(),
            "settings": settings, "batch_size": batch_size, "keep_images": keep_images,
            "only_referable": only_referable, "skip_bad": skip_bad, "precision": precision}
-    paths = _run(task, out, count, key, workers, address, on_shard, on_progress, ".h5")
-    summaries = [_read_summary(shards_folder(out), Shard(k, count)) for k in range(1, count + 1)]
+    paths, summaries = _run(task, out, count, key, workers, address, on_shard, on_progress,
+                            ".h5")
     merged = merge_stores(out, paths, overwrite=True, on_progress=on_progress)
     total = {"written": 0, "already_done": 0, "not_referable": 0, "skipped": [],
              "stop_reasons": {}}
@@ -172,12 +180,6 @@ def refine_sharded(model_path, data, out, *, workers=None, address=None, layout=
         for reason, n in summary["stop_reasons"].items():
             total["stop_reasons"][reason] = total["stop_reasons"].get(reason, 0) + n
     return {**total, "shards": count, "images": merged["images"], "seconds": time.time() - start}
-
-
-def _read_summary(folder, shard):
-    from dr_saliency.core.files import read_json
-
-    return read_json(engine.shard_marker(folder, shard))["summary"]
 
 
 def _check_merged_store(out):
@@ -266,9 +268,8 @@ def explain_sharded(inputs, out_dir, *, workers=None, address=None, model_path=N
            "explanation": None if explanation is None else explanation.to_params(),
            "settings": settings, "top": top, "candidates": options.to_params(),
            "skip_bad": skip_bad, "precision": precision, "batch_size": batch_size}
-    paths = _run(task, out_dir, count, key, workers, address, on_shard, on_progress, "")
-    summaries = [_read_summary(shards_folder(out_dir), Shard(k, count))
-                 for k in range(1, count + 1)]
+    paths, summaries = _run(task, out_dir, count, key, workers, address, on_shard, on_progress,
+                            "")
     merged = merge_explains(out_dir, paths, overwrite=True, on_progress=on_progress)
     return {**merged, **{name: sum(s[name] for s in summaries)
                          for name in ("written", "already_done", "replaced")},
@@ -337,7 +338,7 @@ def evaluate_sharded(model_path, data, out_dir, *, workers=None, address=None, l
                          batch_size, n_boot, skip_bad, precision)
     key = {"job": "evaluate", **params, "split": split, "batch_size": batch_size,
            "n_boot": n_boot, "skip_bad": skip_bad, "precision": precision}
-    paths = _run(task, out_dir, count, key, workers, address, on_shard, on_progress, "")
+    paths, _ = _run(task, out_dir, count, key, workers, address, on_shard, on_progress, "")
     return merge_evaluations(out_dir, paths, overwrite=True)
 
 
