@@ -238,3 +238,40 @@ def test_workers_without_the_cluster_extra_name_it_in_one_line(shards):
     code, _, err = cli("refine", "model.h5", "data", "--out", "r.h5", "--workers", "2",
                        "--shard", "1/2", cwd=shards)
     assert code == 2 and "Give --shard K/N (one shard here) or --workers/--cluster" in err
+
+
+@pytest.mark.slow
+@DASK
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
+def test_ctrl_c_closes_the_cluster_and_the_rerun_resumes(world):
+    import signal
+    import time
+
+    from tests.test_faults_jobs import _alive, _default_sigint, _descendants
+
+    refine = [sys.executable, BIN, "refine", "m.h5", "data", "--max-iterations", "2", "--quiet",
+              "--out", "c.h5", "--workers", "2"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(refine, cwd=str(world), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=_default_sigint, env=env)
+    shard = world / "c.h5.shards" / "1-of-2.h5"
+    deadline = time.monotonic() + 120
+    while not shard.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = set(_descendants(proc.pid))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.decode().strip().splitlines()[-1] == "Interrupted."
+    deadline = time.monotonic() + 15
+    while _alive(seen) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _alive(seen)
+    for pid in left:  # leave the machine clean even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "worker processes outlived the command"
+    code, out, err = cli(*refine[2:], cwd=world)
+    assert code == 0, err
+    if not (world / "one.h5").exists():
+        assert cli(*refine[2:8], "--out", "one.h5", cwd=world)[0] == 0
+    _same_results(world / "one.h5", world / "c.h5")
