@@ -3,12 +3,13 @@
 Times, through the command line (wall clock, model load and cluster start included, as a user
 sees them): (a) `refine MODEL DATA --out one.h5`, (b) `refine ... --workers N --out many.h5`
 (N shards on a local cluster of N processes, then the merge), and checks that the two result
-files hold the same arrays. Prints both times, the ratio and the per-image cost of each. A
+files hold the same arrays. Prints both times and the ratio for two image counts, and from
+their difference each way's fixed cost and cost per image. A
 grader with random weights whose images are all referable (so every image runs the loop to its
 cap), the quick profile's network (256 px, width 1/8) by default.
 
-    python bench/bench_workers.py [--images 32] [--size 256] [--width 0.125] [--workers 2]
-                                  [--max-iterations 3] [--repeats 1]
+    python bench/bench_workers.py [--images 48] [--small 4] [--size 256] [--width 0.125]
+                                  [--workers 2] [--max-iterations 3]
 
 Needs the cluster extra (pip install -e ".[cluster]").
 """
@@ -68,34 +69,40 @@ def same(a, b):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--small", type=int, default=4,
+                        help="Also time this many images: the difference gives the fixed cost "
+                             "(start-up, model load, cluster, merge) and the cost per image.")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-iterations", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
 
     root = tempfile.mkdtemp(prefix="bench_workers_")
     try:
-        data, model = os.path.join(root, "data"), os.path.join(root, "m.h5")
-        synth.write_dataset(data, args.images, size=args.size, seed=0, workers=1)
+        model = os.path.join(root, "m.h5")
         grader(model, args.size, args.width)
-        common = ["refine", model, data, "--quiet", "--max-iterations", str(args.max_iterations)]
-        rows = []
-        for repeat in range(args.repeats):
-            one, many = os.path.join(root, f"one{repeat}.h5"), os.path.join(root, f"many{repeat}.h5")
+        times = {}
+        for n in (args.small, args.images):
+            data = os.path.join(root, f"data{n}")
+            synth.write_dataset(data, n, size=args.size, seed=0, workers=1)
+            common = ["refine", model, data, "--quiet", "--max-iterations", str(args.max_iterations)]
+            one, many = os.path.join(root, f"one{n}.h5"), os.path.join(root, f"many{n}.h5")
             t1, _ = timed(common + ["--out", one])
             tn, _ = timed(common + ["--out", many, "--workers", str(args.workers)])
-            rows.append((t1, tn, same(one, many)))
-        print(f"{args.images} images of {args.size} px, width {args.width:g}, "
-              f"{args.max_iterations} iterations each (all referable), {os.cpu_count()} CPUs; "
-              f"wall clock of the command, model load and cluster start included")
-        for t1, tn, identical in rows:
-            print(f"1 process          : {t1:7.1f} s  ({t1 / args.images:.3f} s/image)")
-            print(f"{args.workers} Dask workers     : {tn:7.1f} s  ({tn / args.images:.3f} s/image)")
-            print(f"ratio 1 / {args.workers}         : {t1 / tn:7.2f}")
-            print(f"results identical  : {identical}")
+            times[n] = (t1, tn, same(one, many))
+        print(f"refine, {args.size} px, width {args.width:g}, {args.max_iterations} iterations per "
+              f"image (all referable), {os.cpu_count()} CPUs; wall clock of the command")
+        for n, (t1, tn, identical) in times.items():
+            print(f"{n:4d} images: 1 process {t1:6.1f} s, {args.workers} Dask workers {tn:6.1f} s, "
+                  f"ratio {t1 / tn:.2f}, results identical: {identical}")
+        dn = args.images - args.small
+        for label, k in (("1 process", 0), (f"{args.workers} Dask workers", 1)):
+            per = (times[args.images][k] - times[args.small][k]) / dn
+            fixed = times[args.small][k] - args.small * per
+            print(f"{label:16s}: {fixed:5.1f} s fixed (start-up, model load{', cluster, merge' * k}), "
+                  f"{per:.3f} s per image")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -169,10 +169,14 @@ def _client(distributed, workers, address):
         with distributed.Client(address, timeout=CONNECT_TIMEOUT) as client:
             yield client
         return
-    # One thread per worker: the network's own threads do the parallel work inside a task.
+    # One task thread per worker: the network's own threads do the parallel work inside a task,
+    # and the machine's cores are shared out among the workers, so that N workers do not run
+    # N times as many threads as there are cores (measured: docs/performance.md).
     # memory_limit=0: Dask must not pause or kill a worker that holds a large network.
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
     with distributed.LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, memory_limit=0, silence_logs=logging.ERROR) as cluster:
+            dashboard_address=None, memory_limit=0, silence_logs=logging.ERROR,
+            env={"TF_NUM_INTRAOP_THREADS": threads, "OMP_NUM_THREADS": threads}) as cluster:
         with distributed.Client(cluster, timeout=CONNECT_TIMEOUT) as client:
             yield client
