@@ -59,6 +59,18 @@ def _same_results(a, b):
             assert np.array_equal(x[name][0][key], y[name][0][key]), (name, key)
 
 
+def _in_shards(world, command, outs, merged):
+    """``COMMAND --out OUTS[k-1] --shard k/2`` for k = 1, 2, each checked to name its shard and
+    its output, then ``merge MERGED`` of both (in reverse order): the merge's output line."""
+    for k, out_name in enumerate(outs, 1):
+        code, out, err = cli(*command, "--out", out_name, "--shard", f"{k}/2", cwd=world)
+        assert code == 0, err
+        assert f"shard {k}/2" in out and out_name in out
+    code, out, err = cli("merge", merged, *outs[::-1], cwd=world)
+    assert code == 0, err
+    return out.strip()
+
+
 def _metrics(path):
     with open(path) as f:
         metrics = json.load(f)
@@ -69,13 +81,8 @@ def _metrics(path):
 def test_refine_in_shards_or_on_two_workers_is_one_process_bit_for_bit(world):
     refine = ["refine", "m.h5", "data", "--max-iterations", "2", "--quiet"]
     assert cli(*refine, "--out", "one.h5", cwd=world)[0] == 0
-    for k in (1, 2):
-        code, out, err = cli(*refine, "--out", f"s{k}.h5", "--shard", f"{k}/2", cwd=world)
-        assert code == 0, err
-        assert f"(shard {k}/2): s{k}.h5" in out
-    code, out, err = cli("merge", "merged.h5", "s2.h5", "s1.h5", cwd=world)
-    assert code == 0, err
-    assert out.strip() == "Merged 2 shards: 12 images in merged.h5"
+    assert _in_shards(world, refine, ["s1.h5", "s2.h5"], "merged.h5") == \
+        "Merged 2 shards: 12 images in merged.h5"
     _same_results(world / "one.h5", world / "merged.h5")
     # froc and figures on the merged file: the unsharded run's numbers and pictures.
     for results, out_dir in (("one.h5", "f1"), ("merged.h5", "f2")):
@@ -120,13 +127,10 @@ def test_refine_on_two_local_workers_is_one_process_and_resumes(world):
 def test_evaluate_in_shards_and_on_two_workers_is_one_process_file_for_file(world):
     evaluate = ["evaluate", "m.h5", "data", "--split", "all", "--bootstrap", "50"]
     assert cli(*evaluate, "--out", "e1", cwd=world)[0] == 0
-    for k in (1, 2):
-        code, out, err = cli(*evaluate, "--out", f"es{k}", "--shard", f"{k}/2", cwd=world)
-        assert code == 0, err
-        assert f"(all, shard {k}/2). Wrote es{k}/shard.json" in out
+    assert _in_shards(world, evaluate, ["es1", "es2"], "em") == "Merged 2 shards: 12 images in em"
+    for k in (1, 2):  # a shard writes its predictions, not an evaluation of its own
+        assert (world / f"es{k}" / "shard.json").exists()
         assert not (world / f"es{k}" / "evaluation.json").exists()
-    code, out, err = cli("merge", "em", "es1", "es2", cwd=world)
-    assert code == 0 and out.strip() == "Merged 2 shards: 12 images in em", err
     outputs = ["em"]
     if engine.have_engine():
         code, out, err = cli(*evaluate, "--out", "ew", "--workers", "2", cwd=world)
@@ -142,11 +146,8 @@ def test_evaluate_in_shards_and_on_two_workers_is_one_process_file_for_file(worl
 def test_explain_in_shards_and_on_two_workers_is_one_process(world):
     explain = ["explain", "data/images", "--model", "m.h5", "--max-iterations", "1", "--quiet"]
     assert cli(*explain, "--out", "x1", cwd=world)[0] == 0
-    for k in (1, 2):
-        code, out, err = cli(*explain, "--out", f"xs{k}", "--shard", f"{k}/2", cwd=world)
-        assert code == 0, err
-        assert f"(shard {k}/2): xs{k}/explain.csv" in out
-    assert cli("merge", "xm", "xs1", "xs2", cwd=world)[0] == 0
+    assert _in_shards(world, explain, ["xs1", "xs2"], "xm") == \
+        "Merged 2 shards: 12 photographs in xm"
     outputs = ["xm"]
     if engine.have_engine():
         code, out, err = cli(*explain, "--out", "xw", "--workers", "2", cwd=world)
