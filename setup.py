@@ -42,6 +42,8 @@ setup(
         "test": ["pytest>=7"],
         # Benchmark-only comparison (bench/); never imported by the package.
         "bench": ["tf-keras-vis==0.8.*"],
+        # The engine of --workers/--cluster (dr_saliency/jobs/engine.py; docs/choices.md).
+        "cluster": ["distributed>=2024.1"],
     },
     entry_points={"console_scripts": ["dr-saliency = dr_saliency.app.console:main"]},
     scripts=[],

@@ -9,7 +9,8 @@ figures, fundus, refinement and lesions (core._tf is the one TensorFlow boundary
 evaluation reads results without the loop or the erase step (of refinement/ it reads only the
 store and the result); the library (every wing but app) never imports the command line, and the
 package's lazy re-exports (``_EXPORTS`` of dr_saliency/__init__.py, imported by name through
-importlib) never name it either. Every import counts, also the ones inside
+importlib) never name it either; the distributed engine (Dask, an optional extra) is imported
+by dr_saliency.jobs.engine alone, inside its functions. Every import counts, also the ones inside
 functions.
 """
 
@@ -34,6 +35,9 @@ FORBIDDEN = (("lesions", "dr_saliency.app"), ("lesions", "dr_saliency.jobs"))
 #: modules allowed)): lesion evaluation reads result files, never the loop or the erase step.
 ONLY = {"lesions": ("refinement", ("dr_saliency.refinement.store",
                                    "dr_saliency.refinement.result"))}
+#: The distributed engine, an optional extra (pip install -e ".[cluster]"): imported by the
+#: engine module alone, and there only inside functions, so the package works without it.
+ENGINE, ENGINE_MODULE = ("dask", "distributed"), "dr_saliency.jobs.engine"
 
 
 def exports(path=os.path.join(ROOT, "__init__.py")):
@@ -212,7 +216,36 @@ def test_forbidden_imports_and_the_cli():
             assert "dr_saliency.app.cli" not in targets, f"{module} imports the CLI"
 
 
+def engine_imports(graph, paths):
+    """Modules that import the engine although they must not: any but ENGINE_MODULE, and
+    ENGINE_MODULE itself at its top level (which would make the extra a requirement)."""
+    wrong = [m for m, targets in graph.items() if m != ENGINE_MODULE
+             and any(t.split(".")[0] in ENGINE for t in targets)]
+    if ENGINE_MODULE in paths:
+        tree = ast.parse(open(paths[ENGINE_MODULE], encoding="utf-8").read())
+        for node in tree.body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] in ENGINE for n in names):
+                wrong.append(f"{ENGINE_MODULE} (at its top level)")
+    return wrong
+
+
+def test_the_engine_is_imported_by_its_module_alone_and_only_when_used():
+    assert engine_imports(import_graph(), module_files()) == []
+
+
 # ----------------------------------------------------------------------------- the checks can fail
+
+
+def test_the_engine_check_finds_an_import_elsewhere_and_at_the_top(tmp_path):
+    engine = tmp_path / "engine.py"
+    engine.write_text("import os\nimport distributed\n")
+    graph = {"dr_saliency.jobs.sharded": {"dask.array"}, ENGINE_MODULE: {"distributed"}}
+    assert engine_imports(graph, {ENGINE_MODULE: str(engine)}) == [
+        "dr_saliency.jobs.sharded", f"{ENGINE_MODULE} (at its top level)"]
+    engine.write_text("def f():\n    import distributed\n")
+    assert engine_imports({ENGINE_MODULE: {"distributed"}}, {ENGINE_MODULE: str(engine)}) == []
 
 
 def test_the_checks_find_a_circle_an_upward_import_and_a_tensorflow_chain():

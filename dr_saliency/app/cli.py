@@ -312,6 +312,57 @@ def _image_lines(quiet):
     return on_image
 
 
+def _shard_options(func):
+    """--shard, --workers and --cluster: one shard of a job, or all of them on an engine
+    (refine, explain, evaluate; docs/training.md#one-machine-an-array-job-or-a-cluster)."""
+    options = [
+        _option("--shard", metavar="K/N",
+                help="Only the images of shard K of N (1 <= K <= N, by a hash of each id): N "
+                     "such commands (a scheduler's array job, one per GPU) cover every image "
+                     "once; join their outputs with dr-saliency merge."),
+        _option("--workers", "n_workers", type=click.IntRange(min=1),
+                help="Run as this many shards on as many local worker processes, then merge "
+                     "them into the output (needs the cluster extra: pip install -e "
+                     "\".[cluster]\"); a rerun resumes."),
+        _option("--cluster", metavar="ADDRESS",
+                help="Run the shards on the Dask cluster whose scheduler is at ADDRESS "
+                     "(tcp://host:8786): one shard per worker, or --workers shards; DATA, "
+                     "MODEL and the output must be at the same paths on every worker."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _distribution(values):
+    """``(shard or None, on the engine: bool)`` from the values of :func:`_shard_options` (the
+    keys used are removed from ``values``)."""
+    from dr_saliency.core.shards import parse_shard
+
+    shard, workers, cluster = values.pop("shard"), values["n_workers"], values["cluster"]
+    if shard is not None and (workers is not None or cluster is not None):
+        raise click.UsageError("Give --shard K/N (one shard here) or --workers/--cluster (all "
+                               "shards on an engine), not both.")
+    if workers is None and cluster is None:
+        return (None if shard is None else parse_shard(shard)), False
+    from dr_saliency.jobs import engine
+
+    if not engine.have_engine():
+        raise ValueError(f"Expected Dask distributed for --workers/--cluster. Received: it is "
+                         f"not installed (pip install -e \".[{engine.EXTRA}]\")")
+    return None, True
+
+
+def _shard_lines(quiet, what):
+    """The engine's ``on_shard``: one line per finished shard, none with --quiet."""
+    def on_shard(shard, summary, earlier):
+        if not quiet:
+            click.echo(f"shard {shard}: " + ("done by an earlier run" if earlier
+                                               else what(summary)))
+
+    return on_shard
+
+
 def _fractions(ctx, param, value):
     try:
         parts = tuple(float(v) for v in value.split(","))
@@ -491,7 +542,7 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, timeo
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @_option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
          help="Output folder: evaluation.json, predictions.csv, the confusion matrix and ROC "
-         "figures.")
+         "figures (with --shard: predictions.csv and shard.json).")
 @_option("--split", default="test", type=SPLIT_CHOICE, help="Which images of DATA to grade.")
 @_option("--layout", type=LAYOUT_CHOICE, show_default="detect", help="Dataset layout.")
 @_BATCH_OPTION
@@ -500,20 +551,39 @@ def train_cmd(data, run_dir, resume_dir, profile, layout, skip_bad, force, timeo
 @_option("--skip-bad", is_flag=True,
          help="Skip unreadable images and images not of the model's input size (listed "
               "at the end) instead of failing.")
+@_shard_options
 def evaluate_cmd(model_path, data, out_dir, split, layout, batch_size, n_boot, precision,
-                 skip_bad):
+                 skip_bad, **values):
     """Grade DATA with MODEL (a model.h5): kappa, AUC with 95% CI, confusion matrix, ROC."""
     from dr_saliency.grader import evaluate as evaluate_lib
     from dr_saliency.grader import model as model_lib
-    net = model_lib.with_precision(model_lib.load_model(model_path), precision)
+    from dr_saliency.jobs import sharded
+
+    shard, distributed = _distribution(values)
     dataset = _open(data, layout, skip_bad)
+    params = sharded.evaluation_params(model_path, dataset)
     with _Bars() as bars:
-        report = evaluate_lib.evaluate(net, dataset, out_dir, split=split, batch_size=batch_size,
-                                       n_boot=n_boot, skip_bad=skip_bad, on_progress=bars)
+        if distributed:
+            report = sharded.evaluate_sharded(
+                model_path, data, out_dir, workers=values["n_workers"],
+                address=values["cluster"], layout=layout, split=split, batch_size=batch_size,
+                n_boot=n_boot, skip_bad=skip_bad, precision=precision, on_progress=bars,
+                on_shard=_shard_lines(False, lambda s: f"{s['n_images']} images graded"))
+        else:
+            net = model_lib.with_precision(model_lib.load_model(model_path), precision)
+            report = evaluate_lib.evaluate(net, dataset, out_dir, split=split,
+                                           batch_size=batch_size, n_boot=n_boot,
+                                           skip_bad=skip_bad, on_progress=bars, shard=shard,
+                                           params=params)
     for entry in report["skipped"]:
         click.echo(f"Skipped {entry['image']}: {entry['reason']}", err=True)
-    m = report["metrics"]
     skipped = f", {len(report['skipped'])} skipped" if report["skipped"] else ""
+    if shard is not None:
+        click.echo(f"{report['n_images']} images graded ({split}, shard {shard}{skipped}). "
+                   f"Wrote {os.path.join(out_dir, evaluate_lib.SHARD_FILE)}; join the "
+                   f"{shard.count} shards with: dr-saliency merge OUT FOLDER...")
+        return
+    m = report["metrics"]
     click.echo(f"{report['n_images']} images ({split}{skipped}): quadratic kappa {m['kappa']:.3f} "
                f"(95% CI {report['kappa_ci'][0]:.3f}-{report['kappa_ci'][1]:.3f}), referable AUC "
                f"{m['auc']:.3f} (95% CI {report['auc_ci'][0]:.3f}-{report['auc_ci'][1]:.3f}), "
@@ -636,6 +706,7 @@ def _refine_settings(values):
               "refines these).")
 @_option("--keep-images", is_flag=True, help="Also store the inpainted images I_1..I_n.")
 @_refine_options
+@_shard_options
 def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_images,
                **values):
     """Iterative saliency map refinement of DATA's images with MODEL, into an HDF5 result file.
@@ -645,21 +716,35 @@ def refine_cmd(model_path, data, out, layout, split, ids, only_referable, keep_i
     command skips images already complete in --out.
     """
     from dr_saliency.jobs import refine as refine_job
+    from dr_saliency.jobs import sharded
 
     explanation, config, erase = _refine_settings(values)
     quiet, skip_bad = values.pop("quiet"), values.pop("skip_bad")
+    shard, distributed = _distribution(values)
     dataset = _open(data, layout, skip_bad)
     records = select_records(dataset, split=split, ids=_ids(ids))
+    settings = dict(explanation=explanation, config=config, erase=erase,
+                    batch_size=values["batch_size"], keep_images=keep_images,
+                    only_referable=only_referable, skip_bad=skip_bad,
+                    precision=values["precision"])
     with _Bars() as bars:
-        summary = refine_job.refine_run(
-            model_path, records, out, explanation=explanation, config=config, erase=erase,
-            batch_size=values["batch_size"], keep_images=keep_images,
-            only_referable=only_referable, skip_bad=skip_bad, on_image=_image_lines(quiet),
-            on_progress=bars, precision=values["precision"], dataset=dataset)
+        if distributed:
+            summary = sharded.refine_sharded(
+                model_path, data, out, workers=values["n_workers"], address=values["cluster"],
+                layout=layout, split=split, ids=_ids(ids), on_progress=bars,
+                on_shard=_shard_lines(quiet, lambda s: f"{s['written']} images refined, "
+                                                       f"{s['already_done']} already done"),
+                **settings)
+        else:
+            summary = refine_job.refine_run(model_path, records, out, on_image=_image_lines(quiet),
+                                            on_progress=bars, dataset=dataset, shard=shard,
+                                            **settings)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))
+    how = (f" (shard {shard})" if shard is not None
+           else f" ({summary['shards']} shards merged)" if distributed else "")
     click.echo(f"{summary['written']} images refined ({reasons or 'none'}), "
                f"{summary['already_done']} already done, {summary['not_referable']} not referable, "
-               f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: {out}")
+               f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s{how}: {out}")
 
 
 def _candidate_options(func):
@@ -715,6 +800,7 @@ def _candidate_config(values):
          help="Candidate lesions listed per photograph.")
 @_refine_options
 @_candidate_options
+@_shard_options
 def explain_cmd(inputs, out_dir, model_path, top, **values):
     """Grade and explain your own fundus photographs (any size; JPEG, PNG, TIFF, ...).
 
@@ -723,16 +809,24 @@ def explain_cmd(inputs, out_dir, model_path, top, **values):
     figure per photograph and one table for all of them.
     """
     from dr_saliency.jobs import explain as photos
+    from dr_saliency.jobs import sharded
     from dr_saliency.fundus.photos import printable
 
     explanation, config, erase = _refine_settings(values)
     quiet = values.pop("quiet")
+    shard, distributed = _distribution(values)
+    settings = dict(model_path=model_path, explanation=explanation, config=config, erase=erase,
+                    batch_size=values["batch_size"], top=top, skip_bad=values["skip_bad"],
+                    options=_candidate_config(values), precision=values["precision"])
     with _Bars() as bars:
-        summary = photos.explain_photos(
-            list(inputs), out_dir, model_path=model_path, explanation=explanation,
-            config=config, erase=erase, batch_size=values["batch_size"], top=top,
-            skip_bad=values["skip_bad"], options=_candidate_config(values),
-            on_image=_image_lines(quiet), on_progress=bars, precision=values["precision"])
+        if distributed:
+            summary = sharded.explain_sharded(
+                list(inputs), out_dir, workers=values["n_workers"], address=values["cluster"],
+                on_progress=bars, **settings,
+                on_shard=_shard_lines(quiet, lambda s: f"{s['rows']} photographs explained"))
+        else:
+            summary = photos.explain_photos(list(inputs), out_dir, on_image=_image_lines(quiet),
+                                            on_progress=bars, shard=shard, **settings)
     if summary["ignored"]:
         names = [printable(os.path.basename(p)) for p in summary["ignored"][:5]]
         click.echo(f"Ignored {len(summary['ignored'])} file(s) that are not images by their "
@@ -741,10 +835,12 @@ def explain_cmd(inputs, out_dir, model_path, top, **values):
     for path, reason in summary["skipped"]:
         click.echo(f"Skipped {path}: {reason}", err=True)
     again = f", {summary['replaced']} of them again: their file changed" * bool(summary["replaced"])
-    earlier = f", {summary['earlier']} from earlier runs" * bool(summary["earlier"])
+    earlier = f", {summary['earlier']} from earlier runs" * bool(summary.get("earlier"))
+    how = (f" (shard {shard})" if shard is not None
+           else f" ({summary['shards']} shards merged)" if distributed else "")
     click.echo(f"{len(summary['rows'])} photographs explained ({summary['written']} refined now"
                f"{again}, {summary['already_done']} already done{earlier}), "
-               f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s: "
+               f"{len(summary['skipped'])} skipped, in {summary['seconds']:.0f} s{how}: "
                f"{printable(summary['paths'][0])}")
 
 
@@ -828,6 +924,27 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
         click.echo(f"\nLesions found within {lesions_fp:g} FP/image (each group's own curve):")
         click.echo(reports.fate_table(report))
     click.echo(f"Wrote {', '.join(paths)}")
+
+
+@cli.command("merge")
+@click.argument("out", type=click.Path())
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True,
+                type=click.Path(exists=True))
+def merge_cmd(out, inputs):
+    """Join the outputs of the N shards of one refine, explain or evaluate (--shard K/N) into OUT.
+
+    INPUT... are all result files (refine: OUT is a result file), all explain folders or all
+    evaluate folders (OUT is a folder). Refused, in one line: shards of several runs or splits,
+    a shard given twice, shards missing (named), other models, data or settings, an image in
+    two shards. The merged output is what one process writes: froc and figures give the same
+    numbers.
+    """
+    from dr_saliency.jobs import sharded
+
+    with _Bars() as bars:
+        merged = sharded.merge_outputs(out, list(inputs), on_progress=bars)
+    what = {"results": "images", "explain": "photographs", "evaluation": "images"}[merged["kind"]]
+    click.echo(f"Merged {merged['shards']} shards: {merged['images']} {what} in {out}")
 
 
 @cli.command("figures")

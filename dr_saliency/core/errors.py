@@ -6,7 +6,8 @@ command line (:mod:`dr_saliency.app.cli`) turns each into the advice its own fla
 """
 
 __all__ = ["BadImageError", "BusyError", "ClusterTimeoutError", "EmptySplitError", "ProvenanceError", "FolderInUseError", "ImageSizeError",
-           "NoValidationError", "OutOfMemoryError", "PartialResultsError", "RunExistsError"]
+           "MissingExtraError", "NoValidationError", "OutOfMemoryError", "PartialResultsError",
+           "RunExistsError"]
 
 
 class BadImageError(ValueError):
@@ -100,3 +101,12 @@ class ProvenanceError(ValueError):
     def __init__(self, message, differences=()):
         super().__init__(message)
         self.differences = tuple(differences)
+
+
+class MissingExtraError(ValueError):
+    """An optional part of the package is used but its dependency is not installed; ``extra``
+    names the ``pip install -e ".[extra]"`` that brings it."""
+
+    def __init__(self, message, extra):
+        super().__init__(message)
+        self.extra = extra

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import time
 
 import cv2
@@ -33,9 +34,11 @@ import numpy as np
 from dr_saliency.core.errors import BadImageError
 from dr_saliency.core.grades import grade_facts
 from dr_saliency.core.files import (file_sha256, read_json, refuse_other_outputs,
-                                    remove_stale_temps, write_figure, write_json, write_text)
+                                    remove_stale_temps, temp_path, write_figure, write_json,
+                                    write_text)
 from dr_saliency.core.locks import lock_folder
 from dr_saliency.core.progress import check_callback, phase
+from dr_saliency.core.shards import check_shards, parse_shard, select_shard
 from dr_saliency.explain.options import DEFAULT_BATCH_SIZE
 from dr_saliency.figures import overview
 from dr_saliency.fundus import prepare, synth
@@ -47,7 +50,7 @@ from dr_saliency.refinement.loop import run_params
 from dr_saliency.refinement.run import describe
 from dr_saliency.refinement.store import ResultStore, read_params
 
-__all__ = ["DEFAULT_TOP", "FIGURE_SIDE", "explain_photos"]
+__all__ = ["DEFAULT_TOP", "FIGURE_SIDE", "explain_photos", "merge_explains"]
 
 RESULTS_FILE = "results.h5"
 FIGURES = "figures"
@@ -77,7 +80,8 @@ _RECORDED = ("height", "width", "box", "sha256")
 
 def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config=None,
                    erase=None, batch_size=DEFAULT_BATCH_SIZE, top=DEFAULT_TOP, options=None,
-                   skip_bad=False, on_image=None, on_progress=None, precision="fp32"):
+                   skip_bad=False, on_image=None, on_progress=None, precision="fp32",
+                   shard=None):
     """Refine a researcher's photographs and report the maps and candidates on their pixels.
 
     Args:
@@ -94,6 +98,10 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
         on_image, on_progress: optional callbacks of the package's progress protocol
             (:mod:`dr_saliency.core.progress`): ``on_image(image_id, message)`` per photograph
             and phase; two phases, "Refining" and "Reporting".
+        shard: optional :class:`~dr_saliency.core.shards.Shard` or ``"K/N"``: only the
+            photographs that shard owns (by id), recorded in ``results.h5``'s params and in
+            ``explain.json`` (``"shard"``, ``"top"``); :func:`merge_explains` joins the N
+            shards' folders into the folder an unsharded run writes.
 
     Returns:
         dict: ``rows`` (one per photograph of the store, as in explain.json), ``skipped`` (list
@@ -122,13 +130,16 @@ def explain_photos(inputs, out_dir, *, model_path=None, explanation=None, config
     check_callback(on_image, "on_image")
     check_callback(on_progress, "on_progress")
     model_path = bundled_model_path() if model_path is None else os.fspath(model_path)
+    if shard is not None:
+        shard = parse_shard(shard)
+        found = select_shard(found, shard, key=lambda item: item[0])
     _check_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with lock_folder(out_dir, "an explain folder"):
         return _explain(found, ignored, out_dir, model_path, dict(
             explanation=explanation, config=config, erase=erase, batch_size=batch_size,
-            precision=precision), top, options or CandidateOptions(), skip_bad, on_image,
-            on_progress)
+            precision=precision, shard=shard), top, options or CandidateOptions(), skip_bad,
+            on_image, on_progress)
 
 
 def _check_folder(out_dir):
@@ -159,7 +170,7 @@ def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_b
         batch_size=settings["batch_size"], skip_bad=skip_bad, on_image=on_image,
         on_progress=on_progress,
         grader={**grader, "params": _same_model(store_path, grader["params"])},
-        image_params=lambda rec: {"photo": rec.record}, redo=redo)
+        image_params=lambda rec: {"photo": rec.record}, redo=redo, shard=settings["shard"])
     by_id = {p.id: p.name for p in photos}
     skipped = [(by_id[image_id], message) for image_id, message in summary["skipped"]]
     bad = {image_id for image_id, _ in summary["skipped"]}
@@ -167,7 +178,9 @@ def _explain(found, ignored, out_dir, model_path, settings, top, options, skip_b
                      _is_bundled(model_path, grader["params"]["model_sha256"]))
     rows, earlier = report.rows(store_path, [p for p in photos if p.id not in bad],
                                 on_progress)
-    paths = _write_tables(out_dir, rows, top, skipped, ignored, model_path)
+    shard = settings["shard"]
+    paths = _write_tables(out_dir, rows, top, skipped, ignored, model_path,
+                          shard={"shard": shard.to_params(), "top": top} if shard else None)
     return {"rows": rows, "skipped": skipped, "ignored": ignored, "written": summary["written"],
             "already_done": summary["already_done"],
             "replaced": len(redo - bad), "earlier": earlier, "paths": paths,
@@ -405,9 +418,10 @@ def _graded(row):
     return {**grade_facts(row["p0"]), **row}
 
 
-def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
+def _write_tables(out_dir, rows, top, skipped, ignored, model_path, shard=None):
     """explain.csv (one row per photograph, top candidates as columns), explain.json and the
-    overview page index.html (:mod:`dr_saliency.figures.overview`)."""
+    overview page index.html (:mod:`dr_saliency.figures.overview`); ``shard``: what a shard's
+    explain.json records of its shard (None: unsharded)."""
     columns = ["id", "path", "width", "height", "p0", "pn", "iterations", "stop_reason",
                "grade", "stage", "referable"]
     # Rows kept from an earlier run (their photograph gone) may list more candidates.
@@ -433,7 +447,7 @@ def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
                        "integers, origin top left, after EXIF rotation)",
         "images": rows,
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
-        "ignored": [printable(p) for p in ignored]})
+        "ignored": [printable(p) for p in ignored], **(shard or {})})
     # The page last: it shows what the tables hold.
     page = overview.write_overview(
         os.path.join(out_dir, PAGE), rows, title="dr-saliency explain",
@@ -444,3 +458,65 @@ def _write_tables(out_dir, rows, top, skipped, ignored, model_path):
                "Candidates: (x, y) in the photograph's pixels; score: S at the candidate's peak. "
                "Click a thumbnail for the full figure."])
     return [csv_path, json_path, page]
+
+
+def merge_explains(out_dir, inputs, *, overwrite=False, on_progress=None):
+    """Join the folders of the N shards of one ``explain`` into the folder an unsharded run
+    writes: ``results.h5`` merged (:func:`dr_saliency.refinement.merge.merge_stores`), the
+    figures copied, the tables and the overview page written for all photographs.
+
+    Args:
+        out_dir: str, the merged folder; must hold no explain results unless ``overwrite``.
+        inputs: list of str, the shards' folders (``explain --shard K/N``).
+        overwrite: replace the results of an earlier merge (the engine's own merge).
+        on_progress: optional, the package's progress protocol.
+
+    Returns:
+        dict: ``rows``, ``skipped``, ``ignored``, ``paths`` as :func:`explain_photos` returns
+        them.
+
+    Raises:
+        ValueError: (one line) a folder that is not a finished explain shard, shards that are
+            not the N shards of one run (:func:`dr_saliency.core.shards.check_shards`), or an
+            output folder that holds other results.
+    """
+    from dr_saliency.refinement.merge import merge_stores
+
+    tables = []
+    for folder in inputs:
+        table = read_json(os.path.join(folder, f"{TABLE}.json"))
+        if not isinstance(table, dict) or "shard" not in table:
+            raise ValueError(f"Expected the folder of a finished explain shard ({TABLE}.json "
+                             f"with its shard). Received: {folder!r}")
+        tables.append(table)
+    # The model is compared by content with the results (merge_stores), not by path here.
+    check_shards([(folder, {"shard": t["shard"], "top": t["top"], "ignored": t["ignored"]})
+                  for folder, t in zip(inputs, tables)], what="explain folders")
+    store_path = os.path.join(out_dir, RESULTS_FILE)
+    if os.path.exists(store_path) and not overwrite:
+        raise ValueError(f"Expected a folder without explain results to merge into. "
+                         f"Received: {out_dir!r} holds {RESULTS_FILE}")
+    _check_folder(out_dir)
+    os.makedirs(os.path.join(out_dir, FIGURES), exist_ok=True)
+    with lock_folder(out_dir, "an explain folder"):
+        merge_stores(store_path, [os.path.join(folder, RESULTS_FILE) for folder in inputs],
+                     overwrite=overwrite, on_progress=on_progress)
+        rows, skipped = [], []
+        for folder, table in zip(inputs, tables):
+            for row in table["images"]:
+                figure = row.get("figure") or ""
+                if figure:
+                    # Copied as drawn: its signature (what it shows) does not name the folder.
+                    name = os.path.basename(figure)
+                    target = os.path.join(out_dir, FIGURES, name)
+                    shutil.copyfile(os.path.join(folder, FIGURES, name), temp_path(target))
+                    os.replace(temp_path(target), target)
+                    figure = target
+                rows.append({**row, "figure": figure})
+            skipped += [(entry["path"], entry["reason"]) for entry in table["skipped"]]
+        rows.sort(key=lambda row: row["id"])
+        skipped.sort()
+        first = tables[0]
+        paths = _write_tables(out_dir, rows, first["top"], skipped, first["ignored"],
+                              first["model"])
+    return {"rows": rows, "skipped": skipped, "ignored": first["ignored"], "paths": paths}

@@ -8,6 +8,7 @@ TensorFlow is imported inside :func:`refine_run` only, where a model is loaded.
 import os
 
 from dr_saliency.core.files import file_sha256
+from dr_saliency.core.shards import parse_shard, select_shard
 from dr_saliency.explain.options import DEFAULT_BATCH_SIZE, Explanation
 from dr_saliency.refinement.loop import run_params
 from dr_saliency.refinement.run import refine_dataset
@@ -67,7 +68,7 @@ def load_refiner(model_path, out, *, explanation=None, batch_size=DEFAULT_BATCH_
 def refine_run(model_path, records, out, *, explanation=None, config=None, erase=None,
                batch_size=DEFAULT_BATCH_SIZE, keep_images=False, only_referable=False,
                skip_bad=False, on_image=None, on_progress=None, precision="fp32", dataset=None,
-               grader=None, image_params=None, redo=()):
+               grader=None, image_params=None, redo=(), shard=None):
     """Refine ``records`` with the grader in ``model_path`` into the result file ``out``.
 
     The one refine job: ``dr-saliency refine``, the demo and ``explain`` all run it, so a result
@@ -93,11 +94,18 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
         grader: optional, what :func:`load_refiner` returned for ``model_path`` and ``out``
             (a caller that needs the model's input size before it makes its records); None:
             loaded here.
+        shard: optional :class:`~dr_saliency.core.shards.Shard` or ``"K/N"``: refine only the
+            records that shard owns (:mod:`dr_saliency.core.shards`), recorded as
+            ``params["shard"]`` (:func:`dr_saliency.refinement.merge.merge_stores` joins the N
+            shards' files into the file an unsharded run writes).
 
     Returns:
         the summary dict of :func:`~dr_saliency.refinement.run.refine_dataset`.
     """
     run_params(config, erase)  # bad settings fail now, before the model is loaded
+    if shard is not None:
+        shard = parse_shard(shard)
+        records = select_shard(records, shard)
     if grader is None:
         grader = load_refiner(model_path, out, explanation=explanation, batch_size=batch_size,
                               precision=precision)
@@ -106,6 +114,8 @@ def refine_run(model_path, records, out, *, explanation=None, config=None, erase
         from dr_saliency.fundus.datasets import dataset_fingerprint
 
         params["data"] = dataset_fingerprint(dataset)
+    if shard is not None:
+        params["shard"] = shard.to_params()
     return refine_dataset(
         records, out, explain=grader["explain"], predict=grader["predict"], erase=erase,
         config=config, size=grader["size"], params=params, batch_size=batch_size,
