@@ -217,6 +217,18 @@ def test_merge_joins_the_shards_given_in_any_order(shards):
     _same_results(shards / "whole.h5", shards / "all.h5")
 
 
+def test_merge_again_is_refused_in_one_line_unless_overwrite(shards):
+    merge = ("merge", "again.h5", "1of3.h5", "2of3.h5", "3of3.h5")
+    assert cli(*merge, cwd=shards)[0] == 0
+    code, out, err = cli(*merge, cwd=shards)
+    assert code == 1 and out == ""
+    assert err.strip() == ("Error: Expected a new merged result file (--overwrite replaces it). "
+                           "Received: out='again.h5', which exists")
+    code, out, err = cli(*merge, "--overwrite", cwd=shards)
+    assert code == 0, err
+    _same_results(shards / "whole.h5", shards / "again.h5")
+
+
 @pytest.mark.parametrize("value", ["3/2", "0/4", "1", "a/b"])
 def test_a_bad_shard_is_one_line(shards, value):
     (shards / "model.h5").write_bytes(b"not read: the shard is checked first")

@@ -930,7 +930,8 @@ def froc_cmd(results, data, out_dir, layout, allow_partial, force, stages, toler
 @click.argument("out", type=click.Path())
 @click.argument("inputs", metavar="INPUT...", nargs=-1, required=True,
                 type=click.Path(exists=True))
-def merge_cmd(out, inputs):
+@_option("--overwrite", is_flag=True, help="Replace an earlier merge in OUT.")
+def merge_cmd(out, inputs, overwrite):
     """Join the outputs of the N shards of one refine, explain or evaluate (--shard K/N) into OUT.
 
     INPUT... are all result files (refine: OUT is a result file), all explain folders or all
@@ -942,7 +943,7 @@ def merge_cmd(out, inputs):
     from dr_saliency.jobs import sharded
 
     with _Bars() as bars:
-        merged = sharded.merge_outputs(out, list(inputs), on_progress=bars)
+        merged = sharded.merge_outputs(out, list(inputs), overwrite=overwrite, on_progress=bars)
     what = {"results": "images", "explain": "photographs", "evaluation": "images"}[merged["kind"]]
     click.echo(f"Merged {merged['shards']} shards: {merged['images']} {what} in {out}")
 

@@ -189,8 +189,9 @@ def merge_evaluations(out_dir, inputs, *, overwrite=False):
             missing shards, other settings, or images missing or twice.
     """
     if os.path.exists(os.path.join(out_dir, "evaluation.json")) and not overwrite:
-        raise ValueError(f"Expected a folder without an evaluation to merge into. "
-                         f"Received: {out_dir!r} holds one")
+        raise ValueError(
+            f"Expected a folder without an evaluation to merge into (overwrite=True replaces "
+            f"it). Received: {out_dir!r} holds one")
     records = [(folder, read_shard(folder)) for folder in inputs]
     check_shards([(folder, {**r["params"], "shard": r["shard"], "split": r["split"],
                             "n_boot": r["n_boot"], "seed": r["seed"],

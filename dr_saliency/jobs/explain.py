@@ -494,8 +494,9 @@ def merge_explains(out_dir, inputs, *, overwrite=False, on_progress=None):
                   for folder, t in zip(inputs, tables)], what="explain folders")
     store_path = os.path.join(out_dir, RESULTS_FILE)
     if os.path.exists(store_path) and not overwrite:
-        raise ValueError(f"Expected a folder without explain results to merge into. "
-                         f"Received: {out_dir!r} holds {RESULTS_FILE}")
+        raise ValueError(
+            f"Expected a folder without explain results to merge into (overwrite=True replaces "
+            f"them). Received: {out_dir!r} holds {RESULTS_FILE}")
     _check_folder(out_dir)
     os.makedirs(os.path.join(out_dir, FIGURES), exist_ok=True)
     with lock_folder(out_dir, "an explain folder"):

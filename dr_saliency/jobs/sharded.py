@@ -364,15 +364,17 @@ _KINDS = {"results": "a result file", "explain": "an explain folder",
           "evaluation": "an evaluate folder"}
 
 
-def merge_outputs(out, inputs, *, on_progress=None):
+def merge_outputs(out, inputs, *, overwrite=False, on_progress=None):
     """``dr-saliency merge OUT INPUT...``: join the outputs of the N shards of one job, of one
     kind (result files, explain folders or evaluate folders), into ``out``.
+
+    ``overwrite``: replace an earlier merge in ``out`` (refused without it).
 
     Returns:
         dict: ``kind``, ``shards``, ``images``.
 
     Raises:
-        ValueError: (one line) inputs of no kind or of several kinds, or what the merge of
+        ValueError: (one line) ``out`` holds a merge already (without ``overwrite``); inputs of no kind or of several kinds, or what the merge of
             their kind refuses (mixed, overlapping or missing shards, other settings, ...).
     """
     from dr_saliency.grader.evaluate import merge_evaluations
@@ -390,10 +392,10 @@ def merge_outputs(out, inputs, *, on_progress=None):
         raise ValueError(f"Expected shard outputs of one kind. Received: {shown}")
     kind = kinds[inputs[0]]
     if kind == "results":
-        merged = merge_stores(out, inputs, on_progress=on_progress)
+        merged = merge_stores(out, inputs, overwrite=overwrite, on_progress=on_progress)
         return {"kind": kind, "shards": merged["shards"], "images": merged["images"]}
     if kind == "explain":
-        merged = merge_explains(out, inputs, on_progress=on_progress)
+        merged = merge_explains(out, inputs, overwrite=overwrite, on_progress=on_progress)
         return {"kind": kind, "shards": len(inputs), "images": len(merged["rows"])}
-    report = merge_evaluations(out, inputs)
+    report = merge_evaluations(out, inputs, overwrite=overwrite)
     return {"kind": kind, "shards": len(inputs), "images": report["n_images"]}

@@ -61,8 +61,8 @@ def merge_stores(out, inputs, *, overwrite=False, on_progress=None):
     if any(os.path.abspath(p) == os.path.abspath(out) for p in inputs):
         raise ValueError(f"Expected an output other than the inputs. Received: out={out!r}")
     if os.path.exists(out) and not overwrite:
-        raise ValueError(f"Expected a new merged result file (pass overwrite=True to replace "
-                         f"it). Received: out={out!r}, which exists")
+        raise ValueError(f"Expected a new merged result file (overwrite=True replaces it). "
+                         f"Received: out={out!r}, which exists")
     stores = []
     try:
         for path in inputs:
