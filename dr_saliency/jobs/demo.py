@@ -18,8 +18,8 @@ from dr_saliency.core.progress import check_callback, relabeled
 from dr_saliency.grader.config import QUICK_PROFILE, REFERENCE_PROFILE, TrainConfig
 
 #: Profiles of the demo. "quick": a narrow VGG-16 at 256 px trained from scratch on a synthetic
-#: set; about 8 minutes on a 2-core CPU (docs/performance.md). "reference": the paper's 512 px
-#: with a quarter-width VGG-16 (the reference training profile), about an hour.
+#: set; about 4 minutes on an idle 2-core CPU (docs/performance.md). "reference": the paper's 512 px
+#: with a quarter-width VGG-16 (the reference training profile), about 40 minutes.
 #: "smoke": the same steps in seconds (tiny data and network, one epoch) for tests; its numbers
 #: mean nothing.
 PROFILES = {
